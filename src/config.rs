@@ -1,0 +1,275 @@
+//! The typed configuration tree.
+//!
+//! Layers, later wins: the documented default file compiled into the binary
+//! (`config/tiermail.toml`), the file given with `--config`, then
+//! `TIERMAIL_<SECTION>__<KEY>` environment variables. Unknown keys and bad
+//! values stop start-up with a message that names the key, because a mail
+//! server that silently ignores a typo in its listener or relay settings is
+//! worse than one that refuses to start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default configuration, exactly the committed, documented file.
+pub const DEFAULT_TOML: &str = include_str!("../config/tiermail.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub domains: DomainsConfig,
+    pub users: UsersConfig,
+    pub smtp: SmtpConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub log: String,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsConfig {
+    pub local: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub listen: String,
+    pub submission_listen: String,
+    pub submissions_listen: String,
+    pub lmtp_listen: String,
+    pub allow_plaintext_auth: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_line_length: usize,
+    pub command_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_errors: u32,
+    pub max_auth_failures: u32,
+    pub auth_throttle_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub groups: u32,
+    pub wal_segment_bytes: u64,
+    pub checkpoint_interval_secs: u64,
+    pub checkpoint_records: u64,
+}
+
+impl Config {
+    /// Loads defaults, then `path` if given, then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, true)
+    }
+
+    /// As [`Config::load`]; `use_env = false` ignores `TIERMAIL_*` (tests).
+    pub fn load_with_env(path: Option<&Path>, use_env: bool) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        if use_env {
+            builder = builder.add_source(
+                config::Environment::with_prefix("TIERMAIL")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("domains.local")
+                    .try_parsing(true),
+            );
+        }
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The default configuration with its data directory (and everything that
+    /// lives beside it: users file, certificates) moved under `dir`, and all
+    /// listeners on 127.0.0.1 port 0. Used by tests and benchmarks.
+    pub fn for_testing(dir: &Path) -> Config {
+        let mut cfg = Self::load_with_env(None, false).expect("embedded default config is valid");
+        cfg.server.data_dir = dir.join("data");
+        cfg.users.file = dir.join("users.toml");
+        cfg.tls.cert = dir.join("certs/tiermail.crt");
+        cfg.tls.key = dir.join("certs/tiermail.key");
+        cfg.smtp.listen = "127.0.0.1:0".into();
+        cfg.smtp.submission_listen = "127.0.0.1:0".into();
+        cfg.smtp.submissions_listen = "127.0.0.1:0".into();
+        cfg.smtp.lmtp_listen = "127.0.0.1:0".into();
+        cfg.smtp.allow_plaintext_auth = true;
+        cfg.server.shutdown_grace_secs = 5;
+        cfg
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.hostname.trim().is_empty()
+            || self
+                .server
+                .hostname
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "server.hostname",
+                "must be a non-empty host name without spaces",
+            ));
+        }
+        if self.server.data_dir.as_os_str().is_empty() {
+            return Err(invalid("server.data_dir", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.server.log).is_err() {
+            return Err(invalid(
+                "server.log",
+                format!("`{}` is not a valid log filter", self.server.log),
+            ));
+        }
+        if self.domains.local.is_empty() {
+            return Err(invalid("domains.local", "name at least one local domain"));
+        }
+        for d in &self.domains.local {
+            if d.is_empty() || d.contains('@') || d.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "domains.local",
+                    format!("`{d}` is not a domain name"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("smtp.listen", &self.smtp.listen),
+            ("smtp.submission_listen", &self.smtp.submission_listen),
+            ("smtp.submissions_listen", &self.smtp.submissions_listen),
+            ("smtp.lmtp_listen", &self.smtp.lmtp_listen),
+        ] {
+            parse_listen(key, value)?;
+        }
+        let l = &self.limits;
+        if l.max_message_size < 1024 {
+            return Err(invalid("limits.max_message_size", "must be at least 1024"));
+        }
+        if l.max_recipients == 0 {
+            return Err(invalid("limits.max_recipients", "must be at least 1"));
+        }
+        if l.max_line_length < 512 {
+            return Err(invalid(
+                "limits.max_line_length",
+                "must be at least 512 (RFC 5321)",
+            ));
+        }
+        if l.command_timeout_secs == 0 {
+            return Err(invalid("limits.command_timeout_secs", "must be at least 1"));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.store.groups == 0 || self.store.groups > 1024 {
+            return Err(invalid("store.groups", "must be between 1 and 1024"));
+        }
+        if self.store.wal_segment_bytes < 1 << 20 {
+            return Err(invalid("store.wal_segment_bytes", "must be at least 1 MiB"));
+        }
+        if self.store.checkpoint_interval_secs == 0 {
+            return Err(invalid(
+                "store.checkpoint_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.store.checkpoint_records == 0 {
+            return Err(invalid("store.checkpoint_records", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains
+            .local
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Parses a listener setting; `""` means the listener is off.
+pub fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse::<SocketAddr>().map(Some).map_err(|e| {
+        invalid(
+            key,
+            format!("`{value}` is not an address:port ({e}); use \"\" to turn it off"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_loopback() {
+        let cfg = Config::load_with_env(None, false).unwrap();
+        assert_eq!(cfg.smtp.listen, "127.0.0.1:2525");
+        assert_eq!(cfg.smtp.submission_listen, "127.0.0.1:2587");
+        assert_eq!(cfg.smtp.submissions_listen, "127.0.0.1:2465");
+        assert_eq!(cfg.smtp.lmtp_listen, "127.0.0.1:2424");
+        assert_eq!(cfg.store.groups, 4);
+        assert_eq!(cfg.domains.local, vec!["example.test".to_string()]);
+        assert!(!cfg.smtp.allow_plaintext_auth);
+    }
+}

@@ -1,0 +1,125 @@
+//! The local control socket (`<data_dir>/control.sock`, owner-only): how
+//! `tiermail status` and later admin verbs reach a running server. One
+//! request line, one text answer, then the connection closes. When no server
+//! runs, the CLI opens the store itself; redb's file lock makes sure the two
+//! never work on the same data at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::server::App;
+use crate::store::{GroupStatus, Store};
+
+pub fn socket_path(cfg: &Config) -> PathBuf {
+    cfg.server.data_dir.join("control.sock")
+}
+
+pub async fn serve(app: Arc<App>, token: CancellationToken) {
+    let path = socket_path(&app.config);
+    // The store's lock is ours, so a socket file left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "control socket unavailable; `tiermail status` will not reach this server");
+            return;
+        }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            _ = token.cancelled() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut r = BufReader::new(r.take(1024));
+            if tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let answer = match line.trim() {
+                "status" => {
+                    let a = app.clone();
+                    tokio::task::spawn_blocking(move || running_status(&a))
+                        .await
+                        .unwrap_or_else(|e| format!("error: {e}\n"))
+                }
+                other => format!("error: unknown control request `{other}`\n"),
+            };
+            let _ = w.write_all(answer.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+/// Sends one request to a running server; `None` when none answers.
+pub fn request(cfg: &Config, line: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket_path(cfg)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    s.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn running_status(app: &App) -> String {
+    let mut s = format!(
+        "tiermail: running, up {}s, {} users in {}\n",
+        app.started.elapsed().as_secs(),
+        app.users.snapshot().len(),
+        app.config.users.file.display()
+    );
+    s.push_str(&groups_table(app.store.status()));
+    s
+}
+
+/// Status of a stopped server: opens (and so recovers) the store itself.
+pub fn offline_status(cfg: &Config) -> Result<String, crate::store::StoreError> {
+    let store = Store::open(&cfg.server.data_dir, &cfg.store)?;
+    let mut s = format!(
+        "tiermail: not running (data {})\n",
+        cfg.server.data_dir.display()
+    );
+    s.push_str(&groups_table(store.status()));
+    store.shutdown();
+    Ok(s)
+}
+
+fn groups_table(status: Result<Vec<GroupStatus>, crate::store::StoreError>) -> String {
+    let groups = match status {
+        Ok(g) => g,
+        Err(e) => return format!("storage groups: error: {e}\n"),
+    };
+    let mut s = String::from(
+        "group  users  messages  applied_lsn  checkpoint_lsn  wal_segments   wal_bytes    db_bytes  fsyncs  writes\n",
+    );
+    for g in groups {
+        s.push_str(&format!(
+            "g{:03} {:>6} {:>9} {:>12} {:>15} {:>13} {:>11} {:>11} {:>7} {:>7}\n",
+            g.id,
+            g.users,
+            g.messages,
+            g.applied_lsn,
+            g.checkpoint_lsn,
+            g.wal_segments,
+            g.wal_bytes,
+            g.db_bytes,
+            g.fsyncs,
+            g.ops
+        ));
+    }
+    s
+}

@@ -1,0 +1,16 @@
+//! tiermail: a mail server that keeps its live store small.
+//!
+//! Mail arrives over SMTP/LMTP (`smtp`), is committed to the current store
+//! (`store`: storage groups of redb + write-ahead log) before it is
+//! acknowledged, and is served to clients. `server` wires listeners, the
+//! users directory (`auth`), TLS (`tls`) and shutdown together; `control`
+//! answers the CLI on a local socket. See docs/ARCHITECTURE.md for the map.
+
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod net;
+pub mod server;
+pub mod smtp;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,173 @@
+//! The `tiermail` command: wiring only. Every verb lives in the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tiermail::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tiermail",
+    version,
+    about = "A mail server whose live store stays small"
+)]
+struct Cli {
+    /// Configuration file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or Ctrl-C.
+    Serve,
+    /// Manage accounts in the users file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show the server's state (asks the running server, or reads the store).
+    Status,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add an account; the password is asked for (or read from stdin).
+    Add {
+        address: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an account's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove an account (its stored mail stays until deleted separately).
+    Del { address: String },
+    /// List accounts and aliases.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tiermail: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        Command::User(u) => user(&config, u),
+        Command::Status => status(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tiermail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.server.log.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let server = tiermail::server::Server::start(config).await?;
+        // One machine-readable line on stdout: scripts and tests wait for it.
+        println!("tiermail ready {}", server.bound);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let pw = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(a == b, "the passwords differ");
+        a
+    };
+    anyhow::ensure!(!pw.is_empty(), "empty password");
+    Ok(pw)
+}
+
+fn user(config: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    use tiermail::auth;
+    let path = &config.users.file;
+    match cmd {
+        UserCommand::Add {
+            address,
+            password_stdin,
+        } => {
+            let address = auth::normalize_address(&address)?;
+            let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+            if !config.is_local_domain(domain) {
+                eprintln!(
+                    "tiermail: warning: {domain} is not in domains.local; mail for it will be refused"
+                );
+            }
+            let hash = auth::hash_password(&read_password(password_stdin)?)?;
+            auth::add_user(path, &address, &hash)?;
+            println!("added {address} to {}", path.display());
+        }
+        UserCommand::Passwd {
+            address,
+            password_stdin,
+        } => {
+            let hash = auth::hash_password(&read_password(password_stdin)?)?;
+            auth::set_password(path, &address, &hash)?;
+            println!("password of {address} changed");
+        }
+        UserCommand::Del { address } => {
+            auth::delete_user(path, &address)?;
+            println!("removed {address} from {}", path.display());
+        }
+        UserCommand::List => {
+            let users = auth::Users::load(path)?;
+            for a in users.addresses() {
+                let u = users.get(&a).expect("listed address exists");
+                if u.aliases.is_empty() {
+                    println!("{a}");
+                } else {
+                    println!("{a} (aliases: {})", u.aliases.join(", "));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status(config: &Config) -> anyhow::Result<()> {
+    match tiermail::control::request(config, "status") {
+        Some(text) => print!("{text}"),
+        None => print!("{}", tiermail::control::offline_status(config)?),
+    }
+    Ok(())
+}

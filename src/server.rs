@@ -1,0 +1,242 @@
+//! Wiring: opens the store and users directory, binds every listener, runs
+//! accept loops under one cancellation token and task tracker, and shuts
+//! down in order (stop accepting, let sessions finish within the grace
+//! period, checkpoint every storage group).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Directory, Throttle};
+use crate::config::{Config, parse_listen};
+use crate::net::Conn;
+use crate::smtp::Mode;
+use crate::smtp::session::Session;
+use crate::store::Store;
+
+/// What every session shares.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub users: Arc<Directory>,
+    pub throttle: Throttle,
+    pub tls: Option<TlsAcceptor>,
+    pub started: Instant,
+}
+
+/// The addresses the listeners actually bound (port 0 resolved).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub smtp: Option<SocketAddr>,
+    pub submission: Option<SocketAddr>,
+    pub submissions: Option<SocketAddr>,
+    pub lmtp: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+        write!(
+            f,
+            "smtp={} submission={} submissions={} lmtp={}",
+            show(self.smtp),
+            show(self.submission),
+            show(self.submissions),
+            show(self.lmtp)
+        )
+    }
+}
+
+pub struct Server {
+    pub app: Arc<App>,
+    pub bound: Bound,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Server {
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let config = Arc::new(config);
+        let tls = Some(crate::tls::acceptor(&config.tls)?);
+        let users = Directory::open(&config.users.file)?;
+        let data_dir = config.server.data_dir.clone();
+        let store_cfg = config.store.clone();
+        let store =
+            tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_cfg)).await??;
+        let app = Arc::new(App {
+            throttle: Throttle::new(
+                config.limits.max_auth_failures,
+                Duration::from_secs(config.limits.auth_throttle_secs),
+            ),
+            config: config.clone(),
+            store,
+            users,
+            tls,
+            started: Instant::now(),
+        });
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut bound = Bound::default();
+        for (key, value, mode) in [
+            ("smtp.listen", &config.smtp.listen, Mode::Mx),
+            (
+                "smtp.submission_listen",
+                &config.smtp.submission_listen,
+                Mode::Submission,
+            ),
+            (
+                "smtp.submissions_listen",
+                &config.smtp.submissions_listen,
+                Mode::Submissions,
+            ),
+            ("smtp.lmtp_listen", &config.smtp.lmtp_listen, Mode::Lmtp),
+        ] {
+            let Some(addr) = parse_listen(key, value)? else {
+                continue;
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}"))?;
+            let local = listener.local_addr()?;
+            match mode {
+                Mode::Mx => bound.smtp = Some(local),
+                Mode::Submission => bound.submission = Some(local),
+                Mode::Submissions => bound.submissions = Some(local),
+                Mode::Lmtp => bound.lmtp = Some(local),
+            }
+            tracing::info!(listener = mode.name(), addr = %local, "listening");
+            tracker.spawn(accept_loop(
+                app.clone(),
+                listener,
+                mode,
+                token.clone(),
+                tracker.clone(),
+                limit.clone(),
+            ));
+        }
+        tracker.spawn(watch_users(app.clone(), token.clone()));
+        tracker.spawn(crate::control::serve(app.clone(), token.clone()));
+        Ok(Server {
+            app,
+            bound,
+            token,
+            tracker,
+        })
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Stops accepting, waits for sessions (up to the grace period), then
+    /// checkpoints and closes the store.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.token.cancel();
+        self.tracker.close();
+        let grace = Duration::from_secs(self.app.config.server.shutdown_grace_secs);
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "sessions still running after the grace period; closing the store anyway"
+            );
+        }
+        let store = self.app.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.app.config));
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    mode: Mode,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = token.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracker.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut tcp = tcp;
+                if mode != Mode::Submissions {
+                    let _ = tcp
+                        .write_all(b"421 4.3.2 Too many connections, try again later\r\n")
+                        .await;
+                }
+                let _ = tcp.shutdown().await;
+            });
+            continue;
+        };
+        let app = app.clone();
+        let token = token.child_token();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn = if mode == Mode::Submissions {
+                let Some(acceptor) = app.tls.clone() else {
+                    return;
+                };
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                    _ => {
+                        tracing::debug!(%peer, "TLS handshake failed");
+                        return;
+                    }
+                }
+            } else {
+                Conn::Plain(tcp)
+            };
+            Session::new(app, mode, peer, conn, token).run().await;
+        });
+    }
+}
+
+/// Reloads the users file when it changes (polled each second) or on SIGHUP.
+async fn watch_users(app: Arc<App>, token: CancellationToken) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = token.cancelled() => return,
+        };
+        let result = if forced {
+            Some(app.users.reload())
+        } else {
+            app.users.reload_if_changed()
+        };
+        match result {
+            Some(Ok(n)) => tracing::info!(users = n, "users file reloaded"),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "users file not reloaded; keeping the previous users")
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! One storage group: a redb file, its write-ahead log, and the single writer
+//! thread that owns both.
+//!
+//! Group commit: the writer takes every request waiting in its queue, plans
+//! and applies them in one redb transaction, appends all their records to the
+//! log with one fsync, commits redb without fsync, and only then answers each
+//! caller. Callers that arrive during an fsync simply make the next batch
+//! bigger. A checkpoint (durable redb commit recording the applied LSN) runs
+//! every few seconds or records, and on shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use redb::Database;
+use tokio::sync::oneshot;
+
+use super::StoreError;
+use super::codec::Enc;
+use super::ops::{self, Op, Outcome};
+use super::recovery::{self, RecoveryReport};
+use super::schema::{self, K_APPLIED_LSN, K_CHECKPOINT_LSN};
+use super::wal::{self, Wal};
+use crate::config::StoreConfig;
+
+/// Most requests one batch takes, and roughly most bytes.
+const BATCH_JOBS: usize = 1024;
+const BATCH_BYTES: usize = 32 << 20;
+
+/// Counters readable without stopping the writer.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    pub ops: AtomicU64,
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub applied_lsn: AtomicU64,
+    pub checkpoint_lsn: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_segments: AtomicU64,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+enum Msg {
+    Op(Job),
+    Checkpoint(oneshot::Sender<Result<u64, StoreError>>),
+    Shutdown,
+}
+
+pub struct Group {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub db: Arc<Database>,
+    pub stats: Arc<GroupStats>,
+    pub recovery: RecoveryReport,
+    tx: Sender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub fn group_dir(data_dir: &Path, id: u32) -> PathBuf {
+    data_dir.join("groups").join(format!("g{id:03}"))
+}
+
+impl Group {
+    /// Opens (creating if needed) and recovers group `id`, then starts its writer.
+    pub fn open(data_dir: &Path, id: u32, cfg: &StoreConfig) -> Result<Group, StoreError> {
+        let dir = group_dir(data_dir, id);
+        let wal_dir = dir.join("wal");
+        std::fs::create_dir_all(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
+        let db_path = dir.join("store.redb");
+        let db = Database::builder().create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(db_path.clone()),
+            other => StoreError::Db(format!("{}: {other}", db_path.display())),
+        })?;
+        let report = recovery::recover(&db, &wal_dir)?;
+        if report.replayed > 0 || report.truncated.is_some() {
+            tracing::info!(
+                group = id,
+                replayed = report.replayed,
+                next_lsn = report.next_lsn,
+                "storage group recovered"
+            );
+        }
+        let wal = Wal::open(&wal_dir, cfg.wal_segment_bytes, report.next_lsn)?;
+        let db = Arc::new(db);
+        let stats = Arc::new(GroupStats::default());
+        let applied = report.next_lsn - 1;
+        stats.applied_lsn.store(applied, Ordering::Relaxed);
+        stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
+        stats.wal_bytes.store(wal.total_bytes(), Ordering::Relaxed);
+        stats
+            .wal_segments
+            .store(wal.segment_count() as u64, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            id,
+            db: db.clone(),
+            wal,
+            next_lsn: report.next_lsn,
+            stats: stats.clone(),
+            interval: Duration::from_secs(cfg.checkpoint_interval_secs),
+            every_records: cfg.checkpoint_records,
+            last_checkpoint: Instant::now(),
+            since_checkpoint: 0,
+            poisoned: AtomicBool::new(false),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("tiermail-g{id:03}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io(&dir, e))?;
+        Ok(Group {
+            id,
+            dir,
+            db,
+            stats,
+            recovery: report,
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Logs, applies and acknowledges `op`; returns once its record is fsynced.
+    pub async fn submit(&self, op: Op) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Op(Job { op, reply }))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Forces a checkpoint now; returns the checkpointed LSN.
+    pub async fn checkpoint(&self) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Checkpoints and stops the writer; waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Writer {
+    id: u32,
+    db: Arc<Database>,
+    wal: Wal,
+    next_lsn: u64,
+    stats: Arc<GroupStats>,
+    interval: Duration,
+    every_records: u64,
+    last_checkpoint: Instant,
+    since_checkpoint: u64,
+    poisoned: AtomicBool,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = self
+                .interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .max(Duration::from_millis(1));
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.checkpoint_logged();
+                    return;
+                }
+            };
+            let mut jobs = Vec::new();
+            let mut control = None;
+            let mut bytes = 0usize;
+            match first {
+                Some(Msg::Op(j)) => {
+                    bytes += job_bytes(&j);
+                    jobs.push(j);
+                }
+                Some(other) => control = Some(other),
+                None => {}
+            }
+            while control.is_none() && jobs.len() < BATCH_JOBS && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(Msg::Op(j)) => {
+                        bytes += job_bytes(&j);
+                        jobs.push(j);
+                    }
+                    Ok(other) => control = Some(other),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if !jobs.is_empty() {
+                self.process(jobs);
+            }
+            let due = self.since_checkpoint > 0
+                && (self.since_checkpoint >= self.every_records
+                    || self.last_checkpoint.elapsed() >= self.interval);
+            match control {
+                Some(Msg::Checkpoint(reply)) => {
+                    let _ = reply.send(self.checkpoint());
+                }
+                Some(Msg::Shutdown) => {
+                    self.checkpoint_logged();
+                    return;
+                }
+                _ if due => self.checkpoint_logged(),
+                _ => {}
+            }
+        }
+    }
+
+    fn process(&mut self, jobs: Vec<Job>) {
+        if self.poisoned.load(Ordering::Relaxed) {
+            for j in jobs {
+                let _ = j.reply.send(Err(StoreError::Unavailable(format!(
+                    "storage group {} stopped after a write failure; restart to recover it",
+                    self.id
+                ))));
+            }
+            return;
+        }
+        match self.commit_batch(&jobs) {
+            Ok(results) => {
+                for (j, r) in jobs.into_iter().zip(results) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(group = self.id, error = %e, "write batch failed");
+                let text = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(StoreError::Unavailable(text.clone())));
+                }
+            }
+        }
+    }
+
+    /// Plans, applies, logs (one fsync) and commits a batch. An `Err` means
+    /// nothing of the batch was acknowledged.
+    fn commit_batch(
+        &mut self,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let first_lsn = self.next_lsn;
+        let mut lsn = first_lsn;
+        let mut framed = Vec::new();
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match ops::plan(&txn, &job.op, now) {
+                Ok((records, outcome)) => {
+                    for rec in &records {
+                        schema::apply(&txn, rec)?;
+                        let mut e = Enc::new();
+                        rec.encode_payload(&mut e);
+                        wal::encode_record(&mut framed, rec.kind(), lsn, &e.buf);
+                        lsn += 1;
+                    }
+                    results.push(Ok(outcome));
+                }
+                Err(e) if e.is_request_error() => results.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if lsn == first_lsn {
+            txn.abort()?;
+            return Ok(results);
+        }
+        schema::set_meta(&txn, K_APPLIED_LSN, lsn - 1)?;
+        self.wal.append(&framed, first_lsn)?;
+        // The records are durable from here on: a failed redb commit now
+        // would leave memory and log apart, so the group stops until restart
+        // (whose replay brings redb up to the log).
+        if let Err(e) = txn.commit() {
+            self.poisoned.store(true, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let n = lsn - first_lsn;
+        self.next_lsn = lsn;
+        self.since_checkpoint += n;
+        let s = &self.stats;
+        s.ops.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        s.records.fetch_add(n, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        s.fsyncs.store(self.wal.fsyncs, Ordering::Relaxed);
+        s.applied_lsn.store(lsn - 1, Ordering::Relaxed);
+        s.wal_bytes
+            .fetch_add(framed.len() as u64, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    fn checkpoint_logged(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(group = self.id, error = %e, "checkpoint failed");
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<u64, StoreError> {
+        let applied = self.next_lsn - 1;
+        let txn = self.db.begin_write()?;
+        schema::set_meta(&txn, K_CHECKPOINT_LSN, applied)?;
+        txn.commit()?;
+        self.last_checkpoint = Instant::now();
+        self.since_checkpoint = 0;
+        self.stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        // Until backups exist to need them, log segments covered by a
+        // checkpoint are no longer needed for recovery.
+        self.wal.prune(applied)?;
+        self.stats
+            .wal_bytes
+            .store(self.wal.total_bytes(), Ordering::Relaxed);
+        self.stats
+            .wal_segments
+            .store(self.wal.segment_count() as u64, Ordering::Relaxed);
+        Ok(applied)
+    }
+}
+
+fn job_bytes(j: &Job) -> usize {
+    match &j.op {
+        Op::Deliver(d) => d.raw.len(),
+    }
+}

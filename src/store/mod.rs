@@ -1,0 +1,313 @@
+//! The current store: every user's live mailboxes, spread over storage groups.
+//!
+//! Only this module touches redb. Each group is a redb file plus a
+//! write-ahead log (`wal`), written by one thread (`group`) that turns
+//! requests into resolved records (`ops`), applies them (`schema`) and
+//! group-commits them; `recovery` replays the log at start-up. A user belongs
+//! to the group recorded for them in the store, so changing the configured
+//! group count never moves anyone silently. Reads run on the blocking pool
+//! as redb MVCC snapshots and never wait for the writer.
+
+pub mod codec;
+pub mod group;
+pub mod message;
+pub mod ops;
+pub mod record;
+pub mod recovery;
+pub mod schema;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+pub use group::Group;
+pub use message::{MessageMeta, Summary};
+pub use ops::{Delivery, Op, Outcome};
+pub use schema::MailboxInfo;
+
+use crate::config::StoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
+    #[error("stored data is malformed: {0}")]
+    Decode(#[from] codec::DecodeError),
+    #[error("store format: {0}")]
+    Format(String),
+    #[error("{0} is in use by another tiermail process")]
+    Locked(PathBuf),
+    #[error("no mailbox {0}")]
+    NoSuchMailbox(String),
+    #[error("message of {0} bytes is too large to store")]
+    TooLarge(usize),
+    #[error("mailbox {0} has used up its UIDs")]
+    UidsExhausted(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True for errors about the request itself (the store is fine).
+    pub fn is_request_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSuchMailbox(_) | StoreError::TooLarge(_) | StoreError::UidsExhausted(_)
+        )
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A snapshot of one group's counters, for status and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    pub id: u32,
+    pub users: u64,
+    pub messages: u64,
+    pub ops: u64,
+    pub records: u64,
+    pub batches: u64,
+    pub fsyncs: u64,
+    pub applied_lsn: u64,
+    pub checkpoint_lsn: u64,
+    pub wal_bytes: u64,
+    pub wal_segments: u64,
+    pub db_bytes: u64,
+}
+
+pub struct Store {
+    data_dir: PathBuf,
+    groups: Vec<Arc<Group>>,
+    configured: u32,
+    /// user -> group, as recorded in the groups' `users` tables.
+    directory: RwLock<HashMap<String, u32>>,
+}
+
+/// A hash that never changes between versions or platforms.
+fn stable_hash(user: &str) -> u32 {
+    crc32c::crc32c(user.as_bytes())
+}
+
+impl Store {
+    /// Opens and recovers every group (blocking: call before serving or
+    /// from the blocking pool).
+    pub fn open(data_dir: &Path, cfg: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        std::fs::create_dir_all(data_dir.join("groups"))
+            .map_err(|e| StoreError::io(data_dir, e))?;
+        let mut ids: Vec<u32> = (0..cfg.groups).collect();
+        // Groups created under an earlier, larger count keep serving their users.
+        let rd =
+            std::fs::read_dir(data_dir.join("groups")).map_err(|e| StoreError::io(data_dir, e))?;
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix('g').and_then(|n| n.parse::<u32>().ok())
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        let mut groups = Vec::new();
+        let mut directory = HashMap::new();
+        for id in ids {
+            let g = Group::open(data_dir, id, cfg)?;
+            let txn = g.db.begin_read()?;
+            for row in txn.open_table(schema::USERS)?.iter()? {
+                let (user, _) = row?;
+                directory.insert(user.value().to_string(), id);
+            }
+            groups.push(Arc::new(g));
+        }
+        Ok(Arc::new(Store {
+            data_dir: data_dir.to_path_buf(),
+            groups,
+            configured: cfg.groups,
+            directory: RwLock::new(directory),
+        }))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn groups(&self) -> &[Arc<Group>] {
+        &self.groups
+    }
+
+    /// The group holding `user` (a new user: by stable hash over the configured count).
+    pub fn group_of(&self, user: &str) -> &Arc<Group> {
+        let known = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied();
+        let id = known.unwrap_or_else(|| stable_hash(user) % self.configured);
+        self.groups
+            .iter()
+            .find(|g| g.id == id)
+            .expect("every configured group is open")
+    }
+
+    /// Stores a message; returns once it is in the fsynced log.
+    pub async fn deliver(&self, d: Delivery) -> Result<Outcome, StoreError> {
+        let user = d.user.clone();
+        let group = self.group_of(&user).clone();
+        let out = group.submit(Op::Deliver(d)).await?;
+        self.directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user)
+            .or_insert(group.id);
+        Ok(out)
+    }
+
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        user: &str,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let group = self.group_of(user).clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = group.db.begin_read()?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    /// The user's mailboxes, sorted by name (empty for an unknown user).
+    pub async fn mailboxes(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<Vec<(String, MailboxInfo)>, StoreError> {
+        let prefix = schema::mailbox_key(user, "");
+        self.read(user, move |txn| {
+            let t = txn.open_table(schema::MAILBOXES)?;
+            let mut v = Vec::new();
+            for row in t.range(prefix.as_str()..)? {
+                let (k, val) = row?;
+                let Some(name) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                v.push((name.to_string(), MailboxInfo::from_bytes(val.value())?));
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    /// (uid, metadata) of every message in a mailbox, by UID.
+    pub async fn messages(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox: &str,
+    ) -> Result<Vec<(u32, MessageMeta)>, StoreError> {
+        let key = schema::mailbox_key(user, mailbox);
+        let name = mailbox.to_string();
+        self.read(user, move |txn| {
+            let info = mailbox_info(txn, &key)?.ok_or(StoreError::NoSuchMailbox(name))?;
+            let t = txn.open_table(schema::MESSAGES)?;
+            let mut v = Vec::new();
+            for row in t.range((info.id, 0)..=(info.id, u32::MAX))? {
+                let (k, val) = row?;
+                v.push((k.value().1, MessageMeta::from_bytes(val.value())?));
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    /// The exact stored bytes of one message.
+    pub async fn raw(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = schema::mailbox_key(user, mailbox);
+        let name = mailbox.to_string();
+        self.read(user, move |txn| {
+            let info = mailbox_info(txn, &key)?.ok_or(StoreError::NoSuchMailbox(name))?;
+            let t = txn.open_table(schema::BODIES)?;
+            Ok(t.get((info.id, uid))?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    /// Counters of every group (users and messages counted from a snapshot).
+    pub fn status(&self) -> Result<Vec<GroupStatus>, StoreError> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            let txn = g.db.begin_read()?;
+            let s = &g.stats;
+            out.push(GroupStatus {
+                id: g.id,
+                users: txn.open_table(schema::USERS)?.len()?,
+                messages: txn.open_table(schema::MESSAGES)?.len()?,
+                ops: s.ops.load(Ordering::Relaxed),
+                records: s.records.load(Ordering::Relaxed),
+                batches: s.batches.load(Ordering::Relaxed),
+                fsyncs: s.fsyncs.load(Ordering::Relaxed),
+                applied_lsn: s.applied_lsn.load(Ordering::Relaxed),
+                checkpoint_lsn: s.checkpoint_lsn.load(Ordering::Relaxed),
+                wal_bytes: s.wal_bytes.load(Ordering::Relaxed),
+                wal_segments: s.wal_segments.load(Ordering::Relaxed),
+                db_bytes: std::fs::metadata(g.dir.join("store.redb"))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints and stops every group writer.
+    pub fn shutdown(&self) {
+        for g in &self.groups {
+            g.shutdown();
+        }
+    }
+}
+
+fn mailbox_info(txn: &redb::ReadTransaction, key: &str) -> Result<Option<MailboxInfo>, StoreError> {
+    let t = txn.open_table(schema::MAILBOXES)?;
+    Ok(t.get(key)?
+        .map(|v| MailboxInfo::from_bytes(v.value()))
+        .transpose()?)
+}

@@ -1,0 +1,152 @@
+//! Start-up recovery of one storage group: redb reopens at its last durable
+//! commit (the checkpoint, which names the last LSN it contains); every log
+//! record after that LSN is applied again. A damaged tail of the newest
+//! segment is a write that never completed (and so was never acknowledged):
+//! it is cut off with a warning. Damage anywhere else, or a gap in the LSNs,
+//! is real corruption and stops the group with the file and offset named.
+
+use std::path::{Path, PathBuf};
+
+use redb::Database;
+
+use super::StoreError;
+use super::record::Record;
+use super::schema::{self, K_APPLIED_LSN, K_CHECKPOINT_LSN};
+use super::wal::{self, SegmentEnd, WalError};
+
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Records applied again.
+    pub replayed: u64,
+    /// LSN the next record gets.
+    pub next_lsn: u64,
+    /// A cut-off torn tail: file, offset, why.
+    pub truncated: Option<(PathBuf, u64, String)>,
+}
+
+const REPLAY_BATCH: usize = 2_000;
+
+pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreError> {
+    let txn = db.begin_write()?;
+    schema::create_tables(&txn)?;
+    let applied = schema::get_meta(&txn, K_APPLIED_LSN)?;
+    txn.commit()?;
+
+    let segments = wal::list_segments(wal_dir)?;
+    let mut report = RecoveryReport::default();
+    let mut last_lsn = applied;
+    let mut pending: Vec<(u64, Record)> = Vec::new();
+    let mut expect: Option<u64> = None;
+
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let end = wal::read_segment(path, |r| {
+            let want = expect.unwrap_or(*first);
+            if expect.is_none() && r.lsn > applied + 1 {
+                return Err(WalError::Corrupt {
+                    path: path.clone(),
+                    offset: wal::HEADER_LEN,
+                    problem: format!(
+                        "log resumes only at LSN {} but the store holds up to {applied}: records are missing",
+                        r.lsn
+                    ),
+                });
+            }
+            if r.lsn != want {
+                return Err(WalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    problem: format!("LSN {} where {want} was expected", r.lsn),
+                });
+            }
+            expect = Some(r.lsn + 1);
+            if r.lsn > applied {
+                let rec = Record::decode(r.kind, &r.payload).map_err(|e| WalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    problem: format!("record {}: {e}", r.lsn),
+                })?;
+                pending.push((r.lsn, rec));
+            }
+            Ok(())
+        })?;
+        if expect.is_none() {
+            // An empty segment: its name says which LSN comes next.
+            if *first > applied + 1 {
+                return Err(StoreError::Wal(WalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    problem: format!(
+                        "log resumes only at LSN {first} but the store holds up to {applied}"
+                    ),
+                }));
+            }
+            expect = Some(*first);
+        }
+        flush(db, &mut pending, &mut report)?;
+        if let SegmentEnd::Damaged { offset, problem } = end {
+            if !is_last {
+                return Err(StoreError::Wal(WalError::Corrupt {
+                    path: path.clone(),
+                    offset,
+                    problem,
+                }));
+            }
+            tracing::warn!(file = %path.display(), offset, %problem, "cutting off the torn tail of the write-ahead log (an unacknowledged write)");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| WalError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            if offset < wal::HEADER_LEN {
+                // Not even the header survived: start the segment afresh.
+                drop(f);
+                std::fs::remove_file(path).map_err(|source| WalError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            } else {
+                f.set_len(offset)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|source| WalError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            report.truncated = Some((path.clone(), offset, problem));
+        }
+        if let Some(e) = expect {
+            last_lsn = last_lsn.max(e - 1);
+        }
+    }
+
+    // Make the replayed state durable so the log before it may be pruned.
+    let txn = db.begin_write()?;
+    let applied_now = schema::get_meta(&txn, K_APPLIED_LSN)?;
+    schema::set_meta(&txn, K_CHECKPOINT_LSN, applied_now)?;
+    txn.commit()?;
+    report.next_lsn = last_lsn.max(applied_now) + 1;
+    Ok(report)
+}
+
+fn flush(
+    db: &Database,
+    pending: &mut Vec<(u64, Record)>,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    for chunk in pending.chunks(REPLAY_BATCH) {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        for (_, rec) in chunk {
+            schema::apply(&txn, rec)?;
+        }
+        let last = chunk.last().map(|(l, _)| *l).unwrap_or(0);
+        schema::set_meta(&txn, K_APPLIED_LSN, last)?;
+        txn.commit()?;
+        report.replayed += chunk.len() as u64;
+    }
+    pending.clear();
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The redb tables of a storage group and the one function that changes
+//! them, [`apply`]. Every table is listed in [`TABLES`] so that a backup can
+//! copy a group table by table from one read transaction.
+//!
+//! `apply` is idempotent: applying a record twice leaves the same state as
+//! applying it once, which is what makes WAL replay after a crash safe.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::StoreError;
+use super::codec::{Dec, DecodeError, Enc};
+use super::record::Record;
+
+/// Group-wide counters: see the `K_*` keys.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// user address -> creation time (unix seconds).
+pub const USERS: TableDefinition<&str, i64> = TableDefinition::new("users");
+/// `user \0 mailbox name` -> encoded [`MailboxInfo`].
+pub const MAILBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("mailboxes");
+/// mailbox id -> `user \0 mailbox name`.
+pub const MAILBOX_IDS: TableDefinition<u64, &str> = TableDefinition::new("mailbox_ids");
+/// (mailbox id, uid) -> encoded [`MessageMeta`].
+pub const MESSAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("messages");
+/// (mailbox id, uid) -> the exact message bytes.
+pub const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
+
+pub const TABLES: &[&str] = &[
+    "meta",
+    "users",
+    "mailboxes",
+    "mailbox_ids",
+    "messages",
+    "bodies",
+];
+
+pub const K_FORMAT: &str = "format_version";
+pub const K_APPLIED_LSN: &str = "applied_lsn";
+pub const K_CHECKPOINT_LSN: &str = "checkpoint_lsn";
+pub const K_NEXT_MAILBOX_ID: &str = "next_mailbox_id";
+pub const K_LAST_UIDVALIDITY: &str = "last_uidvalidity";
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Mailboxes every user gets on first use, with their SPECIAL-USE attribute.
+pub const DEFAULT_MAILBOXES: &[(&str, &str)] = &[
+    ("INBOX", ""),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+];
+
+const MAILBOX_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    pub id: u64,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highestmodseq: u64,
+    pub special_use: String,
+}
+
+impl MailboxInfo {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.u8(MAILBOX_VERSION)
+            .u64(self.id)
+            .u32(self.uidvalidity)
+            .u32(self.uidnext)
+            .u64(self.highestmodseq)
+            .str(&self.special_use);
+        e.finish()
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<MailboxInfo, DecodeError> {
+        let mut d = Dec::new(b);
+        if d.u8()? != MAILBOX_VERSION {
+            return Err(DecodeError("unknown mailbox record version"));
+        }
+        let m = MailboxInfo {
+            id: d.u64()?,
+            uidvalidity: d.u32()?,
+            uidnext: d.u32()?,
+            highestmodseq: d.u64()?,
+            special_use: d.str()?,
+        };
+        d.end()?;
+        Ok(m)
+    }
+}
+
+pub fn mailbox_key(user: &str, name: &str) -> String {
+    format!("{user}\0{name}")
+}
+
+/// Creates every table so that read transactions never meet a missing one.
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(K_FORMAT)?.is_none() {
+        meta.insert(K_FORMAT, FORMAT_VERSION)?;
+    } else {
+        let v = meta.get(K_FORMAT)?.map(|g| g.value()).unwrap_or(0);
+        if v != FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "store format version {v}, this tiermail reads {FORMAT_VERSION}"
+            )));
+        }
+    }
+    drop(meta);
+    txn.open_table(USERS)?;
+    txn.open_table(MAILBOXES)?;
+    txn.open_table(MAILBOX_IDS)?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(BODIES)?;
+    Ok(())
+}
+
+pub fn get_meta(txn: &WriteTransaction, key: &str) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)?
+        .get(key)?
+        .map(|g| g.value())
+        .unwrap_or(0))
+}
+
+pub fn set_meta(txn: &WriteTransaction, key: &str, value: u64) -> Result<(), StoreError> {
+    txn.open_table(META)?.insert(key, value)?;
+    Ok(())
+}
+
+fn raise_meta(txn: &WriteTransaction, key: &str, at_least: u64) -> Result<(), StoreError> {
+    if get_meta(txn, key)? < at_least {
+        set_meta(txn, key, at_least)?;
+    }
+    Ok(())
+}
+
+pub fn mailbox_by_id(
+    txn: &WriteTransaction,
+    id: u64,
+) -> Result<Option<(String, MailboxInfo)>, StoreError> {
+    let key = match txn.open_table(MAILBOX_IDS)?.get(id)? {
+        Some(k) => k.value().to_string(),
+        None => return Ok(None),
+    };
+    let info = txn
+        .open_table(MAILBOXES)?
+        .get(key.as_str())?
+        .map(|v| MailboxInfo::from_bytes(v.value()))
+        .transpose()?;
+    Ok(info.map(|i| (key, i)))
+}
+
+/// Applies one record to the group's tables.
+pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> {
+    match record {
+        Record::UserCreated { user, created } => {
+            let mut users = txn.open_table(USERS)?;
+            if users.get(user.as_str())?.is_none() {
+                users.insert(user.as_str(), *created)?;
+            }
+        }
+        Record::MailboxCreated {
+            user,
+            name,
+            id,
+            uidvalidity,
+            special_use,
+        } => {
+            let key = mailbox_key(user, name);
+            let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let exists = match mailboxes.get(key.as_str())? {
+                Some(v) => MailboxInfo::from_bytes(v.value())?.id == *id,
+                None => false,
+            };
+            if !exists {
+                let info = MailboxInfo {
+                    id: *id,
+                    uidvalidity: *uidvalidity,
+                    uidnext: 1,
+                    highestmodseq: 1,
+                    special_use: special_use.clone(),
+                };
+                mailboxes.insert(key.as_str(), info.to_bytes().as_slice())?;
+                txn.open_table(MAILBOX_IDS)?.insert(*id, key.as_str())?;
+            }
+            drop(mailboxes);
+            raise_meta(txn, K_NEXT_MAILBOX_ID, id + 1)?;
+            raise_meta(txn, K_LAST_UIDVALIDITY, u64::from(*uidvalidity))?;
+        }
+        Record::MessageAppended {
+            mailbox_id,
+            uid,
+            meta,
+            raw,
+        } => {
+            let (key, mut info) = mailbox_by_id(txn, *mailbox_id)?.ok_or_else(|| {
+                StoreError::Format(format!("record names unknown mailbox id {mailbox_id}"))
+            })?;
+            txn.open_table(MESSAGES)?
+                .insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?;
+            txn.open_table(BODIES)?
+                .insert((*mailbox_id, *uid), raw.as_slice())?;
+            info.uidnext = info.uidnext.max(uid + 1);
+            info.highestmodseq = info.highestmodseq.max(meta.modseq);
+            txn.open_table(MAILBOXES)?
+                .insert(key.as_str(), info.to_bytes().as_slice())?;
+        }
+    }
+    Ok(())
+}
