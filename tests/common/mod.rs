@@ -135,6 +135,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// Wraps a connected stream without reading the greeting.
+    pub fn unread(stream: impl Stream + 'static) -> Client {
+        Client {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut c = Client {
