@@ -3,6 +3,8 @@
 //! SMTP client that reads like a transcript.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
