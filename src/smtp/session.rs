@@ -719,11 +719,9 @@ impl Session {
             self.refuse(503, "5.5.1", text);
             return Step::Continue;
         }
-        if overflow {
-            if let Some(t) = self.txn.as_mut() {
-                t.bdat_overflow = true;
-                t.body = Vec::new();
-            }
+        if overflow && let Some(t) = self.txn.as_mut() {
+            t.bdat_overflow = true;
+            t.body = Vec::new();
         }
         if !last {
             if overflow {

@@ -29,6 +29,8 @@ use crate::config::StoreConfig;
 /// Most requests one batch takes, and roughly most bytes.
 const BATCH_JOBS: usize = 1024;
 const BATCH_BYTES: usize = 32 << 20;
+/// Longest a batch waits for writers that were active in the previous one.
+const COMMIT_WAIT: Duration = Duration::from_micros(150);
 
 /// Counters readable without stopping the writer.
 #[derive(Debug, Default)]
@@ -110,6 +112,7 @@ impl Group {
             every_records: cfg.checkpoint_records,
             last_checkpoint: Instant::now(),
             since_checkpoint: 0,
+            last_batch: 1,
             poisoned: AtomicBool::new(false),
         };
         let thread = std::thread::Builder::new()
@@ -164,6 +167,7 @@ struct Writer {
     every_records: u64,
     last_checkpoint: Instant,
     since_checkpoint: u64,
+    last_batch: usize,
     poisoned: AtomicBool,
 }
 
@@ -203,7 +207,28 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            // Group commit with siblings: when the previous batch had more
+            // writers than this one has yet, give the others a moment to
+            // arrive so that one fsync covers them all. A lone writer never
+            // waits (its previous batch was itself).
+            let deadline = Instant::now() + COMMIT_WAIT;
+            while control.is_none()
+                && !jobs.is_empty()
+                && jobs.len() < self.last_batch
+                && jobs.len() < BATCH_JOBS
+                && bytes < BATCH_BYTES
+            {
+                match rx.recv_deadline(deadline) {
+                    Ok(Msg::Op(j)) => {
+                        bytes += job_bytes(&j);
+                        jobs.push(j);
+                    }
+                    Ok(other) => control = Some(other),
+                    Err(_) => break,
+                }
+            }
             if !jobs.is_empty() {
+                self.last_batch = jobs.len();
                 self.process(jobs);
             }
             let due = self.since_checkpoint > 0

@@ -69,10 +69,12 @@ fn plan_delivery(
             user: d.user.clone(),
             created: now,
         });
-        let mut next_id = schema::get_meta(txn, schema::K_NEXT_MAILBOX_ID)?.max(1);
-        let mut uidvalidity = next_uidvalidity(txn, now)?;
+        let first_id = schema::get_meta(txn, schema::K_NEXT_MAILBOX_ID)?.max(1);
+        let first_uidvalidity = next_uidvalidity(txn, now)?;
         let mut target = None;
-        for (name, special) in DEFAULT_MAILBOXES {
+        for (i, (name, special)) in DEFAULT_MAILBOXES.iter().enumerate() {
+            let next_id = first_id + i as u64;
+            let uidvalidity = first_uidvalidity + i as u32;
             records.push(Record::MailboxCreated {
                 user: d.user.clone(),
                 name: name.to_string(),
@@ -89,8 +91,6 @@ fn plan_delivery(
                     special_use: special.to_string(),
                 });
             }
-            next_id += 1;
-            uidvalidity += 1;
         }
         target.expect("delivery mailbox is one of the defaults")
     };
