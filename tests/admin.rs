@@ -12,15 +12,15 @@ use common::daemon::{Daemon, tiermail, write_config};
 use common::{Client, PASSWORD, plain};
 
 fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
+    outcome(cmd.output().unwrap())
+}
+
+/// (exit code, stdout, stderr) of a finished command.
+fn outcome(out: Output) -> (i32, String, String) {
     (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
@@ -101,16 +101,7 @@ fn user_cmd(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> (i3
     } else {
         drop(child.stdin.take());
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    outcome(child.wait_with_output().unwrap())
 }
 
 async fn rcpt_reply(addr: std::net::SocketAddr, rcpt: &str) -> String {

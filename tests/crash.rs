@@ -51,6 +51,19 @@ impl Raw {
         }
     }
 
+    /// One pipelined transaction to alice; Ok once it got its 250.
+    async fn send_to_alice(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        self.s
+            .write_all(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+            .await?;
+        for code in ["250", "250", "354"] {
+            self.expect(code).await?;
+        }
+        self.s.write_all(msg).await?;
+        self.s.write_all(b".\r\n").await?;
+        self.expect("250").await
+    }
+
     async fn expect(&mut self, code: &str) -> std::io::Result<()> {
         let r = self.reply().await?;
         if r.starts_with(code) {
@@ -188,15 +201,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let daemon = Daemon::start(&config);
     let mut c = Raw::connect(daemon.addr("smtp")).await.unwrap();
     let after = body(99, 0);
-    c.s.write_all(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-        .await
-        .unwrap();
-    for code in ["250", "250", "354"] {
-        c.expect(code).await.unwrap();
-    }
-    c.s.write_all(&after).await.unwrap();
-    c.s.write_all(b".\r\n").await.unwrap();
-    c.expect("250").await.unwrap();
+    c.send_to_alice(&after).await.unwrap();
     let status = daemon.terminate();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 
@@ -243,15 +248,7 @@ async fn deliver_then_kill(config: &Path, n: usize) -> Vec<Vec<u8>> {
     let mut bodies = Vec::new();
     for seq in 0..n {
         let msg = body(0, seq);
-        c.s.write_all(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-            .await
-            .unwrap();
-        for code in ["250", "250", "354"] {
-            c.expect(code).await.unwrap();
-        }
-        c.s.write_all(&msg).await.unwrap();
-        c.s.write_all(b".\r\n").await.unwrap();
-        c.expect("250").await.unwrap();
+        c.send_to_alice(&msg).await.unwrap();
         bodies.push(msg);
     }
     daemon.kill9();

@@ -78,11 +78,11 @@ async fn reopen_keeps_uids_uidvalidity_and_placement() {
     };
     for _ in 0..2 {
         let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-        for i in 0..5 {
+        for (i, group) in placement.iter().enumerate() {
             let user = format!("u{i}@example.test");
             let msgs = store.messages(&user, "INBOX").await.unwrap();
             assert_eq!(msgs.len(), 4, "{user}");
-            assert_eq!(store.group_of(&user).id, placement[i]);
+            assert_eq!(store.group_of(&user).id, *group);
         }
         assert_eq!(store.mailboxes("u0@example.test").await.unwrap(), validity);
         store.shutdown();
