@@ -37,6 +37,7 @@ pub struct Config {
     pub domains: DomainsConfig,
     pub users: UsersConfig,
     pub smtp: SmtpConfig,
+    pub imap: ImapConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
     pub store: StoreConfig,
@@ -71,6 +72,16 @@ pub struct SmtpConfig {
     pub submissions_listen: String,
     pub lmtp_listen: String,
     pub allow_plaintext_auth: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    pub listen: String,
+    pub tls_listen: String,
+    pub allow_plaintext_auth: bool,
+    pub idle_timeout_secs: u64,
+    pub unauthenticated_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +165,9 @@ impl Config {
         cfg.smtp.submissions_listen = "127.0.0.1:0".into();
         cfg.smtp.lmtp_listen = "127.0.0.1:0".into();
         cfg.smtp.allow_plaintext_auth = true;
+        cfg.imap.listen = "127.0.0.1:0".into();
+        cfg.imap.tls_listen = "127.0.0.1:0".into();
+        cfg.imap.allow_plaintext_auth = true;
         cfg.server.shutdown_grace_secs = 5;
         cfg
     }
@@ -196,6 +210,8 @@ impl Config {
             ("smtp.submission_listen", &self.smtp.submission_listen),
             ("smtp.submissions_listen", &self.smtp.submissions_listen),
             ("smtp.lmtp_listen", &self.smtp.lmtp_listen),
+            ("imap.listen", &self.imap.listen),
+            ("imap.tls_listen", &self.imap.tls_listen),
         ] {
             parse_listen(key, value)?;
         }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Directory, Throttle};
 use crate::config::{Config, parse_listen};
+use crate::imap::session::{Kind as ImapKind, Session as ImapSession};
 use crate::net::Conn;
 use crate::smtp::Mode;
 use crate::smtp::session::Session;
@@ -37,6 +38,40 @@ pub struct Bound {
     pub submission: Option<SocketAddr>,
     pub submissions: Option<SocketAddr>,
     pub lmtp: Option<SocketAddr>,
+    pub imap: Option<SocketAddr>,
+    pub imaps: Option<SocketAddr>,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Smtp(Mode),
+    Imap(ImapKind),
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Smtp(m) => m.name(),
+            Service::Imap(ImapKind::Plain) => "imap",
+            Service::Imap(ImapKind::Tls) => "imaps",
+        }
+    }
+
+    fn implicit_tls(self) -> bool {
+        matches!(
+            self,
+            Service::Smtp(Mode::Submissions) | Service::Imap(ImapKind::Tls)
+        )
+    }
+
+    /// What a client over the connection limit is told before the close.
+    fn busy_reply(self) -> &'static [u8] {
+        match self {
+            Service::Smtp(_) => b"421 4.3.2 Too many connections, try again later\r\n",
+            Service::Imap(_) => b"* BYE Too many connections, try again later\r\n",
+        }
+    }
 }
 
 impl std::fmt::Display for Bound {
@@ -44,11 +79,13 @@ impl std::fmt::Display for Bound {
         let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         write!(
             f,
-            "smtp={} submission={} submissions={} lmtp={}",
+            "smtp={} submission={} submissions={} lmtp={} imap={} imaps={}",
             show(self.smtp),
             show(self.submission),
             show(self.submissions),
-            show(self.lmtp)
+            show(self.lmtp),
+            show(self.imap),
+            show(self.imaps)
         )
     }
 }
@@ -86,19 +123,33 @@ impl Server {
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut bound = Bound::default();
-        for (key, value, mode) in [
-            ("smtp.listen", &config.smtp.listen, Mode::Mx),
+        for (key, value, service) in [
+            ("smtp.listen", &config.smtp.listen, Service::Smtp(Mode::Mx)),
             (
                 "smtp.submission_listen",
                 &config.smtp.submission_listen,
-                Mode::Submission,
+                Service::Smtp(Mode::Submission),
             ),
             (
                 "smtp.submissions_listen",
                 &config.smtp.submissions_listen,
-                Mode::Submissions,
+                Service::Smtp(Mode::Submissions),
             ),
-            ("smtp.lmtp_listen", &config.smtp.lmtp_listen, Mode::Lmtp),
+            (
+                "smtp.lmtp_listen",
+                &config.smtp.lmtp_listen,
+                Service::Smtp(Mode::Lmtp),
+            ),
+            (
+                "imap.listen",
+                &config.imap.listen,
+                Service::Imap(ImapKind::Plain),
+            ),
+            (
+                "imap.tls_listen",
+                &config.imap.tls_listen,
+                Service::Imap(ImapKind::Tls),
+            ),
         ] {
             let Some(addr) = parse_listen(key, value)? else {
                 continue;
@@ -107,17 +158,20 @@ impl Server {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}"))?;
             let local = listener.local_addr()?;
-            match mode {
-                Mode::Mx => bound.smtp = Some(local),
-                Mode::Submission => bound.submission = Some(local),
-                Mode::Submissions => bound.submissions = Some(local),
-                Mode::Lmtp => bound.lmtp = Some(local),
-            }
-            tracing::info!(listener = mode.name(), addr = %local, "listening");
+            let slot = match service {
+                Service::Smtp(Mode::Mx) => &mut bound.smtp,
+                Service::Smtp(Mode::Submission) => &mut bound.submission,
+                Service::Smtp(Mode::Submissions) => &mut bound.submissions,
+                Service::Smtp(Mode::Lmtp) => &mut bound.lmtp,
+                Service::Imap(ImapKind::Plain) => &mut bound.imap,
+                Service::Imap(ImapKind::Tls) => &mut bound.imaps,
+            };
+            *slot = Some(local);
+            tracing::info!(listener = service.name(), addr = %local, "listening");
             tracker.spawn(accept_loop(
                 app.clone(),
                 listener,
-                mode,
+                service,
                 token.clone(),
                 tracker.clone(),
                 limit.clone(),
@@ -162,7 +216,7 @@ impl Server {
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
-    mode: Mode,
+    service: Service,
     token: CancellationToken,
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
@@ -184,10 +238,8 @@ async fn accept_loop(
             tracker.spawn(async move {
                 use tokio::io::AsyncWriteExt;
                 let mut tcp = tcp;
-                if mode != Mode::Submissions {
-                    let _ = tcp
-                        .write_all(b"421 4.3.2 Too many connections, try again later\r\n")
-                        .await;
+                if !service.implicit_tls() {
+                    let _ = tcp.write_all(service.busy_reply()).await;
                 }
                 let _ = tcp.shutdown().await;
             });
@@ -197,7 +249,7 @@ async fn accept_loop(
         let token = token.child_token();
         tracker.spawn(async move {
             let _permit = permit;
-            let conn = if mode == Mode::Submissions {
+            let conn = if service.implicit_tls() {
                 let Some(acceptor) = app.tls.clone() else {
                     return;
                 };
@@ -211,7 +263,10 @@ async fn accept_loop(
             } else {
                 Conn::Plain(tcp)
             };
-            Session::new(app, mode, peer, conn, token).run().await;
+            match service {
+                Service::Smtp(mode) => Session::new(app, mode, peer, conn, token).run().await,
+                Service::Imap(kind) => ImapSession::new(app, kind, peer, conn, token).run().await,
+            }
         });
     }
 }

@@ -93,6 +93,16 @@ impl<'a> Dec<'a> {
     pub fn str(&mut self) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError("invalid UTF-8"))
     }
+    /// A `u32` element count, checked against the bytes left (each element
+    /// takes at least `min_size` bytes) so a corrupt count cannot allocate.
+    pub fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_size.max(1)) > self.buf.len() {
+            return Err(DecodeError("list longer than its value"));
+        }
+        Ok(n)
+    }
+
     pub fn strs(&mut self) -> Result<Vec<String>, DecodeError> {
         let n = self.u32()? as usize;
         if n > self.buf.len() {

@@ -361,5 +361,6 @@ impl Writer {
 fn job_bytes(j: &Job) -> usize {
     match &j.op {
         Op::Deliver(d) => d.raw.len(),
+        _ => 64,
     }
 }

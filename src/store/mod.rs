@@ -26,7 +26,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use group::Group;
 pub use message::{MessageMeta, Summary};
-pub use ops::{Delivery, Op, Outcome};
+pub use ops::{Delivery, FlagAction, Op, Outcome, SEPARATOR};
 pub use schema::MailboxInfo;
 
 use crate::config::StoreConfig;
@@ -50,6 +50,12 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("no mailbox {0}")]
     NoSuchMailbox(String),
+    #[error("mailbox {0} already exists")]
+    MailboxExists(String),
+    #[error("mailbox {0} has child mailboxes; delete them first")]
+    HasChildren(String),
+    #[error("invalid mailbox name: {0}")]
+    BadName(String),
     #[error("message of {0} bytes is too large to store")]
     TooLarge(usize),
     #[error("mailbox {0} has used up its UIDs")]
@@ -72,7 +78,12 @@ impl StoreError {
     pub fn is_request_error(&self) -> bool {
         matches!(
             self,
-            StoreError::NoSuchMailbox(_) | StoreError::TooLarge(_) | StoreError::UidsExhausted(_)
+            StoreError::NoSuchMailbox(_)
+                | StoreError::MailboxExists(_)
+                | StoreError::HasChildren(_)
+                | StoreError::BadName(_)
+                | StoreError::TooLarge(_)
+                | StoreError::UidsExhausted(_)
         )
     }
 }
@@ -93,6 +104,16 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// What a session needs to know of each message to keep its view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageState {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    pub size: u32,
+    pub internal_date: i64,
+}
 
 /// A snapshot of one group's counters, for status and benchmarks.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +138,8 @@ pub struct Store {
     configured: u32,
     /// user -> group, as recorded in the groups' `users` tables.
     directory: RwLock<HashMap<String, u32>>,
+    /// Per-user change counters that IMAP sessions wait on (IDLE, NOOP).
+    watchers: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 /// A hash that never changes between versions or platforms.
@@ -159,6 +182,7 @@ impl Store {
             groups,
             configured: cfg.groups,
             directory: RwLock::new(directory),
+            watchers: Default::default(),
         }))
     }
 
@@ -188,14 +212,153 @@ impl Store {
     /// Stores a message; returns once it is in the fsynced log.
     pub async fn deliver(&self, d: Delivery) -> Result<Outcome, StoreError> {
         let user = d.user.clone();
-        let group = self.group_of(&user).clone();
-        let out = group.submit(Op::Deliver(d)).await?;
+        self.submit(&user, Op::Deliver(d)).await
+    }
+
+    /// Runs a change of `user`'s mail; returns once it is in the fsynced log
+    /// and visible to readers, after waking everyone watching the user.
+    pub async fn submit(&self, user: &str, op: Op) -> Result<Outcome, StoreError> {
+        let group = self.group_of(user).clone();
+        let out = group.submit(op).await?;
         self.directory
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(user)
+            .entry(user.to_string())
             .or_insert(group.id);
+        self.notify(user);
         Ok(out)
+    }
+
+    /// A receiver that changes whenever `user`'s mail changes.
+    pub fn watch(&self, user: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(user.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn notify(&self, user: &str) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = w.get(user) {
+            if tx.receiver_count() == 0 {
+                w.remove(user);
+            } else {
+                tx.send_modify(|v| *v += 1);
+            }
+        }
+    }
+
+    /// Creates the user's default mailboxes if they have none yet.
+    pub async fn ensure_user(self: &Arc<Self>, user: &str) -> Result<(), StoreError> {
+        let known = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(user);
+        if !known {
+            self.submit(
+                user,
+                Op::EnsureUser {
+                    user: user.to_string(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One mailbox's info, if it exists.
+    pub async fn mailbox(
+        self: &Arc<Self>,
+        user: &str,
+        name: &str,
+    ) -> Result<Option<MailboxInfo>, StoreError> {
+        let key = schema::mailbox_key(user, name);
+        self.read(user, move |txn| mailbox_info(txn, &key)).await
+    }
+
+    /// Names the user subscribed to (existing or not), sorted.
+    pub async fn subscriptions(self: &Arc<Self>, user: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = schema::mailbox_key(user, "");
+        self.read(user, move |txn| {
+            let t = txn.open_table(schema::SUBSCRIPTIONS)?;
+            let mut v = Vec::new();
+            for row in t.range(prefix.as_str()..)? {
+                let (k, _) = row?;
+                let Some(name) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                v.push(name.to_string());
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    /// The current state of a mailbox by id: its info and (uid, flags,
+    /// modseq, size) of every message, by UID. `None` if it is gone.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox_id: u64,
+    ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
+        self.read(user, move |txn| {
+            let Some(key) = txn
+                .open_table(schema::MAILBOX_IDS)?
+                .get(mailbox_id)?
+                .map(|k| k.value().to_string())
+            else {
+                return Ok(None);
+            };
+            let Some(info) = mailbox_info(txn, &key)? else {
+                return Ok(None);
+            };
+            let t = txn.open_table(schema::MESSAGES)?;
+            let mut v = Vec::new();
+            for row in t.range((mailbox_id, 0)..=(mailbox_id, u32::MAX))? {
+                let (k, val) = row?;
+                let m = MessageMeta::from_bytes(val.value())?;
+                v.push(MessageState {
+                    uid: k.value().1,
+                    flags: m.flags,
+                    modseq: m.modseq,
+                    size: m.size,
+                    internal_date: m.internal_date,
+                });
+            }
+            Ok(Some((info, v)))
+        })
+        .await
+    }
+
+    /// Metadata and (when `with_body`) bytes of some messages of a mailbox by
+    /// id, in the order asked; expunged ones are left out.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox_id: u64,
+        uids: Vec<u32>,
+        with_body: bool,
+    ) -> Result<Vec<(u32, MessageMeta, Option<Vec<u8>>)>, StoreError> {
+        self.read(user, move |txn| {
+            let metas = txn.open_table(schema::MESSAGES)?;
+            let bodies = txn.open_table(schema::BODIES)?;
+            let mut v = Vec::with_capacity(uids.len());
+            for uid in uids {
+                let Some(m) = metas.get((mailbox_id, uid))? else {
+                    continue;
+                };
+                let meta = MessageMeta::from_bytes(m.value())?;
+                let body = if with_body {
+                    bodies.get((mailbox_id, uid))?.map(|b| b.value().to_vec())
+                } else {
+                    None
+                };
+                v.push((uid, meta, body));
+            }
+            Ok(v)
+        })
+        .await
     }
 
     async fn read<T: Send + 'static>(

@@ -10,6 +10,12 @@ use super::message::MessageMeta;
 pub const T_USER_CREATED: u8 = 1;
 pub const T_MAILBOX_CREATED: u8 = 2;
 pub const T_MESSAGE_APPENDED: u8 = 3;
+pub const T_FLAGS_SET: u8 = 4;
+pub const T_EXPUNGED: u8 = 5;
+pub const T_MESSAGES_COPIED: u8 = 6;
+pub const T_MAILBOX_DELETED: u8 = 7;
+pub const T_MAILBOX_RENAMED: u8 = 8;
+pub const T_SUBSCRIPTION: u8 = 9;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -30,6 +36,44 @@ pub enum Record {
         meta: MessageMeta,
         raw: Arc<Vec<u8>>,
     },
+    /// The complete new flag lists of some messages, all at one modseq.
+    FlagsSet {
+        mailbox_id: u64,
+        modseq: u64,
+        changes: Vec<(u32, Vec<String>)>,
+    },
+    /// Messages removed from a mailbox; the mailbox's modseq becomes `modseq`.
+    Expunged {
+        mailbox_id: u64,
+        modseq: u64,
+        uids: Vec<u32>,
+    },
+    /// Copies (source uid -> destination uid) with their flags, bytes and
+    /// internal date; the copies get modseq `modseq`.
+    MessagesCopied {
+        from: u64,
+        to: u64,
+        modseq: u64,
+        pairs: Vec<(u32, u32)>,
+    },
+    /// A mailbox and every message in it removed.
+    MailboxDeleted {
+        user: String,
+        name: String,
+        id: u64,
+    },
+    /// A mailbox renamed, keeping its id, UIDVALIDITY and messages.
+    MailboxRenamed {
+        user: String,
+        from: String,
+        to: String,
+        id: u64,
+    },
+    Subscription {
+        user: String,
+        name: String,
+        subscribed: bool,
+    },
 }
 
 impl Record {
@@ -38,6 +82,12 @@ impl Record {
             Record::UserCreated { .. } => T_USER_CREATED,
             Record::MailboxCreated { .. } => T_MAILBOX_CREATED,
             Record::MessageAppended { .. } => T_MESSAGE_APPENDED,
+            Record::FlagsSet { .. } => T_FLAGS_SET,
+            Record::Expunged { .. } => T_EXPUNGED,
+            Record::MessagesCopied { .. } => T_MESSAGES_COPIED,
+            Record::MailboxDeleted { .. } => T_MAILBOX_DELETED,
+            Record::MailboxRenamed { .. } => T_MAILBOX_RENAMED,
+            Record::Subscription { .. } => T_SUBSCRIPTION,
         }
     }
 
@@ -69,6 +119,50 @@ impl Record {
                 meta.encode(e);
                 e.bytes(raw);
             }
+            Record::FlagsSet {
+                mailbox_id,
+                modseq,
+                changes,
+            } => {
+                e.u64(*mailbox_id).u64(*modseq).u32(changes.len() as u32);
+                for (uid, flags) in changes {
+                    e.u32(*uid).strs(flags);
+                }
+            }
+            Record::Expunged {
+                mailbox_id,
+                modseq,
+                uids,
+            } => {
+                e.u64(*mailbox_id).u64(*modseq).u32(uids.len() as u32);
+                for uid in uids {
+                    e.u32(*uid);
+                }
+            }
+            Record::MessagesCopied {
+                from,
+                to,
+                modseq,
+                pairs,
+            } => {
+                e.u64(*from).u64(*to).u64(*modseq).u32(pairs.len() as u32);
+                for (a, b) in pairs {
+                    e.u32(*a).u32(*b);
+                }
+            }
+            Record::MailboxDeleted { user, name, id } => {
+                e.str(user).str(name).u64(*id);
+            }
+            Record::MailboxRenamed { user, from, to, id } => {
+                e.str(user).str(from).str(to).u64(*id);
+            }
+            Record::Subscription {
+                user,
+                name,
+                subscribed,
+            } => {
+                e.str(user).str(name).u8(u8::from(*subscribed));
+            }
         }
     }
 
@@ -91,6 +185,63 @@ impl Record {
                 uid: d.u32()?,
                 meta: MessageMeta::decode(&mut d)?,
                 raw: Arc::new(d.bytes()?.to_vec()),
+            },
+            T_FLAGS_SET => {
+                let mailbox_id = d.u64()?;
+                let modseq = d.u64()?;
+                let n = d.count(4)?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    changes.push((d.u32()?, d.strs()?));
+                }
+                Record::FlagsSet {
+                    mailbox_id,
+                    modseq,
+                    changes,
+                }
+            }
+            T_EXPUNGED => {
+                let mailbox_id = d.u64()?;
+                let modseq = d.u64()?;
+                let n = d.count(4)?;
+                let uids = (0..n).map(|_| d.u32()).collect::<Result<_, _>>()?;
+                Record::Expunged {
+                    mailbox_id,
+                    modseq,
+                    uids,
+                }
+            }
+            T_MESSAGES_COPIED => {
+                let from = d.u64()?;
+                let to = d.u64()?;
+                let modseq = d.u64()?;
+                let n = d.count(8)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((d.u32()?, d.u32()?));
+                }
+                Record::MessagesCopied {
+                    from,
+                    to,
+                    modseq,
+                    pairs,
+                }
+            }
+            T_MAILBOX_DELETED => Record::MailboxDeleted {
+                user: d.str()?,
+                name: d.str()?,
+                id: d.u64()?,
+            },
+            T_MAILBOX_RENAMED => Record::MailboxRenamed {
+                user: d.str()?,
+                from: d.str()?,
+                to: d.str()?,
+                id: d.u64()?,
+            },
+            T_SUBSCRIPTION => Record::Subscription {
+                user: d.str()?,
+                name: d.str()?,
+                subscribed: d.u8()? != 0,
             },
             _ => return Err(DecodeError("unknown record type")),
         };

@@ -9,6 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::StoreError;
 use super::codec::{Dec, DecodeError, Enc};
+use super::message::MessageMeta;
 use super::record::Record;
 
 /// Group-wide counters: see the `K_*` keys.
@@ -24,6 +25,9 @@ pub const MESSAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("m
 /// (mailbox id, uid) -> the exact message bytes.
 pub const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
 
+/// `user \0 mailbox name` -> 1 for every subscribed name (which need not exist).
+pub const SUBSCRIPTIONS: TableDefinition<&str, u8> = TableDefinition::new("subscriptions");
+
 pub const TABLES: &[&str] = &[
     "meta",
     "users",
@@ -31,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "mailbox_ids",
     "messages",
     "bodies",
+    "subscriptions",
 ];
 
 pub const K_FORMAT: &str = "format_version";
@@ -112,6 +117,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(MAILBOX_IDS)?;
     txn.open_table(MESSAGES)?;
     txn.open_table(BODIES)?;
+    txn.open_table(SUBSCRIPTIONS)?;
     Ok(())
 }
 
@@ -149,6 +155,20 @@ pub fn mailbox_by_id(
         .map(|v| MailboxInfo::from_bytes(v.value()))
         .transpose()?;
     Ok(info.map(|i| (key, i)))
+}
+
+/// Rewrites the info of mailbox `id` (no-op when it no longer exists).
+fn update_info(
+    txn: &WriteTransaction,
+    id: u64,
+    f: impl FnOnce(&mut MailboxInfo),
+) -> Result<(), StoreError> {
+    if let Some((key, mut info)) = mailbox_by_id(txn, id)? {
+        f(&mut info);
+        txn.open_table(MAILBOXES)?
+            .insert(key.as_str(), info.to_bytes().as_slice())?;
+    }
+    Ok(())
 }
 
 /// Applies one record to the group's tables.
@@ -205,6 +225,119 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
             info.highestmodseq = info.highestmodseq.max(meta.modseq);
             txn.open_table(MAILBOXES)?
                 .insert(key.as_str(), info.to_bytes().as_slice())?;
+        }
+        Record::FlagsSet {
+            mailbox_id,
+            modseq,
+            changes,
+        } => {
+            let mut messages = txn.open_table(MESSAGES)?;
+            for (uid, flags) in changes {
+                let current = messages
+                    .get((*mailbox_id, *uid))?
+                    .map(|v| MessageMeta::from_bytes(v.value()));
+                if let Some(mut meta) = current.transpose()? {
+                    meta.flags = flags.clone();
+                    meta.modseq = *modseq;
+                    messages.insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?;
+                }
+            }
+            drop(messages);
+            update_info(txn, *mailbox_id, |i| {
+                i.highestmodseq = i.highestmodseq.max(*modseq)
+            })?;
+        }
+        Record::Expunged {
+            mailbox_id,
+            modseq,
+            uids,
+        } => {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            for uid in uids {
+                messages.remove((*mailbox_id, *uid))?;
+                bodies.remove((*mailbox_id, *uid))?;
+            }
+            drop((messages, bodies));
+            update_info(txn, *mailbox_id, |i| {
+                i.highestmodseq = i.highestmodseq.max(*modseq)
+            })?;
+        }
+        Record::MessagesCopied {
+            from,
+            to,
+            modseq,
+            pairs,
+        } => {
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            let mut last = 0;
+            for (src, dst) in pairs {
+                last = last.max(*dst);
+                if messages.get((*to, *dst))?.is_some() {
+                    continue; // already applied
+                }
+                let meta = messages
+                    .get((*from, *src))?
+                    .map(|v| MessageMeta::from_bytes(v.value()))
+                    .transpose()?;
+                let body = bodies.get((*from, *src))?.map(|v| v.value().to_vec());
+                let (Some(mut meta), Some(body)) = (meta, body) else {
+                    return Err(StoreError::Format(format!(
+                        "copy of missing message {from}/{src}"
+                    )));
+                };
+                meta.modseq = *modseq;
+                messages.insert((*to, *dst), meta.to_bytes().as_slice())?;
+                bodies.insert((*to, *dst), body.as_slice())?;
+            }
+            drop((messages, bodies));
+            update_info(txn, *to, |i| {
+                i.uidnext = i.uidnext.max(last.saturating_add(1));
+                i.highestmodseq = i.highestmodseq.max(*modseq);
+            })?;
+        }
+        Record::MailboxDeleted { user, name, id } => {
+            let key = mailbox_key(user, name);
+            let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let current = mailboxes
+                .get(key.as_str())?
+                .map(|v| MailboxInfo::from_bytes(v.value()))
+                .transpose()?;
+            if current.is_some_and(|i| i.id == *id) {
+                mailboxes.remove(key.as_str())?;
+                txn.open_table(MAILBOX_IDS)?.remove(*id)?;
+                let mut messages = txn.open_table(MESSAGES)?;
+                let mut bodies = txn.open_table(BODIES)?;
+                messages.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+                bodies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+            }
+        }
+        Record::MailboxRenamed { user, from, to, id } => {
+            let old = mailbox_key(user, from);
+            let new = mailbox_key(user, to);
+            let mut mailboxes = txn.open_table(MAILBOXES)?;
+            let current = mailboxes.get(old.as_str())?.map(|v| v.value().to_vec());
+            if let Some(bytes) = current
+                && MailboxInfo::from_bytes(&bytes)?.id == *id
+            {
+                mailboxes.remove(old.as_str())?;
+                mailboxes.insert(new.as_str(), bytes.as_slice())?;
+                txn.open_table(MAILBOX_IDS)?.insert(*id, new.as_str())?;
+            }
+        }
+        Record::Subscription {
+            user,
+            name,
+            subscribed,
+        } => {
+            let key = mailbox_key(user, name);
+            let mut subs = txn.open_table(SUBSCRIPTIONS)?;
+            if *subscribed {
+                subs.insert(key.as_str(), 1)?;
+            } else {
+                subs.remove(key.as_str())?;
+            }
         }
     }
     Ok(())

@@ -1,0 +1,371 @@
+//! Mailbox commands: SELECT/EXAMINE, LIST/LSUB, STATUS, CREATE, DELETE,
+//! RENAME, (UN)SUBSCRIBE, NAMESPACE.
+
+use std::borrow::Cow;
+use std::num::NonZeroU32;
+
+use imap_types::core::{QuotedChar, Tag};
+use imap_types::extensions::namespace::Namespace;
+use imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
+use imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_types::response::{Code, Data};
+use imap_types::status::{StatusDataItem, StatusDataItemName};
+
+use super::names::{self, BadName, has_flag};
+use super::session::Session;
+use super::view::View;
+use super::{atom, code};
+use crate::store::{Op, SEPARATOR, StoreError};
+
+impl Session {
+    /// Answers a store error as a tagged NO with the matching response code.
+    pub(super) fn store_error(&mut self, tag: &Tag<'_>, e: StoreError) {
+        let (c, msg) = match &e {
+            StoreError::NoSuchMailbox(_) => (Some(code("NONEXISTENT")), e.to_string()),
+            StoreError::MailboxExists(_) => (Some(code("ALREADYEXISTS")), e.to_string()),
+            StoreError::HasChildren(_) => (Some(code("INUSE")), e.to_string()),
+            StoreError::BadName(_) => (Some(code("CANNOT")), e.to_string()),
+            StoreError::TooLarge(_) => (Some(code("TOOBIG")), e.to_string()),
+            StoreError::UidsExhausted(_) => (Some(code("LIMIT")), e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "store error");
+                (
+                    Some(code("UNAVAILABLE")),
+                    "Mail store unavailable, try again later".to_string(),
+                )
+            }
+        };
+        self.no(tag, c, &msg);
+    }
+
+    pub(super) fn bad_name(&mut self, tag: &Tag<'_>, e: BadName) {
+        self.no(tag, Some(code("CANNOT")), &e.0);
+    }
+
+    pub(super) fn namespace(&mut self, tag: &Tag<'_>) {
+        let personal = vec![Namespace::new(
+            super::istr(""),
+            QuotedChar::try_from(SEPARATOR).ok(),
+        )];
+        self.data(Data::Namespace {
+            personal,
+            other: Vec::new(),
+            shared: Vec::new(),
+        });
+        self.ok(tag, None, "NAMESPACE completed");
+    }
+
+    pub(super) async fn select(
+        &mut self,
+        tag: &Tag<'_>,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        condstore: bool,
+    ) {
+        // Selecting always ends the previous selection, even on failure.
+        self.selected = None;
+        if condstore {
+            self.condstore = true;
+        }
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        let user = self.user();
+        let info = match self.app.store.mailbox(&user, &name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+            Err(e) => return self.store_error(tag, e),
+        };
+        let (info, msgs) = match self.app.store.snapshot(&user, info.id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+            Err(e) => return self.store_error(tag, e),
+        };
+        let view = View::new(name, read_only, &info, msgs);
+        let system = [
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
+        self.data(Data::Flags(system.to_vec()));
+        let mut perm: Vec<FlagPerm> = system.iter().cloned().map(FlagPerm::Flag).collect();
+        perm.push(FlagPerm::Asterisk);
+        if read_only {
+            perm.clear();
+        }
+        self.untagged(Code::PermanentFlags(perm), "Flags permitted");
+        self.data(Data::Exists(view.len()));
+        self.data(Data::Recent(0));
+        if let Some(i) = view
+            .entries
+            .iter()
+            .position(|e| !has_flag(&e.flags, "\\Seen"))
+            && let Ok(c) = Code::unseen(i as u32 + 1)
+        {
+            self.untagged(c, "First unseen");
+        }
+        if let Ok(c) = Code::uidvalidity(view.uidvalidity) {
+            self.untagged(c, "UIDs valid");
+        }
+        if let Ok(c) = Code::uidnext(view.uidnext.max(1)) {
+            self.untagged(c, "Predicted next UID");
+        }
+        if let Some(m) = std::num::NonZeroU64::new(view.highestmodseq) {
+            self.untagged(Code::HighestModSeq(m), "Highest");
+        }
+        let (c, verb) = if read_only {
+            (Code::ReadOnly, "EXAMINE completed")
+        } else {
+            (Code::ReadWrite, "SELECT completed")
+        };
+        self.selected = Some(view);
+        self.ok(tag, Some(c), verb);
+    }
+
+    pub(super) async fn list(
+        &mut self,
+        tag: &Tag<'_>,
+        reference: &Mailbox<'_>,
+        wildcard: &ListMailbox<'_>,
+        lsub: bool,
+    ) {
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = names::pattern(wildcard);
+        let delimiter = QuotedChar::try_from(SEPARATOR).ok();
+        if pattern.is_empty() && !lsub {
+            // The hierarchy delimiter and root (RFC 3501 6.3.8).
+            self.data(Data::List {
+                items: vec![FlagNameAttribute::Noselect],
+                delimiter,
+                mailbox: Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
+            });
+            return self.ok(tag, None, "LIST completed");
+        }
+        let full = format!("{reference}{pattern}");
+        let user = self.user();
+        let boxes = match self.app.store.mailboxes(&user).await {
+            Ok(b) => b,
+            Err(e) => return self.store_error(tag, e),
+        };
+        let subs = match self.app.store.subscriptions(&user).await {
+            Ok(s) => s,
+            Err(e) => return self.store_error(tag, e),
+        };
+        let has_children = |name: &str| {
+            let prefix = format!("{name}{SEPARATOR}");
+            boxes.iter().any(|(n, _)| n.starts_with(&prefix))
+        };
+        let candidates: Vec<(String, String)> = if lsub {
+            subs.iter().map(|s| (s.clone(), String::new())).collect()
+        } else {
+            boxes
+                .iter()
+                .map(|(n, i)| (n.clone(), i.special_use.clone()))
+                .collect()
+        };
+        for (name, special) in candidates {
+            if !names::matches(&full, &name) {
+                continue;
+            }
+            let mut items = Vec::new();
+            let exists = boxes.iter().any(|(n, _)| *n == name);
+            if lsub && !exists {
+                items.push(FlagNameAttribute::Noselect);
+            }
+            let child = if has_children(&name) {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            };
+            for a in [child, special.as_str()] {
+                if let Some(a) = a.strip_prefix('\\').and_then(atom) {
+                    items.push(FlagNameAttribute::from(a));
+                }
+            }
+            let mailbox = names::to_imap(&name);
+            let d = if lsub {
+                Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            };
+            self.data(d);
+        }
+        self.ok(
+            tag,
+            None,
+            if lsub {
+                "LSUB completed"
+            } else {
+                "LIST completed"
+            },
+        );
+    }
+
+    pub(super) async fn status(
+        &mut self,
+        tag: &Tag<'_>,
+        mailbox: &Mailbox<'_>,
+        items: &[StatusDataItemName],
+    ) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        let user = self.user();
+        let info = match self.app.store.mailbox(&user, &name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+            Err(e) => return self.store_error(tag, e),
+        };
+        let Ok(Some((info, msgs))) = self.app.store.snapshot(&user, info.id).await else {
+            return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+        };
+        let mut out = Vec::new();
+        for item in items {
+            out.push(match item {
+                StatusDataItemName::Messages => StatusDataItem::Messages(msgs.len() as u32),
+                StatusDataItemName::Recent => StatusDataItem::Recent(0),
+                StatusDataItemName::UidNext => {
+                    StatusDataItem::UidNext(NonZeroU32::new(info.uidnext.max(1)).expect("max(1)"))
+                }
+                StatusDataItemName::UidValidity => StatusDataItem::UidValidity(
+                    NonZeroU32::new(info.uidvalidity.max(1)).expect("max(1)"),
+                ),
+                StatusDataItemName::Unseen => StatusDataItem::Unseen(
+                    msgs.iter()
+                        .filter(|m| !has_flag(&m.flags, "\\Seen"))
+                        .count() as u32,
+                ),
+                StatusDataItemName::Deleted => StatusDataItem::Deleted(
+                    msgs.iter()
+                        .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                        .count() as u32,
+                ),
+                StatusDataItemName::HighestModSeq => {
+                    StatusDataItem::HighestModSeq(info.highestmodseq)
+                }
+                _ => continue,
+            });
+        }
+        self.data(Data::Status {
+            mailbox: names::to_imap(&name),
+            items: Cow::Owned(out),
+        });
+        self.ok(tag, None, "STATUS completed");
+    }
+
+    pub(super) async fn create(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n.trim_end_matches(SEPARATOR).to_string(),
+            Err(e) => return self.bad_name(tag, e),
+        };
+        if name == "INBOX" {
+            return self.no(tag, Some(code("ALREADYEXISTS")), "INBOX always exists");
+        }
+        if let Err(e) = names::check_new(&name) {
+            return self.bad_name(tag, e);
+        }
+        let user = self.user();
+        let op = Op::CreateMailbox {
+            user: user.clone(),
+            name,
+        };
+        match self.app.store.submit(&user, op).await {
+            Ok(_) => self.ok(tag, None, "CREATE completed"),
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    pub(super) async fn delete(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        if self.selected.as_ref().is_some_and(|v| v.name == name) {
+            self.selected = None;
+        }
+        let user = self.user();
+        let op = Op::DeleteMailbox {
+            user: user.clone(),
+            name,
+        };
+        match self.app.store.submit(&user, op).await {
+            Ok(_) => self.ok(tag, None, "DELETE completed"),
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    pub(super) async fn rename(&mut self, tag: &Tag<'_>, from: &Mailbox<'_>, to: &Mailbox<'_>) {
+        let (from, to) = match (names::from_imap(from), names::from_imap(to)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return self.bad_name(tag, e),
+        };
+        if let Err(e) = names::check_new(&to) {
+            return self.bad_name(tag, e);
+        }
+        let user = self.user();
+        let op = Op::RenameMailbox {
+            user: user.clone(),
+            from: from.clone(),
+            to: to.clone(),
+        };
+        match self.app.store.submit(&user, op).await {
+            Ok(_) => {
+                if let Some(v) = self.selected.as_mut()
+                    && v.name == from
+                    && from != "INBOX"
+                {
+                    v.name = to;
+                }
+                self.ok(tag, None, "RENAME completed")
+            }
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    pub(super) async fn subscribe(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>, on: bool) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        let user = self.user();
+        if on {
+            match self.app.store.mailbox(&user, &name).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+                Err(e) => return self.store_error(tag, e),
+            }
+        }
+        let op = Op::Subscribe {
+            user: user.clone(),
+            name,
+            subscribed: on,
+        };
+        match self.app.store.submit(&user, op).await {
+            Ok(_) => self.ok(
+                tag,
+                None,
+                if on {
+                    "SUBSCRIBE completed"
+                } else {
+                    "UNSUBSCRIBE completed"
+                },
+            ),
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! Message commands: APPEND, FETCH, STORE, COPY/MOVE, EXPUNGE, SEARCH,
+//! CLOSE/UNSELECT.
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+
+use imap_types::command::{FetchModifier, StoreModifier};
+use imap_types::core::{Charset, Tag, Vec1};
+use imap_types::datetime::DateTime;
+use imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_types::extensions::uidplus::{UidElement, UidSet};
+use imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
+use imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_types::mailbox::Mailbox;
+use imap_types::response::{Code, Data};
+use imap_types::search::SearchKey;
+use imap_types::sequence::SequenceSet;
+
+use super::names::{self, has_flag};
+use super::session::{FLUSH_AT, Session};
+use super::view::ranges;
+use super::{code, fetch, search};
+use crate::store::{Delivery, FlagAction, Op, Outcome, Summary};
+
+/// Messages loaded from the store per round of a FETCH.
+const FETCH_BATCH: usize = 64;
+
+fn uid_set(uids: &[u32]) -> Option<UidSet> {
+    let elems: Vec<UidElement> = ranges(uids)
+        .into_iter()
+        .filter_map(|(a, b)| {
+            let (a, b) = (NonZeroU32::new(a)?, NonZeroU32::new(b)?);
+            Some(if a == b {
+                UidElement::Single(a)
+            } else {
+                UidElement::Range(a, b)
+            })
+        })
+        .collect();
+    Vec1::try_from(elems).ok().map(UidSet)
+}
+
+fn seq_set(ids: &[u32]) -> Option<SequenceSet> {
+    let text = ranges(ids)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}:{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    SequenceSet::try_from(text.as_str()).ok()
+}
+
+fn date_time(ts: i64) -> Option<DateTime> {
+    let d = chrono::DateTime::from_timestamp(ts, 0)?.fixed_offset();
+    DateTime::try_from(d).ok()
+}
+
+fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
+    flags.iter().map(names::flag_to_string).collect()
+}
+
+impl Session {
+    pub(super) async fn append(
+        &mut self,
+        tag: &Tag<'_>,
+        mailbox: &Mailbox<'_>,
+        flags: Vec<Flag<'_>>,
+        date: Option<DateTime>,
+        message: LiteralOrLiteral8<'_>,
+    ) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        let raw = match message {
+            LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
+            LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
+        };
+        if raw.len() > self.app.config.limits.max_message_size {
+            return self.no(tag, Some(code("TOOBIG")), "Message exceeds the size limit");
+        }
+        let user = self.user();
+        let summary = Summary::parse(&raw);
+        let internal_date = date
+            .map(|d| d.as_ref().timestamp())
+            .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let delivery = Delivery {
+            user: user.clone(),
+            mailbox: name,
+            raw: Arc::new(raw),
+            internal_date,
+            flags: flag_strings(&flags),
+            summary,
+        };
+        match self.app.store.submit(&user, Op::Deliver(delivery)).await {
+            Ok(Outcome::Appended { uidvalidity, uid }) => {
+                let c = match (NonZeroU32::new(uidvalidity), NonZeroU32::new(uid)) {
+                    (Some(v), Some(u)) => Some(Code::AppendUid {
+                        uid_validity: v,
+                        uid: u,
+                    }),
+                    _ => None,
+                };
+                self.ok(tag, c, "APPEND completed");
+            }
+            Ok(_) => self.ok(tag, None, "APPEND completed"),
+            Err(crate::store::StoreError::NoSuchMailbox(_)) => {
+                self.no(tag, Some(Code::TryCreate), "No such mailbox")
+            }
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    pub(super) async fn fetch(
+        &mut self,
+        tag: &Tag<'_>,
+        set: &SequenceSet,
+        what: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        modifiers: Vec<FetchModifier>,
+    ) -> std::io::Result<()> {
+        let mut items = match what {
+            MacroOrMessageDataItemNames::Macro(Macro::Fast) => vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+            ],
+            MacroOrMessageDataItemNames::Macro(Macro::All) => vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+                MessageDataItemName::Envelope,
+            ],
+            MacroOrMessageDataItemNames::Macro(Macro::Full) => vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+                MessageDataItemName::Envelope,
+                MessageDataItemName::Body,
+            ],
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+            _ => vec![MessageDataItemName::Flags],
+        };
+        let mut changed_since = None;
+        for m in &modifiers {
+            if let FetchModifier::ChangedSince(c) = m {
+                changed_since = Some(c.get());
+                self.condstore = true;
+            }
+        }
+        if items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::ModSeq))
+        {
+            self.condstore = true;
+        }
+        if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        if self.condstore
+            && changed_since.is_some()
+            && !items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq))
+        {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        let needs_body = items.iter().any(|i| {
+            !matches!(
+                i,
+                MessageDataItemName::Flags
+                    | MessageDataItemName::Uid
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
+            )
+        });
+        let sets_seen = items.iter().any(|i| match i {
+            MessageDataItemName::BodyExt { peek, .. } => !peek,
+            MessageDataItemName::Binary { peek, .. } => !peek,
+            MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
+            _ => false,
+        });
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        let mut uids: Vec<u32> = view
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|u| {
+                view.entry_ref(*u)
+                    .is_some_and(|e| !e.gone && changed_since.is_none_or(|c| e.modseq > c))
+            })
+            .collect();
+        let (read_only, mailbox_id) = (view.read_only, view.id);
+        let user = self.user();
+        // Reading a body marks it \Seen first, so the FETCH shows the new flags.
+        if sets_seen && !read_only {
+            let unseen: Vec<u32> = uids
+                .iter()
+                .copied()
+                .filter(|u| {
+                    self.selected
+                        .as_ref()
+                        .and_then(|v| v.entry_ref(*u))
+                        .is_some_and(|e| !has_flag(&e.flags, "\\Seen"))
+                })
+                .collect();
+            if !unseen.is_empty() {
+                let op = Op::Store {
+                    mailbox_id,
+                    uids: unseen,
+                    action: FlagAction::Add,
+                    flags: vec!["\\Seen".into()],
+                    unchanged_since: None,
+                };
+                match self.app.store.submit(&user, op).await {
+                    Ok(Outcome::Flags { changed, .. }) => self.apply_flag_changes(&changed),
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.store_error(tag, e);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let condstore = self.condstore;
+        uids.dedup();
+        for batch in uids.chunks(FETCH_BATCH) {
+            let loaded = match self
+                .app
+                .store
+                .fetch(&user, mailbox_id, batch.to_vec(), needs_body)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    self.store_error(tag, e);
+                    return Ok(());
+                }
+            };
+            for (uid, meta, body) in loaded {
+                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
+                    let e = v.entry_ref(uid)?;
+                    Some((v.seq_of(uid)?, e.flags.clone(), e.modseq))
+                }) else {
+                    continue;
+                };
+                let parsed = body.as_deref().map(fetch::parse);
+                let mut out = Vec::with_capacity(items.len() + 1);
+                for item in &items {
+                    let v = match item {
+                        MessageDataItemName::Uid => NonZeroU32::new(uid).map(MessageDataItem::Uid),
+                        MessageDataItemName::Flags => {
+                            Some(MessageDataItem::Flags(names::fetch_flags(&flags)))
+                        }
+                        MessageDataItemName::InternalDate => {
+                            date_time(meta.internal_date).map(MessageDataItem::InternalDate)
+                        }
+                        MessageDataItemName::Rfc822Size => {
+                            Some(MessageDataItem::Rfc822Size(meta.size))
+                        }
+                        MessageDataItemName::ModSeq => {
+                            NonZeroU64::new(modseq).map(MessageDataItem::ModSeq)
+                        }
+                        MessageDataItemName::Envelope => parsed
+                            .as_ref()
+                            .map(|m| MessageDataItem::Envelope(fetch::envelope(m))),
+                        MessageDataItemName::BodyStructure => parsed
+                            .as_ref()
+                            .map(|m| MessageDataItem::BodyStructure(fetch::structure(m, 0, true))),
+                        MessageDataItemName::Body => parsed
+                            .as_ref()
+                            .map(|m| MessageDataItem::Body(fetch::structure(m, 0, false))),
+                        MessageDataItemName::Rfc822 => body
+                            .as_ref()
+                            .map(|b| MessageDataItem::Rfc822(fetch::nstring(b.clone()))),
+                        MessageDataItemName::Rfc822Header => parsed.as_ref().map(|m| {
+                            let h =
+                                fetch::section(m, Some(&imap_types::fetch::Section::Header(None)))
+                                    .unwrap_or_default();
+                            MessageDataItem::Rfc822Header(fetch::nstring(h))
+                        }),
+                        MessageDataItemName::Rfc822Text => parsed.as_ref().map(|m| {
+                            let t =
+                                fetch::section(m, Some(&imap_types::fetch::Section::Text(None)))
+                                    .unwrap_or_default();
+                            MessageDataItem::Rfc822Text(fetch::nstring(t))
+                        }),
+                        MessageDataItemName::BodyExt {
+                            section, partial, ..
+                        } => parsed.as_ref().map(|m| {
+                            let data = fetch::section(m, section.as_ref()).unwrap_or_default();
+                            MessageDataItem::BodyExt {
+                                section: section.clone(),
+                                origin: partial.map(|(o, _)| o),
+                                data: fetch::nstring(fetch::partial(data, *partial)),
+                            }
+                        }),
+                        MessageDataItemName::Binary { .. }
+                        | MessageDataItemName::BinarySize { .. } => None,
+                    };
+                    if let Some(v) = v {
+                        out.push(v);
+                    }
+                }
+                if condstore
+                    && !items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                    && changed_since.is_some()
+                    && let Some(m) = NonZeroU64::new(modseq)
+                {
+                    out.push(MessageDataItem::ModSeq(m));
+                }
+                if let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(out)) {
+                    self.data(Data::Fetch { seq, items });
+                }
+            }
+            if self.out.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+        self.ok(
+            tag,
+            None,
+            if uid {
+                "UID FETCH completed"
+            } else {
+                "FETCH completed"
+            },
+        );
+        Ok(())
+    }
+
+    /// Records in the view flag changes this session made itself.
+    fn apply_flag_changes(&mut self, changed: &[(u32, Vec<String>, u64)]) {
+        if let Some(v) = self.selected.as_mut() {
+            for (uid, flags, modseq) in changed {
+                if let Some(e) = v.entry_mut(*uid) {
+                    e.flags = flags.clone();
+                    e.modseq = *modseq;
+                }
+                v.highestmodseq = v.highestmodseq.max(*modseq);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn store(
+        &mut self,
+        tag: &Tag<'_>,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: Vec<Flag<'_>>,
+        uid: bool,
+        modifiers: Vec<StoreModifier>,
+    ) {
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        if view.read_only {
+            return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
+        }
+        let mut unchanged_since = None;
+        for m in &modifiers {
+            let StoreModifier::UnchangedSince(u) = m;
+            unchanged_since = Some(*u);
+            self.condstore = true;
+        }
+        let uids: Vec<u32> = view
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|u| view.entry_ref(*u).is_some_and(|e| !e.gone))
+            .collect();
+        let mailbox_id = view.id;
+        let action = match kind {
+            StoreType::Add => FlagAction::Add,
+            StoreType::Remove => FlagAction::Remove,
+            StoreType::Replace => FlagAction::Replace,
+        };
+        let user = self.user();
+        let op = Op::Store {
+            mailbox_id,
+            uids,
+            action,
+            flags: flag_strings(&flags),
+            unchanged_since,
+        };
+        let (changed, modified, unchanged) = match self.app.store.submit(&user, op).await {
+            Ok(Outcome::Flags {
+                changed,
+                modified,
+                unchanged,
+            }) => (changed, modified, unchanged),
+            Ok(_) => (Vec::new(), Vec::new(), Vec::new()),
+            Err(e) => return self.store_error(tag, e),
+        };
+        self.apply_flag_changes(&changed);
+        let condstore = self.condstore;
+        let silent = response == StoreResponse::Silent;
+        let mut shown: Vec<(u32, Vec<String>, u64)> = Vec::new();
+        if !silent {
+            shown.extend(changed.iter().cloned());
+            shown.extend(unchanged);
+        } else if condstore {
+            // RFC 7162: a silent STORE still reports the new MODSEQ.
+            shown.extend(changed.iter().cloned());
+        }
+        shown.sort_by_key(|(u, ..)| *u);
+        for (u, f, m) in shown {
+            let Some(seq) = self.selected.as_ref().and_then(|v| v.seq_of(u)) else {
+                continue;
+            };
+            self.fetch_flags_response(seq, u, &f, m, uid, condstore);
+        }
+        if modified.is_empty() {
+            self.ok(
+                tag,
+                None,
+                if uid {
+                    "UID STORE completed"
+                } else {
+                    "STORE completed"
+                },
+            );
+        } else {
+            let ids: Vec<u32> = if uid {
+                modified
+            } else {
+                let v = self.selected.as_ref().expect("still selected");
+                let mut s: Vec<u32> = modified.iter().filter_map(|u| v.seq_of(*u)).collect();
+                s.sort();
+                s
+            };
+            let c = seq_set(&ids).map(Code::Modified);
+            self.ok(tag, c, "Some messages were modified since UNCHANGEDSINCE");
+        }
+    }
+
+    pub(super) async fn copy(
+        &mut self,
+        tag: &Tag<'_>,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+        remove: bool,
+    ) {
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => return self.bad_name(tag, e),
+        };
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        if remove && view.read_only {
+            return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
+        }
+        let uids: Vec<u32> = view
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|u| view.entry_ref(*u).is_some_and(|e| !e.gone))
+            .collect();
+        let from = view.id;
+        let user = self.user();
+        let to = match self.app.store.mailbox(&user, &name).await {
+            Ok(Some(i)) => i.id,
+            Ok(None) => return self.no(tag, Some(Code::TryCreate), "No such mailbox"),
+            Err(e) => return self.store_error(tag, e),
+        };
+        let verb = match (uid, remove) {
+            (false, false) => "COPY completed",
+            (true, false) => "UID COPY completed",
+            (false, true) => "MOVE completed",
+            (true, true) => "UID MOVE completed",
+        };
+        if uids.is_empty() {
+            return self.ok(tag, None, verb);
+        }
+        let op = Op::Copy {
+            from,
+            uids,
+            to,
+            remove,
+        };
+        match self.app.store.submit(&user, op).await {
+            Ok(Outcome::Copied { uidvalidity, pairs }) => {
+                let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
+                let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
+                let c = match (NonZeroU32::new(uidvalidity), uid_set(&src), uid_set(&dst)) {
+                    (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
+                        uid_validity: v,
+                        source: s,
+                        destination: d,
+                    }),
+                    _ => None,
+                };
+                if remove {
+                    // RFC 6851: COPYUID untagged, then the EXPUNGEs, then OK.
+                    if let Some(c) = c {
+                        self.untagged(c, "Moved");
+                    }
+                    self.report_changes(true).await;
+                    self.ok(tag, None, verb);
+                } else {
+                    self.ok(tag, c, verb);
+                }
+            }
+            Ok(_) => self.ok(tag, None, verb),
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    pub(super) async fn expunge(&mut self, tag: &Tag<'_>, only: Option<SequenceSet>) {
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        if view.read_only {
+            return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
+        }
+        let mailbox_id = view.id;
+        let user = self.user();
+        // Decide on the store's current flags, not a possibly stale view.
+        let Ok(Some((_, msgs))) = self.app.store.snapshot(&user, mailbox_id).await else {
+            return self.no(tag, Some(code("NONEXISTENT")), "Mailbox is gone");
+        };
+        let allowed: Option<Vec<u32>> = only.as_ref().map(|s| view.resolve(s, true));
+        let uids: Vec<u32> = msgs
+            .iter()
+            .filter(|m| has_flag(&m.flags, "\\Deleted"))
+            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.uid)))
+            .map(|m| m.uid)
+            .collect();
+        if !uids.is_empty()
+            && let Err(e) = self
+                .app
+                .store
+                .submit(&user, Op::Expunge { mailbox_id, uids })
+                .await
+        {
+            return self.store_error(tag, e);
+        }
+        self.report_changes(true).await;
+        self.ok(
+            tag,
+            None,
+            if only.is_some() {
+                "UID EXPUNGE completed"
+            } else {
+                "EXPUNGE completed"
+            },
+        );
+    }
+
+    pub(super) async fn close(&mut self, tag: &Tag<'_>, expunge: bool) {
+        let view = self.selected.take().expect("selected checked by caller");
+        if expunge && !view.read_only {
+            let user = self.user();
+            if let Ok(Some((_, msgs))) = self.app.store.snapshot(&user, view.id).await {
+                let uids: Vec<u32> = msgs
+                    .iter()
+                    .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                    .map(|m| m.uid)
+                    .collect();
+                if !uids.is_empty()
+                    && let Err(e) = self
+                        .app
+                        .store
+                        .submit(
+                            &user,
+                            Op::Expunge {
+                                mailbox_id: view.id,
+                                uids,
+                            },
+                        )
+                        .await
+                {
+                    return self.store_error(tag, e);
+                }
+            }
+        }
+        self.ok(
+            tag,
+            None,
+            if expunge {
+                "CLOSE completed"
+            } else {
+                "UNSELECT completed"
+            },
+        );
+    }
+
+    pub(super) async fn search(
+        &mut self,
+        tag: &Tag<'_>,
+        charset: Option<Charset<'_>>,
+        criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+    ) {
+        if let Some(cs) = charset {
+            let cs = cs.as_ref().to_ascii_uppercase();
+            if cs != "UTF-8" && cs != "US-ASCII" {
+                return self.no(
+                    tag,
+                    Some(Code::badcharset(vec![
+                        Charset::try_from("UTF-8").expect("valid charset"),
+                        Charset::try_from("US-ASCII").expect("valid charset"),
+                    ])),
+                    "Only UTF-8 and US-ASCII searches are supported",
+                );
+            }
+        }
+        let key = if criteria.as_ref().len() == 1 {
+            criteria.into_inner().remove(0)
+        } else {
+            SearchKey::And(criteria)
+        };
+        let with_modseq = search::mentions_modseq(&key);
+        if with_modseq {
+            self.condstore = true;
+        }
+        let needs_body = search::needs_body(&key);
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        let mailbox_id = view.id;
+        let live: Vec<(u32, u32)> = view
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.gone)
+            .map(|(i, e)| (i as u32 + 1, e.uid))
+            .collect();
+        let largest_seq = view.len();
+        let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
+        let user = self.user();
+        let now = chrono::Utc::now().timestamp();
+        let mut found: Vec<u32> = Vec::new();
+        let mut max_modseq = 0u64;
+        for batch in live.chunks(FETCH_BATCH) {
+            let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
+            let loaded = match self
+                .app
+                .store
+                .fetch(&user, mailbox_id, uids, needs_body)
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => return self.store_error(tag, e),
+            };
+            for (u, meta, body) in loaded {
+                let Some(&(seq, _)) = batch.iter().find(|(_, x)| *x == u) else {
+                    continue;
+                };
+                let flags = self
+                    .selected
+                    .as_ref()
+                    .and_then(|v| v.entry_ref(u))
+                    .map(|e| e.flags.clone())
+                    .unwrap_or_default();
+                let parsed = body.as_deref().map(fetch::parse);
+                let c = search::Candidate {
+                    seq,
+                    uid: u,
+                    flags: &flags,
+                    meta: &meta,
+                    raw: body.as_deref(),
+                    largest_seq,
+                    largest_uid,
+                    now,
+                };
+                if search::matches(&key, &c, parsed.as_ref()) {
+                    found.push(if uid { u } else { seq });
+                    max_modseq = max_modseq.max(meta.modseq);
+                }
+            }
+        }
+        let ids: Vec<NonZeroU32> = found.into_iter().filter_map(NonZeroU32::new).collect();
+        let modseq = if with_modseq && !ids.is_empty() {
+            NonZeroU64::new(max_modseq)
+        } else {
+            None
+        };
+        self.data(Data::Search(ids, modseq));
+        self.ok(
+            tag,
+            None,
+            if uid {
+                "UID SEARCH completed"
+            } else {
+                "SEARCH completed"
+            },
+        );
+    }
+}

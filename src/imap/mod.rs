@@ -1,0 +1,71 @@
+//! The IMAP server (RFC 3501 with LITERAL+, SASL-IR, ENABLE, IDLE,
+//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, SPECIAL-USE).
+//!
+//! Commands are framed by imap-codec's `Fragmentizer` (so literal limits are
+//! checked before a literal is read) and decoded and encoded by imap-codec;
+//! nothing here writes IMAP syntax by hand. A session (`session`) keeps its
+//! own view of the selected mailbox (`view`) and reconciles it with the store
+//! whenever the store says the user's mail changed, sending EXISTS, EXPUNGE
+//! and FETCH FLAGS only where RFC 3501 allows them.
+
+pub mod fetch;
+pub mod mailboxes;
+pub mod messages;
+pub mod names;
+pub mod search;
+pub mod session;
+pub mod view;
+
+use imap_codec::ResponseCodec;
+use imap_codec::encode::Encoder;
+use imap_types::core::{Atom, IString, NString};
+use imap_types::response::{Code, CodeOther, Response};
+
+/// Encodes one response.
+pub fn encode(out: &mut Vec<u8>, response: &Response<'_>) {
+    out.extend_from_slice(&ResponseCodec::default().encode(response).dump());
+}
+
+/// A response code imap-types has no variant for (`NONEXISTENT`, `LIMIT`...).
+pub fn code(name: &'static str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(name.as_bytes()))
+}
+
+/// An IMAP string for any bytes: quoted when possible, else a literal.
+pub fn istr(s: impl Into<Vec<u8>>) -> IString<'static> {
+    let v: Vec<u8> = s.into();
+    IString::try_from(v).unwrap_or_else(|_| {
+        // Only NUL bytes make a literal invalid; they cannot be expressed.
+        IString::try_from("").expect("empty string")
+    })
+}
+
+/// `NIL` for `None` or an empty value, else the string.
+pub fn nstr(s: Option<&str>) -> NString<'static> {
+    match s {
+        Some(v) if !v.is_empty() => NString(Some(istr(v.as_bytes().to_vec()))),
+        _ => NString(None),
+    }
+}
+
+pub fn nbytes(b: &[u8]) -> NString<'static> {
+    NString(Some(istr(b.to_vec())))
+}
+
+/// An atom, or `None` when `s` is not a valid atom.
+pub fn atom(s: &str) -> Option<Atom<'static>> {
+    Atom::try_from(s.to_string()).ok()
+}
+
+/// Text for a status line: never empty, no CR/LF.
+pub fn text(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    if t.trim().is_empty() {
+        "done".to_string()
+    } else {
+        t
+    }
+}

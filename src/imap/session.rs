@@ -1,0 +1,802 @@
+//! One IMAP connection: framing, the RFC 3501 state machine
+//! (not authenticated -> authenticated -> selected -> logout), login, IDLE
+//! and the points where changes made elsewhere are reported.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer};
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use imap_types::IntoStatic;
+use imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_types::command::{Command, CommandBody};
+use imap_types::core::{LiteralMode, Tag, Vec1};
+use imap_types::extensions::enable::CapabilityEnable;
+use imap_types::response::{Capability, Code, CommandContinuationRequest, Data, Response, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::view::View;
+use super::{code, encode, text};
+use crate::net::Conn;
+use crate::server::App;
+
+const READ_CHUNK: usize = 4096;
+/// Bytes of a command besides its literals.
+const COMMAND_OVERHEAD: u32 = 64 * 1024;
+/// Output is flushed once this much is queued (large FETCHes stream).
+pub const FLUSH_AT: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Port 143 style: plain, STARTTLS offered.
+    Plain,
+    /// Port 993 style: TLS from the first byte.
+    Tls,
+}
+
+enum Waiting {
+    /// A normal command.
+    Command,
+    /// AUTHENTICATE PLAIN data for this tag.
+    AuthData(Tag<'static>),
+    /// DONE ending the IDLE of this tag.
+    IdleDone(Tag<'static>),
+}
+
+pub(super) enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+pub struct Session {
+    pub(super) app: Arc<App>,
+    pub(super) peer: SocketAddr,
+    conn: Conn,
+    kind: Kind,
+    token: CancellationToken,
+    frag: Fragmentizer,
+    pub(super) out: Vec<u8>,
+    waiting: Waiting,
+    /// A literal announcement was refused: the rest of the message is dropped.
+    refused: bool,
+    pub(super) user: Option<String>,
+    pub(super) selected: Option<View>,
+    pub(super) condstore: bool,
+    changes: Option<watch::Receiver<u64>>,
+    errors: u32,
+}
+
+impl Session {
+    pub fn new(
+        app: Arc<App>,
+        kind: Kind,
+        peer: SocketAddr,
+        conn: Conn,
+        token: CancellationToken,
+    ) -> Session {
+        let frag = Self::fragmentizer(&app);
+        Session {
+            app,
+            peer,
+            conn,
+            kind,
+            token,
+            frag,
+            out: Vec::new(),
+            waiting: Waiting::Command,
+            refused: false,
+            user: None,
+            selected: None,
+            condstore: false,
+            changes: None,
+            errors: 0,
+        }
+    }
+
+    fn fragmentizer(app: &App) -> Fragmentizer {
+        let max = u32::try_from(app.config.limits.max_message_size).unwrap_or(u32::MAX);
+        Fragmentizer::new(max.saturating_add(COMMAND_OVERHEAD))
+    }
+
+    fn max_literal(&self) -> u32 {
+        u32::try_from(self.app.config.limits.max_message_size).unwrap_or(u32::MAX)
+    }
+
+    pub async fn run(mut self) {
+        if let Err(e) = self.serve().await {
+            tracing::debug!(peer = %self.peer, error = %e, "imap session ended");
+        }
+        let _ = self.conn.shutdown().await;
+    }
+
+    pub(super) fn send(&mut self, r: Response<'_>) {
+        encode(&mut self.out, &r);
+    }
+
+    pub(super) fn data(&mut self, d: Data<'_>) {
+        self.send(Response::Data(d));
+    }
+
+    pub(super) fn ok(&mut self, tag: &Tag<'_>, code: Option<Code<'_>>, msg: &str) {
+        if let Ok(s) = Status::ok(Some(tag.clone()), code, text(msg)) {
+            self.send(Response::Status(s));
+        }
+    }
+
+    pub(super) fn no(&mut self, tag: &Tag<'_>, code: Option<Code<'_>>, msg: &str) {
+        if let Ok(s) = Status::no(Some(tag.clone()), code, text(msg)) {
+            self.send(Response::Status(s));
+        }
+    }
+
+    pub(super) fn bad(&mut self, tag: Option<&Tag<'_>>, code: Option<Code<'_>>, msg: &str) {
+        self.errors += 1;
+        if let Ok(s) = Status::bad(tag.cloned(), code, text(msg)) {
+            self.send(Response::Status(s));
+        }
+    }
+
+    fn untagged_ok(&mut self, code: Option<Code<'_>>, msg: &str) {
+        if let Ok(s) = Status::ok(None, code, text(msg)) {
+            self.send(Response::Status(s));
+        }
+    }
+
+    fn bye(&mut self, msg: &str) {
+        if let Ok(s) = Status::bye(None, text(msg)) {
+            self.send(Response::Status(s));
+        }
+    }
+
+    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.conn.write_all(&self.out).await?;
+            self.conn.flush().await?;
+            self.out.clear();
+            if self.out.capacity() > FLUSH_AT * 2 {
+                self.out = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    fn plaintext_auth_ok(&self) -> bool {
+        self.conn.is_tls() || self.app.config.imap.allow_plaintext_auth
+    }
+
+    pub(super) fn capabilities(&self) -> Vec1<Capability<'static>> {
+        let mut caps = vec![Capability::Imap4Rev1];
+        if self.user.is_none() {
+            if !self.conn.is_tls() && self.kind == Kind::Plain && self.app.tls.is_some() {
+                caps.push(Capability::StartTls);
+            }
+            if self.plaintext_auth_ok() {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        caps.extend([
+            Capability::SaslIr,
+            Capability::LiteralPlus,
+            Capability::Enable,
+            Capability::Idle,
+            Capability::Namespace,
+            Capability::Id,
+            Capability::Unselect,
+            Capability::UidPlus,
+            Capability::Move,
+            Capability::CondStore,
+        ]);
+        for other in ["SPECIAL-USE", "CHILDREN"] {
+            if let Ok(c) = Capability::try_from(other) {
+                caps.push(c);
+            }
+        }
+        Vec1::try_from(caps).expect("IMAP4rev1 is always there")
+    }
+
+    fn timeout(&self) -> Duration {
+        let c = &self.app.config.imap;
+        Duration::from_secs(if self.user.is_some() {
+            c.idle_timeout_secs
+        } else {
+            c.unauthenticated_timeout_secs
+        })
+    }
+
+    async fn serve(&mut self) -> std::io::Result<()> {
+        let greeting = self.capabilities();
+        self.untagged_ok(
+            Some(Code::Capability(greeting)),
+            &format!("{} tiermail IMAP ready", self.app.config.server.hostname),
+        );
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            // Work through every complete message already received.
+            loop {
+                match self.step().await {
+                    Some(Flow::Continue) => {
+                        if self.out.len() >= FLUSH_AT {
+                            self.flush().await?;
+                        }
+                        if self.errors >= self.app.config.limits.max_errors {
+                            self.bye("Too many invalid commands");
+                            return self.flush().await;
+                        }
+                    }
+                    Some(Flow::Close) => return self.flush().await,
+                    Some(Flow::StartTls) => {
+                        self.flush().await?;
+                        // Anything pipelined in the clear after STARTTLS is dropped.
+                        self.frag = Self::fragmentizer(&self.app);
+                        let Some(acceptor) = self.app.tls.clone() else {
+                            return Ok(());
+                        };
+                        self.conn.start_tls(&acceptor).await?;
+                    }
+                    None => break,
+                }
+            }
+            self.flush().await?;
+            let idle = matches!(self.waiting, Waiting::IdleDone(_));
+            let timeout = self.timeout();
+            let n = tokio::select! {
+                r = tokio::time::timeout(timeout, self.conn.read(&mut chunk)) => match r {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        self.bye("Autologout: idle for too long");
+                        return self.flush().await;
+                    }
+                },
+                _ = changed(&mut self.changes), if idle => {
+                    self.report_changes(true).await;
+                    continue;
+                }
+                _ = self.token.cancelled() => {
+                    self.bye("Server shutting down");
+                    return self.flush().await;
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            self.frag.enqueue_bytes(&chunk[..n]);
+        }
+    }
+
+    /// Advances the framing; runs a message once one is complete. `None`
+    /// when more input is needed.
+    async fn step(&mut self) -> Option<Flow> {
+        let info = self.frag.progress()?;
+        if let FragmentInfo::Line {
+            announcement: Some(ann),
+            ..
+        } = info
+            && matches!(self.waiting, Waiting::Command)
+        {
+            if ann.length > self.max_literal() {
+                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                match ann.mode {
+                    LiteralMode::Sync => {
+                        // Refused before a byte of it is sent (RFC 7888).
+                        let msg = format!(
+                            "Literal of {} bytes exceeds the limit of {} bytes",
+                            ann.length,
+                            self.max_literal()
+                        );
+                        match &tag {
+                            Some(t) => self.no(t, Some(code("TOOBIG")), &msg),
+                            None => self.bad(None, Some(code("TOOBIG")), &msg),
+                        }
+                        self.frag.skip_message();
+                        return Some(Flow::Continue);
+                    }
+                    LiteralMode::NonSync => {
+                        // Already on its way: read and drop it.
+                        self.refused = true;
+                        self.frag.poison_message();
+                    }
+                }
+            } else if ann.mode == LiteralMode::Sync {
+                if let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data") {
+                    self.send(Response::CommandContinuationRequest(c));
+                }
+            }
+        }
+        if !self.frag.is_message_complete() {
+            return Some(Flow::Continue);
+        }
+        let flow = self.message().await;
+        if self.frag.message_bytes().len() > 64 * 1024 {
+            // Do not keep a big APPEND's buffers for an idle connection.
+            self.frag = Self::fragmentizer(&self.app);
+        }
+        Some(flow)
+    }
+
+    async fn message(&mut self) -> Flow {
+        match std::mem::replace(&mut self.waiting, Waiting::Command) {
+            Waiting::AuthData(tag) => {
+                let data = match self.frag.decode_message(&AuthenticateDataCodec::default()) {
+                    Ok(AuthenticateData::Continue(d)) => d.declassify().to_vec(),
+                    Ok(AuthenticateData::Cancel) => {
+                        self.bad(Some(&tag), None, "Authentication cancelled");
+                        return Flow::Continue;
+                    }
+                    Err(_) => {
+                        self.bad(Some(&tag), None, "Invalid base64 in AUTHENTICATE");
+                        return Flow::Continue;
+                    }
+                };
+                self.auth_plain(&tag, &data).await;
+                Flow::Continue
+            }
+            Waiting::IdleDone(tag) => {
+                match self.frag.decode_message(&IdleDoneCodec::default()) {
+                    Ok(_) => {
+                        self.report_changes(true).await;
+                        self.ok(&tag, None, "IDLE terminated");
+                    }
+                    Err(_) => {
+                        self.bad(Some(&tag), None, "Expected DONE to end IDLE");
+                    }
+                }
+                Flow::Continue
+            }
+            Waiting::Command => {
+                let refused = std::mem::take(&mut self.refused);
+                let decoded = self.frag.decode_message(&CommandCodec::default());
+                let command = match decoded {
+                    Ok(c) => c.into_static(),
+                    Err(e) => {
+                        let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                        let (code_, msg) = match e {
+                            DecodeMessageError::MessageTooLong { .. } => {
+                                (Some(code("TOOBIG")), "Command too long".to_string())
+                            }
+                            DecodeMessageError::MessagePoisoned { .. } if refused => (
+                                Some(code("TOOBIG")),
+                                format!(
+                                    "Literal exceeds the limit of {} bytes",
+                                    self.max_literal()
+                                ),
+                            ),
+                            _ => (None, "Invalid command syntax".to_string()),
+                        };
+                        self.bad(tag.as_ref(), code_, &msg);
+                        return Flow::Continue;
+                    }
+                };
+                self.command(command).await
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command<'static>) -> Flow {
+        let Command { tag, body } = cmd;
+        let name = body.name();
+        tracing::trace!(peer = %self.peer, command = name, "imap command");
+        // Commands valid in every state.
+        match body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.data(Data::Capability(caps));
+                self.ok(&tag, None, "CAPABILITY completed");
+                return Flow::Continue;
+            }
+            CommandBody::Noop => {
+                self.report_changes(true).await;
+                self.ok(&tag, None, "NOOP completed");
+                return Flow::Continue;
+            }
+            CommandBody::Logout => {
+                self.bye("tiermail logging out");
+                self.ok(&tag, None, "LOGOUT completed");
+                return Flow::Close;
+            }
+            CommandBody::Id { .. } => {
+                let params = vec![
+                    (super::istr("name"), super::nstr(Some("tiermail"))),
+                    (
+                        super::istr("version"),
+                        super::nstr(Some(env!("CARGO_PKG_VERSION"))),
+                    ),
+                ];
+                self.data(Data::Id {
+                    parameters: Some(params),
+                });
+                self.ok(&tag, None, "ID completed");
+                return Flow::Continue;
+            }
+            _ => {}
+        }
+        if self.user.is_none() {
+            return self.not_authenticated(tag, body).await;
+        }
+        let before_selected = self.selected.is_some();
+        let expunge_ok = !matches!(
+            body,
+            CommandBody::Fetch { uid: false, .. }
+                | CommandBody::Store { uid: false, .. }
+                | CommandBody::Search { uid: false, .. }
+        );
+        let flow = self.authenticated(tag, body).await;
+        if before_selected && self.selected.is_some() {
+            // Changes are reported before the tagged reply: move it after them.
+            let tagged_at = last_line_start(&self.out);
+            let tagged = self.out.split_off(tagged_at);
+            self.report_changes(expunge_ok).await;
+            self.out.extend_from_slice(&tagged);
+        }
+        flow
+    }
+
+    async fn not_authenticated(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Flow {
+        match body {
+            CommandBody::StartTLS => {
+                if self.conn.is_tls() || self.kind == Kind::Tls || self.app.tls.is_none() {
+                    self.bad(Some(&tag), None, "TLS is already active or not available");
+                    return Flow::Continue;
+                }
+                self.ok(&tag, None, "Begin TLS negotiation now");
+                Flow::StartTls
+            }
+            CommandBody::Login { username, password } => {
+                if !self.plaintext_auth_ok() {
+                    self.no(
+                        &tag,
+                        Some(code("PRIVACYREQUIRED")),
+                        "LOGIN needs TLS: use STARTTLS or port 993",
+                    );
+                    return Flow::Continue;
+                }
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(&tag, &user, &pass).await;
+                Flow::Continue
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if !self.plaintext_auth_ok() {
+                    self.no(
+                        &tag,
+                        Some(code("PRIVACYREQUIRED")),
+                        "Authentication needs TLS: use STARTTLS or port 993",
+                    );
+                    return Flow::Continue;
+                }
+                if mechanism != AuthMechanism::Plain {
+                    self.no(&tag, None, "Unsupported mechanism; use PLAIN");
+                    return Flow::Continue;
+                }
+                match initial_response {
+                    Some(ir) => {
+                        let data = ir.declassify().to_vec();
+                        self.auth_plain(&tag, &data).await;
+                    }
+                    None => {
+                        if let Ok(c) = CommandContinuationRequest::basic(None, " ") {
+                            self.send(Response::CommandContinuationRequest(c));
+                        }
+                        self.waiting = Waiting::AuthData(tag);
+                    }
+                }
+                Flow::Continue
+            }
+            CommandBody::Enable { .. }
+            | CommandBody::Select { .. }
+            | CommandBody::Examine { .. }
+            | CommandBody::List { .. }
+            | CommandBody::Lsub { .. }
+            | CommandBody::Status { .. }
+            | CommandBody::Create { .. }
+            | CommandBody::Delete { .. }
+            | CommandBody::Rename { .. }
+            | CommandBody::Subscribe { .. }
+            | CommandBody::Unsubscribe { .. }
+            | CommandBody::Append { .. }
+            | CommandBody::Namespace
+            | CommandBody::Idle => {
+                self.bad(Some(&tag), None, "Log in first");
+                Flow::Continue
+            }
+            other => {
+                let msg = format!("{} is not valid before login", other.name());
+                self.bad(Some(&tag), None, &msg);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn auth_plain(&mut self, tag: &Tag<'static>, data: &[u8]) {
+        let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+        let [authz, authc, pass] = parts.as_slice() else {
+            self.bad(
+                Some(tag),
+                None,
+                "PLAIN needs authzid NUL authcid NUL password",
+            );
+            return;
+        };
+        let (Ok(authz), Ok(authc), Ok(pass)) = (
+            std::str::from_utf8(authz),
+            std::str::from_utf8(authc),
+            std::str::from_utf8(pass),
+        ) else {
+            self.bad(Some(tag), None, "Credentials are not UTF-8");
+            return;
+        };
+        if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc) {
+            self.no(
+                tag,
+                Some(code("AUTHORIZATIONFAILED")),
+                "Authorization identity must match the login",
+            );
+            return;
+        }
+        let (authc, pass) = (authc.to_string(), pass.to_string());
+        self.login(tag, &authc, &pass).await;
+    }
+
+    async fn login(&mut self, tag: &Tag<'static>, user: &str, pass: &str) {
+        let ip = self.peer.ip();
+        if self.app.throttle.is_blocked(ip) {
+            self.no(
+                tag,
+                Some(code("UNAVAILABLE")),
+                "Too many failed logins from your address, try again later",
+            );
+            return;
+        }
+        let Some(address) = self.app.users.verify(user, pass).await else {
+            self.app.throttle.record_failure(ip);
+            tracing::warn!(peer = %self.peer, "imap login failed");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            self.no(
+                tag,
+                Some(code("AUTHENTICATIONFAILED")),
+                "Invalid credentials",
+            );
+            return;
+        };
+        self.app.throttle.record_success(ip);
+        if let Err(e) = self.app.store.ensure_user(&address).await {
+            tracing::error!(user = %address, error = %e, "cannot open the user's mail");
+            self.no(
+                tag,
+                Some(code("UNAVAILABLE")),
+                "Mail store unavailable, try later",
+            );
+            return;
+        }
+        tracing::info!(peer = %self.peer, user = %address, "imap login");
+        self.changes = Some(self.app.store.watch(&address));
+        self.user = Some(address);
+        let caps = self.capabilities();
+        self.ok(tag, Some(Code::Capability(caps)), "Logged in");
+    }
+
+    async fn authenticated(&mut self, tag: Tag<'static>, body: CommandBody<'static>) -> Flow {
+        match body {
+            CommandBody::StartTLS
+            | CommandBody::Login { .. }
+            | CommandBody::Authenticate { .. } => {
+                self.bad(Some(&tag), None, "Already authenticated");
+            }
+            CommandBody::Enable { capabilities } => {
+                let mut enabled = Vec::new();
+                for c in capabilities.into_inner() {
+                    if c == CapabilityEnable::CondStore {
+                        self.condstore = true;
+                        enabled.push(c);
+                    }
+                }
+                self.data(Data::Enabled {
+                    capabilities: enabled,
+                });
+                self.ok(&tag, None, "ENABLE completed");
+            }
+            CommandBody::Idle => {
+                if let Ok(c) = CommandContinuationRequest::basic(None, "idling") {
+                    self.send(Response::CommandContinuationRequest(c));
+                }
+                // Anything that changed before IDLE began is reported now.
+                self.report_changes(true).await;
+                self.waiting = Waiting::IdleDone(tag);
+            }
+            CommandBody::Namespace => self.namespace(&tag),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => {
+                self.select(&tag, &mailbox, false, !parameters.is_empty())
+                    .await
+            }
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => {
+                self.select(&tag, &mailbox, true, !parameters.is_empty())
+                    .await
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&tag, &reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&tag, &reference, &mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&tag, &mailbox, &item_names).await,
+            CommandBody::Create { mailbox } => self.create(&tag, &mailbox).await,
+            CommandBody::Delete { mailbox } => self.delete(&tag, &mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(&tag, &from, &to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe(&tag, &mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&tag, &mailbox, false).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(&tag, &mailbox, flags, date, message).await,
+            other if self.selected.is_none() => {
+                let msg = format!("{} needs a selected mailbox", other.name());
+                self.bad(Some(&tag), None, &msg);
+            }
+            CommandBody::Check => self.ok(&tag, None, "CHECK completed"),
+            CommandBody::Close => self.close(&tag, true).await,
+            CommandBody::Unselect => self.close(&tag, false).await,
+            CommandBody::Expunge => self.expunge(&tag, None).await,
+            CommandBody::ExpungeUid { sequence_set } => {
+                self.expunge(&tag, Some(sequence_set)).await
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(&tag, charset, criteria, uid).await,
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => {
+                if let Err(e) = self
+                    .fetch(&tag, &sequence_set, macro_or_item_names, uid, modifiers)
+                    .await
+                {
+                    tracing::debug!(error = %e, "fetch output failed");
+                    return Flow::Close;
+                }
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => {
+                self.store(&tag, &sequence_set, kind, response, flags, uid, modifiers)
+                    .await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&tag, &sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&tag, &sequence_set, &mailbox, uid, true).await,
+            other => {
+                let msg = format!("{} is not supported", other.name());
+                self.bad(Some(&tag), None, &msg);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Reconciles the selected mailbox with the store and queues EXISTS,
+    /// EXPUNGE and FETCH FLAGS for what changed.
+    pub(super) async fn report_changes(&mut self, expunge_ok: bool) {
+        if let Some(rx) = self.changes.as_mut() {
+            rx.borrow_and_update();
+        }
+        let Some(view) = self.selected.as_ref() else {
+            return;
+        };
+        let user = self.user.clone().unwrap_or_default();
+        let snap = match self.app.store.snapshot(&user, view.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the selected mailbox");
+                return;
+            }
+        };
+        let Some((info, msgs)) = snap else {
+            // Deleted or renamed away by another session.
+            self.selected = None;
+            self.bye("The selected mailbox was deleted");
+            return;
+        };
+        let condstore = self.condstore;
+        let view = self.selected.as_mut().expect("checked above");
+        let up = view.refresh(&info, &msgs, expunge_ok);
+        for seq in up.expunged {
+            if let Ok(d) = Data::expunge(seq) {
+                self.data(d);
+            }
+        }
+        if let Some(n) = up.exists {
+            self.data(Data::Exists(n));
+        }
+        for (seq, uid, flags, modseq) in up.flags {
+            self.fetch_flags_response(seq, uid, &flags, modseq, true, condstore);
+        }
+    }
+
+    pub(super) fn fetch_flags_response(
+        &mut self,
+        seq: u32,
+        uid: u32,
+        flags: &[String],
+        modseq: u64,
+        with_uid: bool,
+        with_modseq: bool,
+    ) {
+        use imap_types::fetch::MessageDataItem;
+        let mut items = vec![MessageDataItem::Flags(super::names::fetch_flags(flags))];
+        if with_uid && let Some(u) = std::num::NonZeroU32::new(uid) {
+            items.push(MessageDataItem::Uid(u));
+        }
+        if with_modseq && let Some(m) = std::num::NonZeroU64::new(modseq) {
+            items.push(MessageDataItem::ModSeq(m));
+        }
+        if let (Some(seq), Ok(items)) = (std::num::NonZeroU32::new(seq), Vec1::try_from(items)) {
+            self.data(Data::Fetch { seq, items });
+        }
+    }
+
+    pub(super) fn user(&self) -> String {
+        self.user.clone().unwrap_or_default()
+    }
+
+    pub(super) fn untagged(&mut self, code: Code<'_>, msg: &str) {
+        self.untagged_ok(Some(code), msg);
+    }
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Start of the last CRLF-terminated line in `out` (the tagged reply).
+fn last_line_start(out: &[u8]) -> usize {
+    if out.len() < 2 {
+        return 0;
+    }
+    out[..out.len() - 2]
+        .windows(2)
+        .rposition(|w| w == b"\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(0)
+}
