@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod corpus;
 pub mod imap;
 pub mod net;
 pub mod server;

@@ -38,6 +38,7 @@ async fn concurrent_writers_share_fsyncs() {
     for t in tasks {
         match t.await.unwrap().unwrap() {
             Outcome::Appended { uid, .. } => uids.push(uid),
+            other => panic!("unexpected outcome {other:?}"),
         }
     }
     uids.sort();

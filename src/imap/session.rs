@@ -302,10 +302,10 @@ impl Session {
                         self.frag.poison_message();
                     }
                 }
-            } else if ann.mode == LiteralMode::Sync {
-                if let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data") {
-                    self.send(Response::CommandContinuationRequest(c));
-                }
+            } else if ann.mode == LiteralMode::Sync
+                && let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data")
+            {
+                self.send(Response::CommandContinuationRequest(c));
             }
         }
         if !self.frag.is_message_complete() {

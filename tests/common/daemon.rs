@@ -20,6 +20,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
          [smtp]\nlisten = \"127.0.0.1:0\"\nsubmission_listen = \"127.0.0.1:0\"\n\
          submissions_listen = \"127.0.0.1:0\"\nlmtp_listen = \"127.0.0.1:0\"\n\
          allow_plaintext_auth = true\n\n\
+         [imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nallow_plaintext_auth = true\n\n\
          [tls]\ncert = \"{d}/certs/tiermail.crt\"\nkey = \"{d}/certs/tiermail.key\"\n\n{extra}\n"
     );
     let path = dir.join("tiermail.toml");

@@ -68,6 +68,12 @@ impl TestServer {
     pub fn lmtp(&self) -> SocketAddr {
         self.server().bound.lmtp.unwrap()
     }
+    pub fn imap(&self) -> SocketAddr {
+        self.server().bound.imap.unwrap()
+    }
+    pub fn imaps(&self) -> SocketAddr {
+        self.server().bound.imaps.unwrap()
+    }
     pub fn store(&self) -> Arc<Store> {
         self.server().app.store.clone()
     }
