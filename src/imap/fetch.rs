@@ -169,26 +169,28 @@ fn disposition(part: &MessagePart<'_>) -> Option<Disposition<'static>> {
     })
 }
 
+/// Lines as IMAP counts them: a last line without CRLF counts too.
 fn lines(b: &[u8]) -> u32 {
-    b.iter().filter(|&&c| c == b'\n').count() as u32
+    let n = b.iter().filter(|&&c| c == b'\n').count() as u32;
+    n + u32::from(!b.is_empty() && !b.ends_with(b"\n"))
 }
 
-fn body_bytes<'a>(m: &'a Message<'_>, p: &MessagePart<'_>) -> &'a [u8] {
-    let raw = m.raw_message();
+// mail-parser gives the parts of an embedded message offsets into the
+// outermost message, so every slice is taken from the root bytes `raw`.
+fn body_bytes<'a>(raw: &'a [u8], p: &MessagePart<'_>) -> &'a [u8] {
     let s = (p.offset_body as usize).min(raw.len());
     let e = (p.offset_end as usize).clamp(s, raw.len());
     &raw[s..e]
 }
 
-fn header_bytes<'a>(m: &'a Message<'_>, p: &MessagePart<'_>) -> &'a [u8] {
-    let raw = m.raw_message();
+fn header_bytes<'a>(raw: &'a [u8], p: &MessagePart<'_>) -> &'a [u8] {
     let s = (p.offset_header as usize).min(raw.len());
     let e = (p.offset_body as usize).clamp(s, raw.len());
     &raw[s..e]
 }
 
 /// BODYSTRUCTURE (with extension data) or BODY (without) of part `id`.
-pub fn structure(m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> {
+pub fn structure(raw: &[u8], m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> {
     let Some(part) = m.part(id) else {
         return empty_text();
     };
@@ -207,8 +209,10 @@ pub fn structure(m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> 
         },
     };
     if let PartType::Multipart(children) = &part.body {
-        let bodies: Vec<BodyStructure<'static>> =
-            children.iter().map(|c| structure(m, *c, ext)).collect();
+        let bodies: Vec<BodyStructure<'static>> = children
+            .iter()
+            .map(|c| structure(raw, m, *c, ext))
+            .collect();
         let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_text()));
         return BodyStructure::Multi {
             bodies,
@@ -218,15 +222,12 @@ pub fn structure(m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> 
                 csub
             }),
             extension_data: ext.then(|| MultiPartExtensionData {
-                parameter_list: params(part)
-                    .into_iter()
-                    .filter(|(k, _)| k.as_ref() != b"BOUNDARY" || ext)
-                    .collect(),
+                parameter_list: params(part),
                 tail: disposition(part),
             }),
         };
     }
-    let body = body_bytes(m, part);
+    let body = body_bytes(raw, part);
     let mut parameter_list = params(part);
     if parameter_list.is_empty() && ctype == "TEXT" {
         parameter_list.push((istr("CHARSET"), istr("US-ASCII")));
@@ -245,7 +246,7 @@ pub fn structure(m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> 
     let specific = match &part.body {
         PartType::Message(inner) if ctype == "MESSAGE" => SpecificFields::Message {
             envelope: Box::new(envelope(inner)),
-            body_structure: Box::new(structure(inner, 0, ext)),
+            body_structure: Box::new(structure(raw, inner, 0, ext)),
             number_of_lines: lines(body),
         },
         _ if ctype == "TEXT" => SpecificFields::Text {
@@ -384,33 +385,33 @@ pub fn section(m: &Message<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>
         None => raw.to_vec(),
         Some(Section::Header(p)) => {
             let msg = message_at(m, p.as_ref())?;
-            header_bytes(msg, msg.part(0)?).to_vec()
+            header_bytes(raw, msg.part(0)?).to_vec()
         }
         Some(Section::Text(p)) => {
             let msg = message_at(m, p.as_ref())?;
-            body_bytes(msg, msg.part(0)?).to_vec()
+            body_bytes(raw, msg.part(0)?).to_vec()
         }
         Some(Section::HeaderFields(p, f)) => {
             let msg = message_at(m, p.as_ref())?;
-            header_fields(header_bytes(msg, msg.part(0)?), &names(f), false)
+            header_fields(header_bytes(raw, msg.part(0)?), &names(f), false)
         }
         Some(Section::HeaderFieldsNot(p, f)) => {
             let msg = message_at(m, p.as_ref())?;
-            header_fields(header_bytes(msg, msg.part(0)?), &names(f), true)
+            header_fields(header_bytes(raw, msg.part(0)?), &names(f), true)
         }
         Some(Section::Part(p)) => {
             let path: Vec<u32> = p.0.as_ref().iter().map(|n| n.get()).collect();
             if path == [1] && !matches!(root.body, PartType::Multipart(_)) {
                 // A single-part message's part 1 is its body.
-                return Some(body_bytes(m, root).to_vec());
+                return Some(body_bytes(raw, root).to_vec());
             }
             let (msg, id) = locate(m, &path)?;
-            body_bytes(msg, msg.part(id)?).to_vec()
+            body_bytes(raw, msg.part(id)?).to_vec()
         }
         Some(Section::Mime(p)) => {
             let path: Vec<u32> = p.0.as_ref().iter().map(|n| n.get()).collect();
             let (msg, id) = locate(m, &path)?;
-            header_bytes(msg, msg.part(id)?).to_vec()
+            header_bytes(raw, msg.part(id)?).to_vec()
         }
     })
 }

@@ -269,12 +269,17 @@ impl Session {
                         MessageDataItemName::Envelope => parsed
                             .as_ref()
                             .map(|m| MessageDataItem::Envelope(fetch::envelope(m))),
-                        MessageDataItemName::BodyStructure => parsed
-                            .as_ref()
-                            .map(|m| MessageDataItem::BodyStructure(fetch::structure(m, 0, true))),
-                        MessageDataItemName::Body => parsed
-                            .as_ref()
-                            .map(|m| MessageDataItem::Body(fetch::structure(m, 0, false))),
+                        MessageDataItemName::BodyStructure => parsed.as_ref().map(|m| {
+                            MessageDataItem::BodyStructure(fetch::structure(
+                                m.raw_message(),
+                                m,
+                                0,
+                                true,
+                            ))
+                        }),
+                        MessageDataItemName::Body => parsed.as_ref().map(|m| {
+                            MessageDataItem::Body(fetch::structure(m.raw_message(), m, 0, false))
+                        }),
                         MessageDataItemName::Rfc822 => body
                             .as_ref()
                             .map(|b| MessageDataItem::Rfc822(fetch::nstring(b.clone()))),
