@@ -365,6 +365,12 @@ impl Session {
         uid: bool,
         modifiers: Vec<StoreModifier>,
     ) {
+        if flag_strings(&flags)
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case("\\Recent"))
+        {
+            return self.bad(Some(tag), None, "\\Recent cannot be stored");
+        }
         let view = self.selected.as_ref().expect("selected checked by caller");
         if view.read_only {
             return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod imap;
 
 use std::net::SocketAddr;
 use std::path::Path;
