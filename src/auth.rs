@@ -202,6 +202,10 @@ pub struct Directory {
     path: PathBuf,
     current: RwLock<Arc<Users>>,
     stamp: Mutex<Option<(SystemTime, u64)>>,
+    /// Password checks running at once. Each argon2id check holds its whole
+    /// memory cost (19 MiB by default), so a burst of logins must queue
+    /// rather than allocate per connection.
+    hashing: tokio::sync::Semaphore,
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -217,6 +221,9 @@ impl Directory {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(users)),
             stamp: Mutex::new(stamp),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }))
     }
 
@@ -256,6 +263,7 @@ impl Directory {
         let users = self.snapshot();
         let user = users.get(login)?.clone();
         let password = password.to_string();
+        let _permit = self.hashing.acquire().await.ok()?;
         let ok = tokio::task::spawn_blocking(move || verify_hash(&password, &user.password_hash))
             .await
             .unwrap_or(false);

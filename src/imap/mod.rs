@@ -1,5 +1,6 @@
 //! The IMAP server (RFC 3501 with LITERAL+, SASL-IR, ENABLE, IDLE,
-//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, SPECIAL-USE).
+//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, CHILDREN, and the
+//! special-use attributes of RFC 6154 in LIST).
 //!
 //! Commands are framed by imap-codec's `Fragmentizer` (so literal limits are
 //! checked before a literal is read) and decoded and encoded by imap-codec;

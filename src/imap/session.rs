@@ -192,10 +192,11 @@ impl Session {
             Capability::Move,
             Capability::CondStore,
         ]);
-        for other in ["SPECIAL-USE", "CHILDREN"] {
-            if let Ok(c) = Capability::try_from(other) {
-                caps.push(c);
-            }
+        // Special-use attributes are sent in every LIST, which needs no
+        // capability (RFC 6154 section 2). SPECIAL-USE itself would promise
+        // the extended LIST syntax, which imap-codec cannot parse yet.
+        if let Ok(c) = Capability::try_from("CHILDREN") {
+            caps.push(c);
         }
         Vec1::try_from(caps).expect("IMAP4rev1 is always there")
     }
