@@ -77,6 +77,7 @@ impl Session {
             Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
             Err(e) => return self.store_error(tag, e),
         };
+        self.mark_changes_seen();
         let (info, msgs) = match self.app.store.snapshot(&user, info.id).await {
             Ok(Some(s)) => s,
             Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),

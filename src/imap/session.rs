@@ -67,6 +67,7 @@ pub struct Session {
     pub(super) selected: Option<View>,
     pub(super) condstore: bool,
     changes: Option<watch::Receiver<u64>>,
+    force_refresh: bool,
     errors: u32,
 }
 
@@ -93,6 +94,7 @@ impl Session {
             selected: None,
             condstore: false,
             changes: None,
+            force_refresh: false,
             errors: 0,
         }
     }
@@ -255,6 +257,8 @@ impl Session {
                     }
                 },
                 _ = changed(&mut self.changes), if idle => {
+                    // `changed()` has already marked the news as seen.
+                    self.force_refresh = true;
                     self.report_changes(true).await;
                     continue;
                 }
@@ -712,8 +716,22 @@ impl Session {
     /// Reconciles the selected mailbox with the store and queues EXISTS,
     /// EXPUNGE and FETCH FLAGS for what changed.
     pub(super) async fn report_changes(&mut self, expunge_ok: bool) {
-        if let Some(rx) = self.changes.as_mut() {
-            rx.borrow_and_update();
+        // Every write to the user's mail bumps the counter: when it has not
+        // moved since the last look, there is nothing to reconcile.
+        let changed = match self.changes.as_mut() {
+            Some(rx) => {
+                let c = rx.has_changed().unwrap_or(false);
+                rx.borrow_and_update();
+                c
+            }
+            None => false,
+        } || std::mem::take(&mut self.force_refresh);
+        let held_back = self
+            .selected
+            .as_ref()
+            .is_some_and(|v| expunge_ok && v.entries.iter().any(|e| e.gone));
+        if !changed && !held_back {
+            return;
         }
         let Some(view) = self.selected.as_ref() else {
             return;
@@ -767,6 +785,13 @@ impl Session {
         }
         if let (Some(seq), Ok(items)) = (std::num::NonZeroU32::new(seq), Vec1::try_from(items)) {
             self.data(Data::Fetch { seq, items });
+        }
+    }
+
+    /// Marks every change so far as seen (before taking a fresh snapshot).
+    pub(super) fn mark_changes_seen(&mut self) {
+        if let Some(rx) = self.changes.as_mut() {
+            rx.borrow_and_update();
         }
     }
 
