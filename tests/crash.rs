@@ -331,3 +331,64 @@ async fn half_written_last_record_is_not_applied() {
     );
     assert!(log.contains("torn tail"), "the cut is logged:\n{log}");
 }
+
+/// IMAP writes answered OK survive SIGKILL: APPEND, STORE, MOVE, EXPUNGE,
+/// CREATE and RENAME, all made only in the log (no checkpoint).
+#[tokio::test]
+async fn imap_writes_acknowledged_before_sigkill_survive() {
+    use common::imap::Imap;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), LOG_ONLY);
+    let daemon = Daemon::start(&config);
+    let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+    for n in 0..5 {
+        let msg = format!("Subject: imap {n}\r\n\r\nbody {n}\r\n");
+        c.send(format!("a{n} APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await;
+        let r = c.until(&format!("a{n}")).await;
+        assert!(r.contains("OK [APPENDUID"), "{r}");
+    }
+    let r = c.run("c CREATE Projects").await;
+    assert!(r.contains("c OK"), "{r}");
+    let r = c.run("r RENAME Projects Work").await;
+    assert!(r.contains("r OK"), "{r}");
+    c.run("s SELECT INBOX").await;
+    let r = c.run("f STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(r.contains("f OK"), "{r}");
+    let r = c.run("m MOVE 2 Work").await;
+    assert!(r.contains("m OK"), "{r}");
+    c.run("d STORE 3 +FLAGS.SILENT (\\Deleted)").await;
+    let r = c.run("e EXPUNGE").await;
+    assert!(r.contains("e OK"), "{r}");
+    daemon.kill9();
+
+    let daemon = Daemon::start(&config);
+    let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+    let r = c.run("l LIST \"\" *").await;
+    assert!(
+        r.contains("\"/\" Work\r\n") && !r.contains("Projects"),
+        "{r}"
+    );
+    let r = c.run("s SELECT INBOX").await;
+    assert!(r.contains("* 3 EXISTS"), "{r}");
+    let r = c
+        .run("f FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert!(
+        r.contains(
+            "* 1 FETCH (FLAGS (\\Flagged) BODY[HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: imap 0\r\n"
+        ),
+        "{r}"
+    );
+    assert!(
+        r.contains("Subject: imap 2") && r.contains("Subject: imap 4"),
+        "{r}"
+    );
+    assert!(
+        !r.contains("Subject: imap 1") && !r.contains("Subject: imap 3"),
+        "{r}"
+    );
+    let r = c.run("w STATUS Work (MESSAGES)").await;
+    assert!(r.contains("* STATUS Work (MESSAGES 1)"), "{r}");
+    assert!(daemon.terminate().success());
+}
