@@ -22,8 +22,10 @@ use super::view::ranges;
 use super::{code, fetch, search};
 use crate::store::{Delivery, FlagAction, Op, Outcome, Summary};
 
-/// Messages loaded from the store per round of a FETCH.
+/// Messages loaded from the store per round of a FETCH that needs bodies.
 const FETCH_BATCH: usize = 64;
+/// ...and of one that needs only metadata.
+const META_BATCH: usize = 1024;
 
 fn uid_set(uids: &[u32]) -> Option<UidSet> {
     let elems: Vec<UidElement> = ranges(uids)
@@ -229,7 +231,45 @@ impl Session {
         }
         let condstore = self.condstore;
         uids.dedup();
-        for batch in uids.chunks(FETCH_BATCH) {
+        let view_only = items.iter().all(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Flags | MessageDataItemName::Uid | MessageDataItemName::ModSeq
+            )
+        });
+        if view_only {
+            // Flags, UIDs and modseqs are current in the view: no store read.
+            for u in &uids {
+                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
+                    let e = v.entry_ref(*u)?;
+                    Some((v.seq_of(*u)?, e.flags.clone(), e.modseq))
+                }) else {
+                    continue;
+                };
+                let mut out = Vec::with_capacity(items.len());
+                for item in &items {
+                    match item {
+                        MessageDataItemName::Uid => {
+                            out.extend(NonZeroU32::new(*u).map(MessageDataItem::Uid))
+                        }
+                        MessageDataItemName::Flags => {
+                            out.push(MessageDataItem::Flags(names::fetch_flags(&flags)))
+                        }
+                        _ => out.extend(NonZeroU64::new(modseq).map(MessageDataItem::ModSeq)),
+                    }
+                }
+                if let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(out)) {
+                    self.data(Data::Fetch { seq, items });
+                }
+                if self.out.len() >= FLUSH_AT {
+                    self.flush().await?;
+                }
+            }
+            self.ok(tag, None, if uid { "UID FETCH completed" } else { "FETCH completed" });
+            return Ok(());
+        }
+        let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
+        for batch in uids.chunks(batch_size) {
             let loaded = match self
                 .app
                 .store
@@ -644,7 +684,8 @@ impl Session {
         let now = chrono::Utc::now().timestamp();
         let mut found: Vec<u32> = Vec::new();
         let mut max_modseq = 0u64;
-        for batch in live.chunks(FETCH_BATCH) {
+        let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
+        for batch in live.chunks(batch_size) {
             let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
             let loaded = match self
                 .app

@@ -19,8 +19,9 @@ pub fn needs_body(key: &SearchKey<'_>) -> bool {
         And(keys) => keys.as_ref().iter().any(needs_body),
         Not(k) => needs_body(k),
         Or(a, b) => needs_body(a) || needs_body(b),
-        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_) | Text(_) | To(_)
-        | SentBefore(_) | SentOn(_) | SentSince(_) => true,
+        // SUBJECT and the sent date are answered from the summary stored
+        // at delivery; the rest reads the message.
+        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Text(_) | To(_) => true,
         _ => false,
     }
 }
@@ -110,11 +111,7 @@ pub fn matches(
 ) -> bool {
     use SearchKey::*;
     let s = |a: &imap_types::core::AString<'_>| String::from_utf8_lossy(a.as_ref()).into_owned();
-    let sent = || -> Option<NaiveDate> {
-        parsed
-            .and_then(|m| m.date())
-            .map(|d| day_of(d.to_timestamp()))
-    };
+    let sent = || -> Option<NaiveDate> { c.meta.summary.date.map(day_of) };
     let internal = day_of(c.meta.internal_date);
     match key {
         All => true,
@@ -151,7 +148,10 @@ pub fn matches(
         Cc(v) => parsed.is_some_and(|m| header_matches(m, "cc", &s(v))),
         From(v) => parsed.is_some_and(|m| header_matches(m, "from", &s(v))),
         To(v) => parsed.is_some_and(|m| header_matches(m, "to", &s(v))),
-        Subject(v) => parsed.is_some_and(|m| header_matches(m, "subject", &s(v))),
+        Subject(v) => match parsed {
+            Some(m) => header_matches(m, "subject", &s(v)),
+            None => contains_ci(&c.meta.summary.subject, &s(v)),
+        },
         Header(name, v) => parsed.is_some_and(|m| header_matches(m, &s(name), &s(v))),
         Body(v) => parsed.is_some_and(|m| body_matches(m, &s(v))),
         Text(v) => parsed.is_some_and(|m| {
