@@ -323,3 +323,47 @@ async fn uidplus_codes() {
     assert_eq!(r, "y NO [NONEXISTENT] No such mailbox\r\n");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn starttls_then_login_and_sasl_ir() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.imap.allow_plaintext_auth = false).await;
+    let tcp = tokio::net::TcpStream::connect(server.imap()).await.unwrap();
+    let mut r = tokio::io::BufReader::new(tcp);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert!(
+        line.contains("STARTTLS") && line.contains("LOGINDISABLED"),
+        "{line}"
+    );
+    assert!(!line.contains("AUTH=PLAIN"), "{line}");
+    // A command pipelined after STARTTLS in the clear must not run.
+    r.get_mut()
+        .write_all(b"a STARTTLS\r\nb LOGIN alice@example.test x\r\n")
+        .await
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "a OK Begin TLS negotiation now\r\n");
+    let tls = common::tls_connect(r.into_inner()).await;
+    let mut c = Imap::from_stream(Box::new(tls));
+    let caps = c.run("c CAPABILITY").await;
+    assert!(
+        caps.contains("AUTH=PLAIN") && !caps.contains("LOGINDISABLED"),
+        "{caps}"
+    );
+    assert!(!caps.contains("STARTTLS"), "{caps}");
+    assert!(!caps.starts_with("b ") && !caps.contains("\r\nb "), "plaintext command ran: {caps}");
+    // SASL-IR: the initial response on the AUTHENTICATE line.
+    let ir = common::plain("alice@example.test", common::PASSWORD);
+    let r = c.run(&format!("d AUTHENTICATE PLAIN {ir}")).await;
+    assert!(r.starts_with("d OK [CAPABILITY IMAP4REV1 "), "{r}");
+    let r = c.run("e NAMESPACE").await;
+    assert_eq!(
+        r,
+        "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\ne OK NAMESPACE completed\r\n"
+    );
+    let r = c.run("f ID NIL").await;
+    assert!(r.starts_with("* ID (\"name\" \"tiermail\""), "{r}");
+    server.stop().await;
+}

@@ -265,7 +265,15 @@ impl Session {
                     self.flush().await?;
                 }
             }
-            self.ok(tag, None, if uid { "UID FETCH completed" } else { "FETCH completed" });
+            self.ok(
+                tag,
+                None,
+                if uid {
+                    "UID FETCH completed"
+                } else {
+                    "FETCH completed"
+                },
+            );
             return Ok(());
         }
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };

@@ -27,6 +27,11 @@ impl Imap {
         Imap::greeted(Box::new(super::tls_connect(tcp).await)).await
     }
 
+    /// Wraps a stream that has already been greeted (after STARTTLS).
+    pub fn from_stream(s: Box<dyn super::Stream>) -> Imap {
+        Imap { s, buf: Vec::new() }
+    }
+
     async fn greeted(s: Box<dyn super::Stream>) -> Imap {
         let mut c = Imap { s, buf: Vec::new() };
         let g = c.line().await;
