@@ -353,7 +353,10 @@ async fn starttls_then_login_and_sasl_ir() {
         "{caps}"
     );
     assert!(!caps.contains("STARTTLS"), "{caps}");
-    assert!(!caps.starts_with("b ") && !caps.contains("\r\nb "), "plaintext command ran: {caps}");
+    assert!(
+        !caps.starts_with("b ") && !caps.contains("\r\nb "),
+        "plaintext command ran: {caps}"
+    );
     // SASL-IR: the initial response on the AUTHENTICATE line.
     let ir = common::plain("alice@example.test", common::PASSWORD);
     let r = c.run(&format!("d AUTHENTICATE PLAIN {ir}")).await;
