@@ -370,3 +370,45 @@ async fn starttls_then_login_and_sasl_ir() {
     assert!(r.starts_with("* ID (\"name\" \"tiermail\""), "{r}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn list_extended_selection_and_return_options() {
+    let server = TestServer::start().await;
+    deliver(&server, "bob@example.test", b"Subject: one\r\n\r\nx\r\n").await;
+    let mut c = Imap::login(server.imap(), "bob@example.test").await;
+    c.run("c CREATE Work/2026").await;
+    c.run("s1 SUBSCRIBE INBOX").await;
+    c.run("s2 SUBSCRIBE Work/2026").await;
+    c.run("d DELETE Work/2026").await;
+    let r = c.run("a LIST (SPECIAL-USE) \"\" \"*\"").await;
+    assert_eq!(
+        r,
+        "* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n\
+* LIST (\\HasNoChildren \\Junk) \"/\" Junk\r\n\
+* LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
+* LIST (\\HasNoChildren \\Trash) \"/\" Trash\r\n\
+a OK LIST completed\r\n"
+    );
+    // Subscriptions outlive their mailbox: \NonExistent.
+    let r = c.run("b LIST (SUBSCRIBED) \"\" \"*\"").await;
+    assert_eq!(
+        r,
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX\r\n\
+* LIST (\\NonExistent \\Subscribed) \"/\" Work/2026\r\n\
+b OK LIST completed\r\n"
+    );
+    let r = c
+        .run("e LIST \"\" (INBOX Work) RETURN (SUBSCRIBED CHILDREN STATUS (MESSAGES UNSEEN))")
+        .await;
+    assert_eq!(
+        r,
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" INBOX\r\n\
+* LIST (\\HasNoChildren) \"/\" Work\r\n\
+* STATUS INBOX (MESSAGES 1 UNSEEN 1)\r\n\
+* STATUS Work (MESSAGES 0 UNSEEN 0)\r\n\
+e OK LIST completed\r\n"
+    );
+    let r = c.run("f LIST (FOO) \"\" *").await;
+    assert_eq!(r, "f BAD unknown selection option FOO\r\n");
+    server.stop().await;
+}

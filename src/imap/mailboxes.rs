@@ -11,6 +11,7 @@ use imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_types::response::{Code, Data};
 use imap_types::status::{StatusDataItem, StatusDataItemName};
 
+use super::list_extended::{ListExtended, Returns, Selection};
 use super::names::{self, BadName, has_flag};
 use super::session::Session;
 use super::view::View;
@@ -133,22 +134,53 @@ impl Session {
         wildcard: &ListMailbox<'_>,
         lsub: bool,
     ) {
+        let patterns = [wildcard.clone()];
+        let (sel, ret) = (Selection::default(), Returns::default());
+        self.list_any(tag, reference, &patterns, &sel, &ret, lsub)
+            .await
+    }
+
+    pub(super) async fn list_extended(&mut self, l: ListExtended) {
+        let ListExtended {
+            tag,
+            selection,
+            reference,
+            patterns,
+            returns,
+        } = l;
+        self.list_any(&tag, &reference, &patterns, &selection, &returns, false)
+            .await
+    }
+
+    async fn list_any(
+        &mut self,
+        tag: &Tag<'_>,
+        reference: &Mailbox<'_>,
+        wildcards: &[ListMailbox<'_>],
+        sel: &Selection,
+        ret: &Returns,
+        lsub: bool,
+    ) {
         let reference = match reference {
             Mailbox::Inbox => "INBOX".to_string(),
             Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
         };
-        let pattern = names::pattern(wildcard);
         let delimiter = QuotedChar::try_from(SEPARATOR).ok();
-        if pattern.is_empty() && !lsub {
+        let done = if lsub {
+            "LSUB completed"
+        } else {
+            "LIST completed"
+        };
+        let patterns: Vec<String> = wildcards.iter().map(names::pattern).collect();
+        if patterns.len() == 1 && patterns[0].is_empty() && !lsub {
             // The hierarchy delimiter and root (RFC 3501 6.3.8).
             self.data(Data::List {
                 items: vec![FlagNameAttribute::Noselect],
                 delimiter,
                 mailbox: Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
             });
-            return self.ok(tag, None, "LIST completed");
+            return self.ok(tag, None, done);
         }
-        let full = format!("{reference}{pattern}");
         let user = self.user();
         let boxes = match self.app.store.mailboxes(&user).await {
             Ok(b) => b,
@@ -162,35 +194,53 @@ impl Session {
             let prefix = format!("{name}{SEPARATOR}");
             boxes.iter().any(|(n, _)| n.starts_with(&prefix))
         };
-        let candidates: Vec<(String, String)> = if lsub {
-            subs.iter().map(|s| (s.clone(), String::new())).collect()
+        // LSUB and LIST (SUBSCRIBED) walk the subscriptions, LIST the mailboxes.
+        let by_subscription = lsub || sel.subscribed;
+        let candidates: Vec<String> = if by_subscription {
+            subs.clone()
         } else {
-            boxes
-                .iter()
-                .map(|(n, i)| (n.clone(), i.special_use.clone()))
-                .collect()
+            boxes.iter().map(|(n, _)| n.clone()).collect()
         };
-        for (name, special) in candidates {
-            if !names::matches(&full, &name) {
+        let mut listed = Vec::new();
+        for name in candidates {
+            let full: Vec<String> = patterns.iter().map(|p| format!("{reference}{p}")).collect();
+            if !full.iter().any(|p| names::matches(p, &name)) {
                 continue;
             }
-            let mut items = Vec::new();
-            let exists = boxes.iter().any(|(n, _)| *n == name);
-            if lsub && !exists {
-                items.push(FlagNameAttribute::Noselect);
+            let info = boxes.iter().find(|(n, _)| *n == name).map(|(_, i)| i);
+            let special = info.map(|i| i.special_use.as_str()).unwrap_or("");
+            if sel.special_use && special.is_empty() {
+                continue;
             }
-            let child = if has_children(&name) {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            };
-            for a in [child, special.as_str()] {
-                if let Some(a) = a.strip_prefix('\\').and_then(atom) {
-                    items.push(FlagNameAttribute::from(a));
-                }
+            let mut attrs: Vec<&str> = Vec::new();
+            match info {
+                None if lsub => attrs.push("\\Noselect"),
+                None => attrs.push("\\NonExistent"),
+                Some(_) => attrs.push(if has_children(&name) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                }),
             }
+            if !special.is_empty() {
+                attrs.push(special);
+            }
+            if (sel.subscribed || ret.subscribed) && subs.contains(&name) {
+                attrs.push("\\Subscribed");
+            }
+            let items = attrs
+                .into_iter()
+                .filter_map(|a| {
+                    if a == "\\Noselect" {
+                        return Some(FlagNameAttribute::Noselect);
+                    }
+                    a.strip_prefix('\\')
+                        .and_then(atom)
+                        .map(FlagNameAttribute::from)
+                })
+                .collect();
             let mailbox = names::to_imap(&name);
-            let d = if lsub {
+            self.data(if lsub {
                 Data::Lsub {
                     items,
                     delimiter,
@@ -202,18 +252,20 @@ impl Session {
                     delimiter,
                     mailbox,
                 }
-            };
-            self.data(d);
+            });
+            if info.is_some() {
+                listed.push(name);
+            }
         }
-        self.ok(
-            tag,
-            None,
-            if lsub {
-                "LSUB completed"
-            } else {
-                "LIST completed"
-            },
-        );
+        // LIST-STATUS: one STATUS per listed, selectable mailbox.
+        if !ret.status.is_empty() {
+            for name in listed {
+                let mb = names::to_imap(&name);
+                // A mailbox deleted meanwhile simply gets no STATUS line.
+                let _ = self.status_data(&mb, &ret.status).await;
+            }
+        }
+        self.ok(tag, None, done);
     }
 
     pub(super) async fn status(
@@ -222,18 +274,31 @@ impl Session {
         mailbox: &Mailbox<'_>,
         items: &[StatusDataItemName],
     ) {
-        let name = match names::from_imap(mailbox) {
-            Ok(n) => n,
-            Err(e) => return self.bad_name(tag, e),
-        };
+        if let Err(e) = names::from_imap(mailbox) {
+            return self.bad_name(tag, e);
+        }
+        match self.status_data(mailbox, items).await {
+            Ok(()) => self.ok(tag, None, "STATUS completed"),
+            Err(None) => self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+            Err(Some(e)) => self.store_error(tag, e),
+        }
+    }
+
+    /// Queues `* STATUS mailbox (...)`. `Err(None)`: no such mailbox.
+    async fn status_data(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        items: &[StatusDataItemName],
+    ) -> Result<(), Option<StoreError>> {
+        let name = names::from_imap(mailbox).map_err(|_| None)?;
         let user = self.user();
         let info = match self.app.store.mailbox(&user, &name).await {
             Ok(Some(i)) => i,
-            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
-            Err(e) => return self.store_error(tag, e),
+            Ok(None) => return Err(None),
+            Err(e) => return Err(Some(e)),
         };
         let Ok(Some((info, msgs))) = self.app.store.snapshot(&user, info.id).await else {
-            return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+            return Err(None);
         };
         let mut out = Vec::new();
         for item in items {
@@ -266,7 +331,7 @@ impl Session {
             mailbox: names::to_imap(&name),
             items: Cow::Owned(out),
         });
-        self.ok(tag, None, "STATUS completed");
+        Ok(())
     }
 
     pub(super) async fn create(&mut self, tag: &Tag<'_>, mailbox: &Mailbox<'_>) {

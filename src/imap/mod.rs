@@ -1,6 +1,6 @@
 //! The IMAP server (RFC 3501 with LITERAL+, SASL-IR, ENABLE, IDLE,
-//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, CHILDREN, and the
-//! special-use attributes of RFC 6154 in LIST).
+//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, LIST-EXTENDED,
+//! LIST-STATUS, SPECIAL-USE, CHILDREN).
 //!
 //! Commands are framed by imap-codec's `Fragmentizer` (so literal limits are
 //! checked before a literal is read) and decoded and encoded by imap-codec;
@@ -10,6 +10,7 @@
 //! and FETCH FLAGS only where RFC 3501 allows them.
 
 pub mod fetch;
+pub mod list_extended;
 pub mod mailboxes;
 pub mod messages;
 pub mod names;

@@ -194,11 +194,11 @@ impl Session {
             Capability::Move,
             Capability::CondStore,
         ]);
-        // Special-use attributes are sent in every LIST, which needs no
-        // capability (RFC 6154 section 2). SPECIAL-USE itself would promise
-        // the extended LIST syntax, which imap-codec cannot parse yet.
-        if let Ok(c) = Capability::try_from("CHILDREN") {
-            caps.push(c);
+        caps.push(Capability::ListExtended);
+        for other in ["LIST-STATUS", "SPECIAL-USE", "CHILDREN"] {
+            if let Ok(c) = Capability::try_from(other) {
+                caps.push(c);
+            }
         }
         Vec1::try_from(caps).expect("IMAP4rev1 is always there")
     }
@@ -358,6 +358,25 @@ impl Session {
                 let decoded = self.frag.decode_message(&CommandCodec::default());
                 let command = match decoded {
                     Ok(c) => c.into_static(),
+                    Err(DecodeMessageError::DecodingFailure(_)) if self.user.is_some() => {
+                        // imap-codec does not know the extended LIST forms yet.
+                        match super::list_extended::parse(self.frag.message_bytes()) {
+                            Ok(Some(l)) => {
+                                self.list_extended(l).await;
+                                return Flow::Continue;
+                            }
+                            Ok(None) => {
+                                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                                self.bad(tag.as_ref(), None, "Invalid command syntax");
+                                return Flow::Continue;
+                            }
+                            Err(e) => {
+                                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                                self.bad(tag.as_ref(), None, &e.0);
+                                return Flow::Continue;
+                            }
+                        }
+                    }
                     Err(e) => {
                         let tag = self.frag.decode_tag().map(IntoStatic::into_static);
                         let (code_, msg) = match e {
