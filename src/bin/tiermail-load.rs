@@ -1,0 +1,469 @@
+//! `tiermail-load`: the load generator of the side-by-side benchmarks
+//! (benches/peers/run.sh). It speaks plain SMTP, LMTP and IMAP to any
+//! server on loopback, so tiermail and its peers get exactly the same load,
+//! and prints one JSON object per run.
+//!
+//!   tiermail-load users --count 5000 --password pw --tiermail users.toml --dovecot passwd
+//!   tiermail-load deliver --addr 127.0.0.1:2424 --lmtp --sessions 16 --messages 5000 --size 4096
+//!   tiermail-load imap --addr 127.0.0.1:1143 --clients 16 --seconds 10 --password pw
+//!   tiermail-load idle --addr 127.0.0.1:1143 --count 5000 --users 16 --password pw
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(
+    name = "tiermail-load",
+    about = "Load generator for the peer benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes user files for tiermail (users.toml) and Dovecot (passwd-file).
+    Users {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        tiermail: PathBuf,
+        #[arg(long)]
+        dovecot: PathBuf,
+    },
+    /// Delivers messages over SMTP or LMTP, one recipient each.
+    Deliver {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        lmtp: bool,
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// Message size in bytes; 0 = the mixed MIME corpus.
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        users: usize,
+        /// Deliver to this one user number only.
+        #[arg(long)]
+        only_user: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The IMAP command mix, one client per user.
+    Imap {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Messages in each mailbox (FETCH picks among them).
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long)]
+        password: String,
+    },
+    /// Opens N logged-in idle connections, prints `ready N`, holds them
+    /// until standard input closes.
+    Idle {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        users: usize,
+        #[arg(long)]
+        password: String,
+    },
+}
+
+fn user(i: usize) -> String {
+    format!("bench{i}@example.test")
+}
+
+/// A fixed-size message with realistic headers, or a corpus message.
+fn message(size: usize, seed: u64, n: usize) -> Vec<u8> {
+    if size == 0 {
+        return tiermail::corpus::message(seed, n as u64, "bench@example.test");
+    }
+    let mut m = format!(
+        "From: Load <load@remote.test>\r\nTo: bench@example.test\r\nSubject: load {n}\r\n\
+         Message-ID: <{n}.{seed}@remote.test>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n";
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line);
+    }
+    m.resize(size.saturating_sub(2).max(m.len()), b'x');
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Conn { s, buf: Vec::new() })
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 65536];
+        let n = self.s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                return Ok(self.buf.drain(..p + 2).collect());
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// One SMTP reply (multi-line aware); errors unless it starts with `code`.
+    async fn reply(&mut self, code: &str) -> std::io::Result<()> {
+        loop {
+            let l = self.line().await?;
+            if l.len() >= 4 && l[3] == b'-' {
+                continue;
+            }
+            if l.starts_with(code.as_bytes()) {
+                return Ok(());
+            }
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&l).into_owned(),
+            ));
+        }
+    }
+
+    /// IMAP: lines (with literals) until one starts with `prefix`.
+    async fn until(&mut self, prefix: &[u8]) -> std::io::Result<Vec<u8>> {
+        loop {
+            let l = self.line().await?;
+            if let Some(n) = literal_len(&l) {
+                while self.buf.len() < n {
+                    self.fill().await?;
+                }
+                self.buf.drain(..n);
+                continue;
+            }
+            if l.starts_with(prefix) {
+                return Ok(l);
+            }
+        }
+    }
+}
+
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let l = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let open = l.iter().rposition(|&c| c == b'{')?;
+    std::str::from_utf8(&l[open + 1..])
+        .ok()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver_session(
+    addr: SocketAddr,
+    lmtp: bool,
+    count: usize,
+    size: usize,
+    users: usize,
+    only: Option<usize>,
+    seed: u64,
+    next: Arc<AtomicUsize>,
+) -> std::io::Result<Vec<Duration>> {
+    let mut c = Conn::connect(addr).await?;
+    c.reply("220").await?;
+    let hello = if lmtp { "LHLO" } else { "EHLO" };
+    c.s.write_all(format!("{hello} load.test\r\n").as_bytes())
+        .await?;
+    c.reply("250").await?;
+    let mut lat = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let to = user(only.unwrap_or(n % users.max(1)));
+        let env = format!("MAIL FROM:<load@remote.test>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+        c.s.write_all(env.as_bytes()).await?;
+        c.reply("250").await?;
+        c.reply("250").await?;
+        c.reply("354").await?;
+        let mut m = message(size, seed, n);
+        m.extend_from_slice(b".\r\n");
+        let t = Instant::now();
+        c.s.write_all(&m).await?;
+        c.reply("250").await?;
+        lat.push(t.elapsed());
+    }
+    c.s.write_all(b"QUIT\r\n").await?;
+    Ok(lat)
+}
+
+struct Imap {
+    c: Conn,
+    n: u64,
+}
+
+impl Imap {
+    async fn login(addr: SocketAddr, u: usize, password: &str) -> std::io::Result<Imap> {
+        let mut c = Conn::connect(addr).await?;
+        c.until(b"* OK").await?;
+        let mut i = Imap { c, n: 0 };
+        i.cmd(&format!("LOGIN {} \"{password}\"", user(u))).await?;
+        Ok(i)
+    }
+
+    async fn cmd(&mut self, text: &str) -> std::io::Result<()> {
+        self.n += 1;
+        let tag = format!("t{}", self.n);
+        self.c
+            .s
+            .write_all(format!("{tag} {text}\r\n").as_bytes())
+            .await?;
+        let last = self.c.until(format!("{tag} ").as_bytes()).await?;
+        if !last.starts_with(format!("{tag} OK").as_bytes()) {
+            return Err(std::io::Error::other(format!(
+                "{text}: {}",
+                String::from_utf8_lossy(&last)
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn imap_client(
+    addr: SocketAddr,
+    u: usize,
+    messages: usize,
+    password: String,
+    until: Instant,
+) -> std::io::Result<BTreeMap<&'static str, Vec<Duration>>> {
+    let mut st: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let mut c = Imap::login(addr, u, &password).await?;
+    let mut rng = tiermail::corpus::Rng::new(u as u64);
+    let mut i = 0usize;
+    macro_rules! timed {
+        ($name:expr, $e:expr) => {{
+            let t = Instant::now();
+            $e;
+            st.entry($name).or_default().push(t.elapsed());
+        }};
+    }
+    while Instant::now() < until {
+        i += 1;
+        let n = 1 + rng.below(messages as u64);
+        timed!("SELECT", c.cmd("SELECT INBOX").await?);
+        timed!("FETCH 1:* (FLAGS)", c.cmd("FETCH 1:* (FLAGS)").await?);
+        let lo = n.saturating_sub(49).max(1);
+        timed!(
+            "FETCH 50 ENVELOPE",
+            c.cmd(&format!("FETCH {lo}:{n} (ENVELOPE)")).await?
+        );
+        timed!(
+            "FETCH BODY.PEEK[]",
+            c.cmd(&format!("FETCH {n} BODY.PEEK[]")).await?
+        );
+        timed!(
+            "SEARCH UNSEEN SUBJECT",
+            c.cmd("SEARCH UNSEEN SUBJECT report").await?
+        );
+        timed!(
+            "STORE +FLAGS",
+            c.cmd(&format!("STORE {n} +FLAGS (\\Seen)")).await?
+        );
+        let msg = tiermail::corpus::message(5, (u * 1_000_000 + i) as u64, "bench@example.test");
+        timed!("APPEND", {
+            c.n += 1;
+            let tag = format!("t{}", c.n);
+            c.c.s
+                .write_all(format!("{tag} APPEND INBOX {{{}+}}\r\n", msg.len()).as_bytes())
+                .await?;
+            c.c.s.write_all(&msg).await?;
+            c.c.s.write_all(b"\r\n").await?;
+            c.c.until(format!("{tag} OK").as_bytes()).await?;
+        });
+        timed!("STORE \\Deleted + EXPUNGE", {
+            c.cmd("STORE * +FLAGS.SILENT (\\Deleted)").await?;
+            c.cmd("EXPUNGE").await?;
+        });
+        timed!("IDLE + DONE", {
+            c.n += 1;
+            let tag = format!("t{}", c.n);
+            c.c.s
+                .write_all(format!("{tag} IDLE\r\n").as_bytes())
+                .await?;
+            c.c.until(b"+ ").await?;
+            c.c.s.write_all(b"DONE\r\n").await?;
+            c.c.until(format!("{tag} OK").as_bytes()).await?;
+        });
+    }
+    Ok(st)
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Users {
+            count,
+            password,
+            tiermail,
+            dovecot,
+        } => {
+            // Cheap hashes on both sides: the benchmark measures mail
+            // handling, not password hashing.
+            let h = tiermail::auth::hash_password_with(&password, tiermail::auth::test_params())?;
+            let mut t = String::new();
+            let mut d = String::new();
+            for i in 0..count {
+                t.push_str(&format!(
+                    "[[user]]\naddress = \"{}\"\npassword = \"{h}\"\n\n",
+                    user(i)
+                ));
+                d.push_str(&format!("{}:{{PLAIN}}{password}::::::\n", user(i)));
+            }
+            std::fs::write(tiermail, t)?;
+            std::fs::write(dovecot, d)?;
+        }
+        Cmd::Deliver {
+            addr,
+            lmtp,
+            sessions,
+            messages,
+            size,
+            users,
+            only_user,
+            seed,
+        } => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let t = Instant::now();
+            let tasks: Vec<_> = (0..sessions)
+                .map(|i| {
+                    let count = messages / sessions + usize::from(i < messages % sessions);
+                    tokio::spawn(deliver_session(
+                        addr,
+                        lmtp,
+                        count,
+                        size,
+                        users,
+                        only_user,
+                        seed,
+                        next.clone(),
+                    ))
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for task in tasks {
+                lat.extend(task.await??);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{{\"messages\": {}, \"secs\": {secs:.3}, \"msg_per_s\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}}}",
+                lat.len(),
+                lat.len() as f64 / secs,
+                pct(&mut lat, 0.5),
+                pct(&mut lat, 0.99)
+            );
+        }
+        Cmd::Imap {
+            addr,
+            clients,
+            seconds,
+            messages,
+            password,
+        } => {
+            let until = Instant::now() + Duration::from_secs(seconds);
+            let t = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|u| tokio::spawn(imap_client(addr, u, messages, password.clone(), until)))
+                .collect();
+            let mut all: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+            for task in tasks {
+                for (k, v) in task.await?? {
+                    all.entry(k).or_default().extend(v);
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let parts: Vec<String> = all
+                .iter_mut()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {{\"ops_per_s\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}}}",
+                        json_str(k),
+                        v.len() as f64 / secs,
+                        pct(v, 0.5),
+                        pct(v, 0.99)
+                    )
+                })
+                .collect();
+            println!("{{{}}}", parts.join(", "));
+        }
+        Cmd::Idle {
+            addr,
+            count,
+            users,
+            password,
+        } => {
+            let mut conns = Vec::with_capacity(count);
+            for start in (0..count).step_by(100) {
+                let tasks: Vec<_> = (start..(start + 100).min(count))
+                    .map(|i| {
+                        let password = password.clone();
+                        tokio::spawn(async move {
+                            let mut c = Imap::login(addr, i % users.max(1), &password).await?;
+                            c.cmd("SELECT INBOX").await?;
+                            Ok::<_, std::io::Error>(c)
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    conns.push(task.await??);
+                }
+            }
+            println!("ready {}", conns.len());
+            let mut rest = Vec::new();
+            tokio::io::stdin().read_to_end(&mut rest).await?;
+            drop(conns);
+        }
+    }
+    Ok(())
+}
