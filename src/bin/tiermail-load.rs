@@ -57,6 +57,9 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 16)]
         users: usize,
+        /// First user number (users are bench<offset>..bench<offset+users-1>).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
         /// Deliver to this one user number only.
         #[arg(long)]
         only_user: Option<usize>,
@@ -206,6 +209,7 @@ async fn deliver_session(
     size: usize,
     users: usize,
     only: Option<usize>,
+    offset: usize,
     seed: u64,
     next: Arc<AtomicUsize>,
 ) -> std::io::Result<Vec<Duration>> {
@@ -218,7 +222,7 @@ async fn deliver_session(
     let mut lat = Vec::with_capacity(count);
     for _ in 0..count {
         let n = next.fetch_add(1, Ordering::Relaxed);
-        let to = user(only.unwrap_or(n % users.max(1)));
+        let to = user(only.unwrap_or(offset + n % users.max(1)));
         let env = format!("MAIL FROM:<load@remote.test>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
         c.s.write_all(env.as_bytes()).await?;
         c.reply("250").await?;
@@ -371,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
             messages,
             size,
             users,
+            offset,
             only_user,
             seed,
         } => {
@@ -386,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
                         size,
                         users,
                         only_user,
+                        offset,
                         seed,
                         next.clone(),
                     ))

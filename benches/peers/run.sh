@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: tiermail against Dovecot on this machine, same
+# load, same durability (every write fsynced before it is acknowledged),
+# alternating runs, medians and ratios. Postfix provides smtp-source as a
+# second, independent load tool.
+#
+#   bash benches/peers/run.sh            # 3 rounds, about 10 minutes on 2 cores
+#   bash benches/peers/run.sh --quick    # 1 round, smaller loads, under 3 minutes
+#
+# Writes docs/benchmarks-peers.json and the "tiermail vs Dovecot" table in
+# docs/benchmarks.md. Every process it starts is stopped by pid on exit.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if ((QUICK)); then
+    ROUNDS=1; N4=400; N64=100; FILL=300; IMAP_SECS=3; IDLE=1000
+else
+    ROUNDS=3; N4=3000; N64=600; FILL=1000; IMAP_SECS=8; IDLE=5000
+fi
+PASSWORD=benchpw
+
+need=()
+for p in dovecot-imapd dovecot-lmtpd postfix; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing: ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+ulimit -n 20000 2>/dev/null || true
+
+cargo build --release --locked --bins 2>&1 | tail -1
+TIERMAIL=$ROOT/target/release/tiermail
+LOAD=$ROOT/target/release/tiermail-load
+
+mkdir -p target
+WORK=$(mktemp -d -p "$ROOT/target" peers.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 1
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2; return 1
+}
+
+mkdir -p "$WORK/t" "$WORK/d/mail"
+"$LOAD" users --count 200 --password "$PASSWORD" --tiermail "$WORK/t/users.toml" --dovecot "$WORK/d/passwd"
+
+# tiermail
+T_SMTP=$(port); T_LMTP=$(port); T_IMAP=$(port)
+sed -e "s|@DIR@|$WORK/t|g" -e "s|@SMTP_PORT@|$T_SMTP|" -e "s|@LMTP_PORT@|$T_LMTP|" \
+    -e "s|@IMAP_PORT@|$T_IMAP|" benches/peers/tiermail.toml.in > "$WORK/t/tiermail.toml"
+"$TIERMAIL" --config "$WORK/t/tiermail.toml" serve > "$WORK/t/ready" 2> "$WORK/t/log" &
+T_PID=$!
+PIDS+=("$T_PID")
+wait_port "$T_IMAP"
+
+# Dovecot
+D_LMTP=$(port); D_IMAP=$(port)
+D_UID=$(id -u nobody); D_GID=$(getent group nogroup | cut -d: -f3)
+chown "$D_UID:$D_GID" "$WORK/d/mail"
+sed -e "s|@DIR@|$WORK/d|g" -e "s|@LMTP_PORT@|$D_LMTP|" -e "s|@IMAP_PORT@|$D_IMAP|" \
+    -e "s|@UID@|$D_UID|" -e "s|@GID@|$D_GID|" benches/peers/dovecot.conf.in > "$WORK/d/dovecot.conf"
+dovecot -c "$WORK/d/dovecot.conf"
+wait_port "$D_IMAP"
+D_PID=$(cat "$WORK/d/run/master.pid")
+PIDS+=("$D_PID")
+
+declare -A LMTP=([tiermail]=$T_LMTP [dovecot]=$D_LMTP)
+declare -A IMAP=([tiermail]=$T_IMAP [dovecot]=$D_IMAP)
+declare -A PID=([tiermail]=$T_PID [dovecot]=$D_PID)
+RES=$WORK/results.jsonl
+: > "$RES"
+
+record() { # workload server round json
+    echo "{\"workload\": \"$1\", \"server\": \"$2\", \"round\": $3, \"result\": $4}" >> "$RES"
+    echo "  $2 $1: $4"
+}
+
+# Memory of a server: its process and all descendants (RSS and PSS sums).
+memory() {
+    python3 - "$1" <<'EOF'
+import os, sys
+root = int(sys.argv[1])
+parent = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except OSError:
+            pass
+tree, grew = {root}, True
+while grew:
+    grew = False
+    for pid, pp in parent.items():
+        if pp in tree and pid not in tree:
+            tree.add(pid)
+            grew = True
+rss = pss = n = 0
+for pid in tree:
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            k, v = line.split(":", 1)
+            if k == "Rss": rss += int(v.split()[0])
+            if k == "Pss": pss += int(v.split()[0])
+        n += 1
+    except OSError:
+        pass
+print(f'{{"processes": {n}, "rss_kib": {rss}, "pss_kib": {pss}}}')
+EOF
+}
+
+echo "== delivery over LMTP (tiermail-load)"
+for r in $(seq 1 "$ROUNDS"); do
+    for size in 4096 65536; do
+        n=$N4; [ "$size" = 65536 ] && n=$N64
+        for sess in 1 16; do
+            for srv in tiermail dovecot; do
+                out=$("$LOAD" deliver --addr "127.0.0.1:${LMTP[$srv]}" --lmtp --sessions "$sess" \
+                    --messages "$n" --size "$size" --users 100 --offset 100 --seed "$r")
+                record "LMTP $((size / 1024)) KB, $sess sessions (msg/s)" "$srv" "$r" "$out"
+            done
+        done
+    done
+done
+
+echo "== delivery over LMTP (Postfix smtp-source, 16 sessions, 4 KB)"
+for r in $(seq 1 "$ROUNDS"); do
+    for srv in tiermail dovecot; do
+        t0=$(date +%s.%N)
+        smtp-source -L -s 16 -l 4096 -m "$N4" -f load@remote.test -t bench150@example.test \
+            "127.0.0.1:${LMTP[$srv]}"
+        t1=$(date +%s.%N)
+        rate=$(python3 -c "print(round($N4 / ($t1 - $t0), 1))")
+        record "smtp-source LMTP 4 KB, 16 sessions (msg/s)" "$srv" "$r" "{\"msg_per_s\": $rate}"
+    done
+done
+
+echo "== filling 16 mailboxes with $FILL corpus messages each"
+for srv in tiermail dovecot; do
+    for u in $(seq 0 15); do
+        "$LOAD" deliver --addr "127.0.0.1:${LMTP[$srv]}" --lmtp --sessions 4 --messages "$FILL" \
+            --size 0 --only-user "$u" --seed 7 > /dev/null
+    done
+done
+
+echo "== IMAP command mix, 16 clients"
+for r in $(seq 1 "$ROUNDS"); do
+    for srv in tiermail dovecot; do
+        out=$("$LOAD" imap --addr "127.0.0.1:${IMAP[$srv]}" --clients 16 --seconds "$IMAP_SECS" \
+            --messages "$FILL" --password "$PASSWORD")
+        record "IMAP mix" "$srv" "$r" "$out"
+    done
+done
+
+echo "== $IDLE idle authenticated IMAP connections"
+for srv in tiermail dovecot; do
+    before=$(memory "${PID[$srv]}")
+    fifo=$WORK/idle.$srv
+    mkfifo "$fifo"
+    "$LOAD" idle --addr "127.0.0.1:${IMAP[$srv]}" --count "$IDLE" --users 16 --password "$PASSWORD" \
+        < "$fifo" > "$WORK/idle.$srv.out" &
+    lpid=$!
+    exec 7> "$fifo"
+    for _ in $(seq 1 600); do
+        grep -q ready "$WORK/idle.$srv.out" 2>/dev/null && break
+        sleep 0.5
+    done
+    sleep 2
+    after=$(memory "${PID[$srv]}")
+    exec 7>&-
+    wait "$lpid" || true
+    record "idle IMAP connections (memory)" "$srv" 1 \
+        "{\"connections\": $IDLE, \"before\": $before, \"after\": $after}"
+done
+
+python3 benches/peers/report.py "$RES" "$QUICK" \
+    "$(dovecot --version | cut -d' ' -f1)" "$(postconf -h mail_version 2>/dev/null || echo '?')"
