@@ -101,10 +101,7 @@ impl Session {
         self.untagged(Code::PermanentFlags(perm), "Flags permitted");
         self.data(Data::Exists(view.len()));
         self.data(Data::Recent(0));
-        if let Some(i) = view
-            .entries
-            .iter()
-            .position(|e| !has_flag(&e.flags, "\\Seen"))
+        if let Some(i) = view.entries.iter().position(|e| !e.has("\\Seen"))
             && let Ok(c) = Code::unseen(i as u32 + 1)
         {
             self.untagged(c, "First unseen");

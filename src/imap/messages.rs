@@ -208,7 +208,7 @@ impl Session {
                     self.selected
                         .as_ref()
                         .and_then(|v| v.entry_ref(*u))
-                        .is_some_and(|e| !has_flag(&e.flags, "\\Seen"))
+                        .is_some_and(|e| !e.has("\\Seen"))
                 })
                 .collect();
             if !unseen.is_empty() {
@@ -242,7 +242,7 @@ impl Session {
             for u in &uids {
                 let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
                     let e = v.entry_ref(*u)?;
-                    Some((v.seq_of(*u)?, e.flags.clone(), e.modseq))
+                    Some((v.seq_of(*u)?, e.flags(), e.modseq))
                 }) else {
                     continue;
                 };
@@ -293,7 +293,7 @@ impl Session {
             for (uid, meta, body) in loaded {
                 let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
                     let e = v.entry_ref(uid)?;
-                    Some((v.seq_of(uid)?, e.flags.clone(), e.modseq))
+                    Some((v.seq_of(uid)?, e.flags(), e.modseq))
                 }) else {
                     continue;
                 };
@@ -394,7 +394,7 @@ impl Session {
         if let Some(v) = self.selected.as_mut() {
             for (uid, flags, modseq) in changed {
                 if let Some(e) = v.entry_mut(*uid) {
-                    e.flags = flags.clone();
+                    e.set_flags(flags);
                     e.modseq = *modseq;
                 }
                 v.highestmodseq = v.highestmodseq.max(*modseq);
@@ -712,7 +712,7 @@ impl Session {
                     .selected
                     .as_ref()
                     .and_then(|v| v.entry_ref(u))
-                    .map(|e| e.flags.clone())
+                    .map(|e| e.flags())
                     .unwrap_or_default();
                 let parsed = body.as_deref().map(fetch::parse);
                 let c = search::Candidate {

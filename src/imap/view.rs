@@ -13,13 +13,95 @@ use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use crate::store::{MailboxInfo, MessageState};
 
+/// A message as the session knows it: 24 bytes plus any keywords, since a
+/// session keeps one per message of the selected mailbox for as long as it
+/// stays selected (an idle client may sit on a large INBOX for days).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub uid: u32,
-    pub flags: Vec<String>,
-    pub modseq: u64,
     /// Expunged in the store, not yet announced to the client.
     pub gone: bool,
+    /// The five system flags as bits (see `SYSTEM`).
+    system: u8,
+    pub modseq: u64,
+    // A thin pointer (8 bytes) in every entry; keywords are rare.
+    #[allow(clippy::box_collection)]
+    keywords: Option<Box<Vec<Box<str>>>>,
+}
+
+/// System flags in the order FETCH FLAGS lists them.
+const SYSTEM: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+
+#[allow(clippy::box_collection)]
+fn pack(flags: &[String]) -> (u8, Option<Box<Vec<Box<str>>>>) {
+    let mut bits = 0u8;
+    let mut keywords: Vec<Box<str>> = Vec::new();
+    for f in flags {
+        match SYSTEM.iter().position(|s| s.eq_ignore_ascii_case(f)) {
+            Some(i) => bits |= 1 << i,
+            None => {
+                if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+                    keywords.push(f.as_str().into());
+                }
+            }
+        }
+    }
+    let keywords = (!keywords.is_empty()).then(|| Box::new(keywords));
+    (bits, keywords)
+}
+
+impl Entry {
+    pub fn new(uid: u32, flags: &[String], modseq: u64) -> Entry {
+        let (system, keywords) = pack(flags);
+        Entry {
+            uid,
+            gone: false,
+            system,
+            modseq,
+            keywords,
+        }
+    }
+
+    pub fn flags(&self) -> Vec<String> {
+        let mut out: Vec<String> = SYSTEM
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.system & (1 << i) != 0)
+            .map(|(_, s)| s.to_string())
+            .collect();
+        if let Some(k) = &self.keywords {
+            out.extend(k.iter().map(|s| s.to_string()));
+        }
+        out
+    }
+
+    pub fn has(&self, flag: &str) -> bool {
+        match SYSTEM.iter().position(|s| s.eq_ignore_ascii_case(flag)) {
+            Some(i) => self.system & (1 << i) != 0,
+            None => self
+                .keywords
+                .as_ref()
+                .is_some_and(|k| k.iter().any(|x| x.eq_ignore_ascii_case(flag))),
+        }
+    }
+
+    /// Replaces the flags; true when they differ from before (as a set).
+    pub fn set_flags(&mut self, flags: &[String]) -> bool {
+        let (system, keywords) = pack(flags);
+        let same_keywords = match (&self.keywords, &keywords) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .all(|x| b.iter().any(|y| x.eq_ignore_ascii_case(y)))
+            }
+            _ => false,
+        };
+        let changed = system != self.system || !same_keywords;
+        self.system = system;
+        self.keywords = keywords;
+        changed
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,12 +136,7 @@ impl View {
             highestmodseq: info.highestmodseq,
             entries: msgs
                 .into_iter()
-                .map(|m| Entry {
-                    uid: m.uid,
-                    flags: m.flags,
-                    modseq: m.modseq,
-                    gone: false,
-                })
+                .map(|m| Entry::new(m.uid, &m.flags, m.modseq))
                 .collect(),
         }
     }
@@ -106,12 +183,10 @@ impl View {
             }
             if j < msgs.len() && msgs[j].uid == e.uid {
                 let m = &msgs[j];
-                if !e.gone && (m.flags != e.flags || m.modseq != e.modseq) {
-                    if m.flags != e.flags {
-                        up.flags
-                            .push((i as u32 + 1, e.uid, m.flags.clone(), m.modseq));
+                if !e.gone && m.modseq != e.modseq {
+                    if e.set_flags(&m.flags) {
+                        up.flags.push((i as u32 + 1, e.uid, e.flags(), m.modseq));
                     }
-                    e.flags = m.flags.clone();
                     e.modseq = m.modseq;
                 }
             } else {
@@ -142,12 +217,7 @@ impl View {
         let last = self.entries.last().map(|e| e.uid).unwrap_or(0);
         let before = self.entries.len();
         for m in msgs.iter().filter(|m| m.uid > last) {
-            self.entries.push(Entry {
-                uid: m.uid,
-                flags: m.flags.clone(),
-                modseq: m.modseq,
-                gone: false,
-            });
+            self.entries.push(Entry::new(m.uid, &m.flags, m.modseq));
         }
         if self.entries.len() != before {
             up.exists = Some(self.len());
@@ -217,7 +287,7 @@ mod tests {
         MessageState {
             uid,
             flags: flags.iter().map(|s| s.to_string()).collect(),
-            modseq: 1,
+            modseq: 1 + flags.len() as u64,
             size: 10,
             internal_date: 0,
         }
@@ -254,6 +324,17 @@ mod tests {
             v.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
             vec![1, 3, 5, 6]
         );
+    }
+
+    #[test]
+    fn compact_entries() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        let flags: Vec<String> = ["$Work", "\\seen", "\\Deleted"].map(String::from).to_vec();
+        let mut e = Entry::new(1, &flags, 1);
+        assert_eq!(e.flags(), ["\\Deleted", "\\Seen", "$Work"]);
+        assert!(e.has("\\SEEN") && e.has("$work") && !e.has("\\Draft"));
+        assert!(!e.set_flags(&["\\Deleted".into(), "$WORK".into(), "\\Seen".into()]));
+        assert!(e.set_flags(&[]));
     }
 
     #[test]
