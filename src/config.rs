@@ -108,6 +108,7 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub groups: u32,
+    pub cache_mib: usize,
     pub wal_segment_bytes: u64,
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,

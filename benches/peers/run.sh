@@ -141,15 +141,21 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-echo "== delivery over LMTP (Postfix smtp-source, 16 sessions, 4 KB)"
+echo "== delivery over LMTP (Postfix smtp-source)"
 for r in $(seq 1 "$ROUNDS"); do
-    for srv in tiermail dovecot; do
-        t0=$(date +%s.%N)
-        smtp-source -L -s 16 -l 4096 -m "$N4" -f load@remote.test -t bench150@example.test \
-            "127.0.0.1:${LMTP[$srv]}"
-        t1=$(date +%s.%N)
-        rate=$(python3 -c "print(round($N4 / ($t1 - $t0), 1))")
-        record "smtp-source LMTP 4 KB, 16 sessions (msg/s)" "$srv" "$r" "{\"msg_per_s\": $rate}"
+    for size in 4096 65536; do
+        n=$N4; [ "$size" = 65536 ] && n=$N64
+        for sess in 1 16; do
+            for srv in tiermail dovecot; do
+                t0=$(date +%s.%N)
+                smtp-source -L -s "$sess" -l "$size" -m "$n" -f load@remote.test \
+                    -t "bench$((150 + r))@example.test" "127.0.0.1:${LMTP[$srv]}"
+                t1=$(date +%s.%N)
+                rate=$(python3 -c "print(round($n / ($t1 - $t0), 1))")
+                record "smtp-source LMTP $((size / 1024)) KB, $sess sessions (msg/s)" "$srv" "$r" \
+                    "{\"msg_per_s\": $rate}"
+            done
+        done
     done
 done
 

@@ -78,10 +78,13 @@ impl Group {
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
         let db_path = dir.join("store.redb");
-        let db = Database::builder().create(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(db_path.clone()),
-            other => StoreError::Db(format!("{}: {other}", db_path.display())),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cfg.cache_mib.max(1) << 20)
+            .create(&db_path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(db_path.clone()),
+                other => StoreError::Db(format!("{}: {other}", db_path.display())),
+            })?;
         let report = recovery::recover(&db, &wal_dir)?;
         if report.replayed > 0 || report.truncated.is_some() {
             tracing::info!(

@@ -98,6 +98,16 @@ impl MessageMeta {
         })
     }
 
+    /// Only (internal date, size, modseq, flags): what a mailbox listing
+    /// needs, without allocating the cached header summary.
+    pub fn state_from_bytes(b: &[u8]) -> Result<(i64, u32, u64, Vec<String>), DecodeError> {
+        let mut d = Dec::new(b);
+        if d.u8()? != META_VERSION {
+            return Err(DecodeError("unknown message metadata version"));
+        }
+        Ok((d.i64()?, d.u32()?, d.u64()?, d.strs()?))
+    }
+
     pub fn from_bytes(b: &[u8]) -> Result<MessageMeta, DecodeError> {
         let mut d = Dec::new(b);
         let m = Self::decode(&mut d)?;
@@ -129,5 +139,9 @@ Message-ID: <m1@x>\r\n\r\nbody\r\n";
             summary: s,
         };
         assert_eq!(MessageMeta::from_bytes(&m.to_bytes()).unwrap(), m);
+        assert_eq!(
+            MessageMeta::state_from_bytes(&m.to_bytes()).unwrap(),
+            (5, 10, 3, vec!["\\Seen".to_string()])
+        );
     }
 }

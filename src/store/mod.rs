@@ -317,13 +317,14 @@ impl Store {
             let mut v = Vec::new();
             for row in t.range((mailbox_id, 0)..=(mailbox_id, u32::MAX))? {
                 let (k, val) = row?;
-                let m = MessageMeta::from_bytes(val.value())?;
+                let (internal_date, size, modseq, flags) =
+                    MessageMeta::state_from_bytes(val.value())?;
                 v.push(MessageState {
                     uid: k.value().1,
-                    flags: m.flags,
-                    modseq: m.modseq,
-                    size: m.size,
-                    internal_date: m.internal_date,
+                    flags,
+                    modseq,
+                    size,
+                    internal_date,
                 });
             }
             Ok(Some((info, v)))
