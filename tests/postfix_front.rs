@@ -10,20 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is missing: apt-get install -y {package} (bash .ci/run does this)"
-    );
-}
+use common::{TestServer, require};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

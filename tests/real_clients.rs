@@ -7,20 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Client, PASSWORD, TestServer};
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is missing: apt-get install -y {package} (bash .ci/run does this)"
-    );
-}
+use common::{Client, PASSWORD, TestServer, require};
 
 async fn deliver(server: &TestServer, to: &str, body: &[u8]) {
     let mut c = Client::connect(server.smtp()).await;

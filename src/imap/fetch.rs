@@ -117,9 +117,11 @@ pub fn envelope(m: &Message<'_>) -> Envelope<'static> {
     }
 }
 
-fn params(part: &MessagePart<'_>) -> Vec<(IString<'static>, IString<'static>)> {
-    part.content_type()
-        .and_then(|ct| ct.attributes.as_ref())
+/// A MIME header's parameters as a BODYSTRUCTURE parameter list.
+fn param_list(
+    attrs: Option<&Vec<mail_parser::Attribute<'_>>>,
+) -> Vec<(IString<'static>, IString<'static>)> {
+    attrs
         .map(|attrs| {
             attrs
                 .iter()
@@ -134,6 +136,10 @@ fn params(part: &MessagePart<'_>) -> Vec<(IString<'static>, IString<'static>)> {
         .unwrap_or_default()
 }
 
+fn params(part: &MessagePart<'_>) -> Vec<(IString<'static>, IString<'static>)> {
+    param_list(part.content_type().and_then(|ct| ct.attributes.as_ref()))
+}
+
 fn disposition(part: &MessagePart<'_>) -> Option<Disposition<'static>> {
     let language = match part.content_language() {
         HeaderValue::Text(t) => vec![istr(t.to_string())],
@@ -142,21 +148,7 @@ fn disposition(part: &MessagePart<'_>) -> Option<Disposition<'static>> {
     };
     Some(Disposition {
         disposition: part.content_disposition().map(|d| {
-            let p = d
-                .attributes
-                .as_ref()
-                .map(|attrs| {
-                    attrs
-                        .iter()
-                        .map(|a| {
-                            (
-                                istr(a.name.to_ascii_uppercase()),
-                                istr(header_text(&a.value)),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let p = param_list(d.attributes.as_ref());
             (istr(d.c_type.to_ascii_uppercase()), p)
         }),
         tail: Some(Language {

@@ -231,6 +231,11 @@ impl Session {
         }
         let condstore = self.condstore;
         uids.dedup();
+        let done = if uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        };
         let view_only = items.iter().all(|i| {
             matches!(
                 i,
@@ -240,10 +245,8 @@ impl Session {
         if view_only {
             // Flags, UIDs and modseqs are current in the view: no store read.
             for u in &uids {
-                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
-                    let e = v.entry_ref(*u)?;
-                    Some((v.seq_of(*u)?, e.flags(), e.modseq))
-                }) else {
+                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| v.state(*u))
+                else {
                     continue;
                 };
                 let mut out = Vec::with_capacity(items.len());
@@ -265,15 +268,7 @@ impl Session {
                     self.flush().await?;
                 }
             }
-            self.ok(
-                tag,
-                None,
-                if uid {
-                    "UID FETCH completed"
-                } else {
-                    "FETCH completed"
-                },
-            );
+            self.ok(tag, None, done);
             return Ok(());
         }
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
@@ -291,10 +286,8 @@ impl Session {
                 }
             };
             for (uid, meta, body) in loaded {
-                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| {
-                    let e = v.entry_ref(uid)?;
-                    Some((v.seq_of(uid)?, e.flags(), e.modseq))
-                }) else {
+                let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| v.state(uid))
+                else {
                     continue;
                 };
                 let parsed = body.as_deref().map(fetch::parse);
@@ -377,15 +370,7 @@ impl Session {
                 self.flush().await?;
             }
         }
-        self.ok(
-            tag,
-            None,
-            if uid {
-                "UID FETCH completed"
-            } else {
-                "FETCH completed"
-            },
-        );
+        self.ok(tag, None, done);
         Ok(())
     }
 

@@ -161,6 +161,12 @@ impl View {
         Some(&self.entries[i])
     }
 
+    /// (sequence number, flags, modseq) of a message still in the view.
+    pub fn state(&self, uid: u32) -> Option<(u32, Vec<String>, u64)> {
+        let e = self.entry_ref(uid)?;
+        Some((self.seq_of(uid)?, e.flags(), e.modseq))
+    }
+
     pub fn entry_mut(&mut self, uid: u32) -> Option<&mut Entry> {
         let i = self.entries.binary_search_by_key(&uid, |e| e.uid).ok()?;
         Some(&mut self.entries[i])

@@ -347,3 +347,17 @@ pub fn plain(user: &str, pass: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
 }
+
+/// Fails (never skips) when a real peer is missing; `.ci/run` installs it.
+pub fn require(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is missing: apt-get install -y {package} (bash .ci/run does this)"
+    );
+}
