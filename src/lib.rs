@@ -6,6 +6,7 @@
 //! users directory (`auth`), TLS (`tls`) and shutdown together; `control`
 //! answers the CLI on a local socket. See docs/ARCHITECTURE.md for the map.
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod control;

@@ -1,0 +1,6 @@
+//! The archive tier: each user's aged mail in their own append-only,
+//! checksummed archive files under the archive root (a NAS mount in
+//! production). `format` is the bytes, `file` one user's archive.
+
+pub mod file;
+pub mod format;
