@@ -38,6 +38,7 @@ pub struct Config {
     pub users: UsersConfig,
     pub smtp: SmtpConfig,
     pub imap: ImapConfig,
+    pub archive: ArchiveConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
     pub store: StoreConfig,
@@ -82,6 +83,41 @@ pub struct ImapConfig {
     pub allow_plaintext_auth: bool,
     pub idle_timeout_secs: u64,
     pub unauthenticated_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub root: PathBuf,
+    pub age_days: u32,
+    pub only_seen: bool,
+    pub keep_flagged: bool,
+    pub exclude_folders: Vec<String>,
+    pub min_size: u32,
+    pub file_limit_mib: u64,
+    pub seekers: usize,
+    pub archivers: usize,
+    pub queue: usize,
+}
+
+impl ArchiveConfig {
+    fn workers(n: usize) -> usize {
+        if n > 0 {
+            n
+        } else {
+            std::thread::available_parallelism().map_or(2, |c| c.get())
+        }
+    }
+
+    /// Seekers to run: the configured number, or one per core.
+    pub fn seeker_count(&self) -> usize {
+        Self::workers(self.seekers)
+    }
+
+    /// Archivers to run: the configured number, or one per core.
+    pub fn archiver_count(&self) -> usize {
+        Self::workers(self.archivers)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,11 +205,18 @@ impl Config {
         cfg.imap.listen = "127.0.0.1:0".into();
         cfg.imap.tls_listen = "127.0.0.1:0".into();
         cfg.imap.allow_plaintext_auth = true;
+        cfg.archive.root = dir.join("data/archive");
         cfg.server.shutdown_grace_secs = 5;
         cfg
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.archive.queue == 0 {
+            return Err(invalid("archive.queue", "must be at least 1"));
+        }
+        if self.archive.file_limit_mib == 0 {
+            return Err(invalid("archive.file_limit_mib", "must be at least 1"));
+        }
         if self.server.hostname.trim().is_empty()
             || self
                 .server

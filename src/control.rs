@@ -56,6 +56,13 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                         .await
                         .unwrap_or_else(|e| format!("error: {e}\n"))
                 }
+                "archive run" => {
+                    let cfg = Arc::new(app.config.archive.clone());
+                    match app.archive.run_once(app.store.clone(), cfg).await {
+                        Ok(line) => format!("{line}\n"),
+                        Err(e) => format!("error: {e}\n"),
+                    }
+                }
                 other => format!("error: unknown control request `{other}`\n"),
             };
             let _ = w.write_all(answer.as_bytes()).await;
@@ -68,7 +75,13 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
 pub fn request(cfg: &Config, line: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket_path(cfg)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    // An archive run answers when it is done.
+    let wait = if line.starts_with("archive") {
+        24 * 3600
+    } else {
+        30
+    };
+    s.set_read_timeout(Some(Duration::from_secs(wait))).ok()?;
     s.write_all(format!("{line}\n").as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
@@ -83,6 +96,8 @@ fn running_status(app: &App) -> String {
         app.config.users.file.display()
     );
     s.push_str(&groups_table(app.store.status()));
+    s.push_str(&app.archive.status());
+    s.push('\n');
     s
 }
 

@@ -30,6 +30,21 @@ enum Command {
     User(UserCommand),
     /// Show the server's state (asks the running server, or reads the store).
     Status,
+    /// The archive tier.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Run the archive activity now (in the running server, or offline when
+    /// the server is stopped).
+    Run,
+    /// Check every record of every archive file; exit 1 on damage.
+    Verify {
+        /// Only this user's archive.
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +81,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::User(u) => user(&config, u),
         Command::Status => status(&config),
+        Command::Archive(a) => archive(&config, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +185,67 @@ fn status(config: &Config) -> anyhow::Result<()> {
     match tiermail::control::request(config, "status") {
         Some(text) => print!("{text}"),
         None => print!("{}", tiermail::control::offline_status(config)?),
+    }
+    Ok(())
+}
+
+fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
+    use tiermail::archive::{agent, file::UserArchive, format};
+    match cmd {
+        ArchiveCommand::Run => {
+            if let Some(answer) = tiermail::control::request(config, "archive run") {
+                print!("{answer}");
+                anyhow::ensure!(!answer.starts_with("error"), "archive run refused");
+                return Ok(());
+            }
+            // No server: run offline on the store (its lock keeps a server
+            // from starting on the same data meanwhile).
+            init_logging(config);
+            let rt = tokio::runtime::Runtime::new()?;
+            let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
+            let cfg = std::sync::Arc::new(config.archive.clone());
+            let result = rt.block_on(async {
+                agent::reconcile(&store, &cfg).await?;
+                let activity = agent::Activity::default();
+                activity
+                    .run_once(store.clone(), cfg)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))
+            });
+            store.shutdown();
+            println!("{}", result?);
+        }
+        ArchiveCommand::Verify { user } => {
+            let root = &config.archive.root;
+            let dirs: Vec<(String, std::path::PathBuf)> = match user {
+                Some(u) => vec![(u.clone(), root.join(format::user_dir_name(&u)))],
+                None => {
+                    let mut v = Vec::new();
+                    for e in std::fs::read_dir(root)? {
+                        let e = e?;
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if let Some(u) = format::user_from_dir_name(&name) {
+                            v.push((u, e.path()));
+                        }
+                    }
+                    v.sort();
+                    v
+                }
+            };
+            let mut bad = 0;
+            for (u, dir) in dirs {
+                let problems = UserArchive::verify(&dir);
+                if problems.is_empty() {
+                    println!("{u}: ok");
+                } else {
+                    bad += 1;
+                    for p in problems {
+                        println!("{u}: DAMAGED: {p}");
+                    }
+                }
+            }
+            anyhow::ensure!(bad == 0, "{bad} archive(s) damaged");
+        }
     }
     Ok(())
 }

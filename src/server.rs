@@ -29,6 +29,7 @@ pub struct App {
     pub throttle: Throttle,
     pub tls: Option<TlsAcceptor>,
     pub started: Instant,
+    pub archive: crate::archive::agent::Activity,
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
@@ -118,7 +119,14 @@ impl Server {
             users,
             tls,
             started: Instant::now(),
+            archive: Default::default(),
         });
+        // Archive moves a crash interrupted are finished before anyone can
+        // see a message in two places. An unavailable archive root only
+        // delays that; it never stops the server.
+        if let Err(e) = crate::archive::agent::reconcile(&app.store, &app.config.archive).await {
+            tracing::warn!(error = %e, "could not finish interrupted archive moves; will retry on the next run");
+        }
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));

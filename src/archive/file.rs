@@ -126,6 +126,8 @@ pub struct UserArchive {
     /// Length of the newest data file.
     tail_len: u64,
     entries: BTreeMap<u32, Entry>,
+    /// Origins of the archived messages, to tell what was already moved.
+    origins: std::collections::HashSet<(u64, u32, u32)>,
     next_auid: u32,
     /// Repairs made while opening (torn tails cut), for the log and status.
     pub repaired: Vec<String>,
@@ -156,6 +158,7 @@ impl UserArchive {
             files,
             tail_len: 0,
             entries: BTreeMap::new(),
+            origins: Default::default(),
             next_auid: 1,
             repaired: Vec::new(),
         };
@@ -206,6 +209,8 @@ impl UserArchive {
                     size: d.u32().map_err(err)?,
                 };
                 self.next_auid = self.next_auid.max(auid + 1);
+                let o = &e.origin;
+                self.origins.insert((o.mailbox_id, o.uidvalidity, o.uid));
                 self.entries.insert(auid, e);
             }
             I_FLAGS => {
@@ -335,7 +340,8 @@ impl UserArchive {
 
     /// Whether a message of the current store was already archived.
     pub fn has_origin(&self, origin: &Origin) -> bool {
-        self.entries.values().any(|e| e.origin == *origin)
+        self.origins
+            .contains(&(origin.mailbox_id, origin.uidvalidity, origin.uid))
     }
 
     /// Reads one message, checking its checksum.

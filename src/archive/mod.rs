@@ -2,5 +2,6 @@
 //! checksummed archive files under the archive root (a NAS mount in
 //! production). `format` is the bytes, `file` one user's archive.
 
+pub mod agent;
 pub mod file;
 pub mod format;

@@ -248,6 +248,41 @@ impl Store {
         }
     }
 
+    /// Every user with mail in the store, sorted.
+    pub fn users(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// (mailbox id, uid) of every message of `user` tagged for archiving.
+    pub async fn tagged(self: &Arc<Self>, user: &str) -> Result<Vec<(u64, u32)>, StoreError> {
+        let prefix = schema::mailbox_key(user, "");
+        self.read(user, move |txn| {
+            let boxes = txn.open_table(schema::MAILBOXES)?;
+            let tags = txn.open_table(schema::TAGS)?;
+            let mut out = Vec::new();
+            for row in boxes.range(prefix.as_str()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let id = MailboxInfo::from_bytes(v.value())?.id;
+                for t in tags.range((id, 0)..=(id, u32::MAX))? {
+                    out.push(t?.0.value());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Creates the user's default mailboxes if they have none yet.
     pub async fn ensure_user(self: &Arc<Self>, user: &str) -> Result<(), StoreError> {
         let known = self

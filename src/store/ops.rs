@@ -72,6 +72,17 @@ pub enum Op {
         mailbox_id: u64,
         uids: Vec<u32>,
     },
+    /// Marks messages for the archive agent (those that still exist).
+    Tag {
+        mailbox_id: u64,
+        uids: Vec<u32>,
+    },
+    /// Removes messages now safely in the user's archive file (and their
+    /// tags) in one logged step.
+    Archived {
+        mailbox_id: u64,
+        uids: Vec<u32>,
+    },
     /// COPY (or MOVE when `remove`) of `uids` of one mailbox into another of
     /// the same user.
     Copy {
@@ -99,6 +110,9 @@ pub enum Outcome {
     },
     Expunged {
         uids: Vec<u32>,
+    },
+    Tagged {
+        count: usize,
     },
     Copied {
         uidvalidity: u32,
@@ -144,7 +158,30 @@ pub fn plan(
             flags,
             unchanged_since,
         } => plan_store(txn, *mailbox_id, uids, *action, flags, *unchanged_since),
-        Op::Expunge { mailbox_id, uids } => {
+        Op::Tag { mailbox_id, uids } => {
+            let messages = txn.open_table(MESSAGES)?;
+            let tags = txn.open_table(schema::TAGS)?;
+            let mut fresh = Vec::new();
+            for uid in uids {
+                if messages.get((*mailbox_id, *uid))?.is_some()
+                    && tags.get((*mailbox_id, *uid))?.is_none()
+                {
+                    fresh.push(*uid);
+                }
+            }
+            let count = fresh.len();
+            let records = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                vec![Record::Tagged {
+                    mailbox_id: *mailbox_id,
+                    uids: fresh,
+                    tagged: true,
+                }]
+            };
+            Ok((records, Outcome::Tagged { count }))
+        }
+        Op::Expunge { mailbox_id, uids } | Op::Archived { mailbox_id, uids } => {
             let info = info_by_id(txn, *mailbox_id)?;
             let messages = txn.open_table(MESSAGES)?;
             let mut gone = Vec::new();

@@ -16,6 +16,7 @@ pub const T_MESSAGES_COPIED: u8 = 6;
 pub const T_MAILBOX_DELETED: u8 = 7;
 pub const T_MAILBOX_RENAMED: u8 = 8;
 pub const T_SUBSCRIPTION: u8 = 9;
+pub const T_TAGGED: u8 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -74,6 +75,13 @@ pub enum Record {
         name: String,
         subscribed: bool,
     },
+    /// Messages marked (or unmarked) for the archive agent. Tagged mail
+    /// stays visible and usable where it is until it is archived.
+    Tagged {
+        mailbox_id: u64,
+        uids: Vec<u32>,
+        tagged: bool,
+    },
 }
 
 impl Record {
@@ -88,6 +96,7 @@ impl Record {
             Record::MailboxDeleted { .. } => T_MAILBOX_DELETED,
             Record::MailboxRenamed { .. } => T_MAILBOX_RENAMED,
             Record::Subscription { .. } => T_SUBSCRIPTION,
+            Record::Tagged { .. } => T_TAGGED,
         }
     }
 
@@ -162,6 +171,18 @@ impl Record {
                 subscribed,
             } => {
                 e.str(user).str(name).u8(u8::from(*subscribed));
+            }
+            Record::Tagged {
+                mailbox_id,
+                uids,
+                tagged,
+            } => {
+                e.u64(*mailbox_id)
+                    .u8(u8::from(*tagged))
+                    .u32(uids.len() as u32);
+                for uid in uids {
+                    e.u32(*uid);
+                }
             }
         }
     }
@@ -243,6 +264,17 @@ impl Record {
                 name: d.str()?,
                 subscribed: d.u8()? != 0,
             },
+            T_TAGGED => {
+                let mailbox_id = d.u64()?;
+                let tagged = d.u8()? != 0;
+                let n = d.count(4)?;
+                let uids = (0..n).map(|_| d.u32()).collect::<Result<_, _>>()?;
+                Record::Tagged {
+                    mailbox_id,
+                    uids,
+                    tagged,
+                }
+            }
             _ => return Err(DecodeError("unknown record type")),
         };
         d.end()?;

@@ -28,6 +28,9 @@ pub const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bod
 /// `user \0 mailbox name` -> 1 for every subscribed name (which need not exist).
 pub const SUBSCRIPTIONS: TableDefinition<&str, u8> = TableDefinition::new("subscriptions");
 
+/// (mailbox id, uid) of every message tagged for archiving.
+pub const TAGS: TableDefinition<(u64, u32), ()> = TableDefinition::new("tags");
+
 pub const TABLES: &[&str] = &[
     "meta",
     "users",
@@ -36,6 +39,7 @@ pub const TABLES: &[&str] = &[
     "messages",
     "bodies",
     "subscriptions",
+    "tags",
 ];
 
 pub const K_FORMAT: &str = "format_version";
@@ -118,6 +122,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(MESSAGES)?;
     txn.open_table(BODIES)?;
     txn.open_table(SUBSCRIPTIONS)?;
+    txn.open_table(TAGS)?;
     Ok(())
 }
 
@@ -254,11 +259,13 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut bodies = txn.open_table(BODIES)?;
+            let mut tags = txn.open_table(TAGS)?;
             for uid in uids {
                 messages.remove((*mailbox_id, *uid))?;
                 bodies.remove((*mailbox_id, *uid))?;
+                tags.remove((*mailbox_id, *uid))?;
             }
-            drop((messages, bodies));
+            drop((messages, bodies, tags));
             update_info(txn, *mailbox_id, |i| {
                 i.highestmodseq = i.highestmodseq.max(*modseq)
             })?;
@@ -311,6 +318,8 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                 let mut bodies = txn.open_table(BODIES)?;
                 messages.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
                 bodies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+                txn.open_table(TAGS)?
+                    .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
             }
         }
         Record::MailboxRenamed { user, from, to, id } => {
@@ -324,6 +333,21 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                 mailboxes.remove(old.as_str())?;
                 mailboxes.insert(new.as_str(), bytes.as_slice())?;
                 txn.open_table(MAILBOX_IDS)?.insert(*id, new.as_str())?;
+            }
+        }
+        Record::Tagged {
+            mailbox_id,
+            uids,
+            tagged,
+        } => {
+            let messages = txn.open_table(MESSAGES)?;
+            let mut tags = txn.open_table(TAGS)?;
+            for uid in uids {
+                if !*tagged {
+                    tags.remove((*mailbox_id, *uid))?;
+                } else if messages.get((*mailbox_id, *uid))?.is_some() {
+                    tags.insert((*mailbox_id, *uid), ())?;
+                }
             }
         }
         Record::Subscription {

@@ -75,6 +75,9 @@ impl TestServer {
     pub fn imaps(&self) -> SocketAddr {
         self.server().bound.imaps.unwrap()
     }
+    pub fn app(&self) -> Arc<tiermail::server::App> {
+        self.server().app.clone()
+    }
     pub fn store(&self) -> Arc<Store> {
         self.server().app.store.clone()
     }
@@ -132,6 +135,15 @@ pub fn strip_trace(stored: &[u8]) -> (&[u8], &[u8]) {
         }
     }
     (&stored[..pos], &stored[pos..])
+}
+
+/// The client's bytes of a stored message, trace headers removed if present.
+pub fn strip_trace_opt(stored: &[u8]) -> Vec<u8> {
+    if stored.starts_with(b"Return-Path: <") {
+        strip_trace(stored).1.to_vec()
+    } else {
+        stored.to_vec()
+    }
 }
 
 /// A plain or TLS stream for the transcript client.

@@ -1,0 +1,412 @@
+//! The old-mail archiver activity (the archive agent): seekers find and tag
+//! aged mail, a bounded queue hands users over, archivers move each user's
+//! tagged mail into that user's archive file.
+//!
+//! Exactly once: an archiver appends a user's tagged messages to the archive
+//! file and fsyncs it *before* it removes them from the current store in one
+//! logged step. A crash in between leaves the messages in both places; the
+//! archive records carry each message's origin (mailbox id, UIDVALIDITY,
+//! UID), so [`reconcile`] (run at start-up and at the start of every run)
+//! finishes the removal instead of archiving twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::{Mutex, mpsc};
+
+use super::file::{ArchiveError, UserArchive};
+use super::format::{Origin, Record, user_dir_name};
+use crate::config::ArchiveConfig;
+use crate::store::{MailboxInfo, Op, Store, StoreError};
+
+/// Counters of a run, shared with `tiermail status`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub users_total: AtomicUsize,
+    pub users_done: AtomicUsize,
+    pub tagged: AtomicU64,
+    pub archived: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    /// Users handled by each seeker and each archiver.
+    pub per_seeker: std::sync::Mutex<Vec<usize>>,
+    pub per_archiver: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Progress {
+    pub fn summary(&self) -> String {
+        format!(
+            "users {}/{}, tagged {}, archived {} ({} bytes), errors {}",
+            self.users_done.load(Ordering::Relaxed),
+            self.users_total.load(Ordering::Relaxed),
+            self.tagged.load(Ordering::Relaxed),
+            self.archived.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("archive root {0} is not available: {1}")]
+    Unavailable(PathBuf, std::io::Error),
+}
+
+pub fn user_dir(cfg: &ArchiveConfig, user: &str) -> PathBuf {
+    cfg.root.join(user_dir_name(user))
+}
+
+/// Checks that the archive root exists (creating it if its parent does)
+/// and is writable.
+pub fn check_root(cfg: &ArchiveConfig) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.root).map_err(|e| AgentError::Unavailable(cfg.root.clone(), e))?;
+    let probe = cfg.root.join(".tiermail-probe");
+    std::fs::write(&probe, b"ok").map_err(|e| AgentError::Unavailable(cfg.root.clone(), e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn failpoint(name: &str) {
+    // Test hook for crash tests: `TMTEST_FAILPOINT=<name>` aborts the
+    // process at that point, as kill -9 would.
+    if std::env::var("TMTEST_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::warn!(failpoint = name, "failpoint hit: aborting");
+        std::process::abort();
+    }
+}
+
+/// The archive activity as the server holds it: one run at a time, the
+/// last result kept for `tiermail status`.
+#[derive(Debug, Default)]
+pub struct Activity {
+    running: std::sync::atomic::AtomicBool,
+    current: std::sync::Mutex<Option<Arc<Progress>>>,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl Activity {
+    /// Runs once unless a run is already under way (then says so).
+    pub async fn run_once(
+        &self,
+        store: Arc<Store>,
+        cfg: Arc<ArchiveConfig>,
+    ) -> Result<String, String> {
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err("an archive run is already in progress".into());
+        }
+        let progress = Arc::new(Progress::default());
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress.clone());
+        let started = chrono::Utc::now();
+        let result = run(store, cfg, progress.clone()).await;
+        let line = match &result {
+            Ok(()) => format!(
+                "archive: last run {} ok: {}",
+                started.format("%F %T UTC"),
+                progress.summary()
+            ),
+            Err(e) => format!(
+                "archive: last run {} failed: {e}",
+                started.format("%F %T UTC")
+            ),
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(line.clone());
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.running.store(false, Ordering::SeqCst);
+        result.map(|()| line).map_err(|e| e.to_string())
+    }
+
+    /// One line for `tiermail status`.
+    pub fn status(&self) -> String {
+        if let Some(p) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return format!("archive: running: {}", p.summary());
+        }
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "archive: no run since start".into())
+    }
+}
+
+/// Runs the activity once over every user.
+pub async fn run(
+    store: Arc<Store>,
+    cfg: Arc<ArchiveConfig>,
+    progress: Arc<Progress>,
+) -> Result<(), AgentError> {
+    check_root(&cfg)?;
+    let users = store.users();
+    progress.users_total.store(users.len(), Ordering::Relaxed);
+    let seekers = cfg.seeker_count().min(users.len()).max(1);
+    let archivers = cfg.archiver_count().max(1);
+    *progress
+        .per_seeker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = vec![0; seekers];
+    *progress
+        .per_archiver
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = vec![0; archivers];
+    let (tx, rx) = mpsc::channel::<String>(cfg.queue.max(1));
+    let rx = Arc::new(Mutex::new(rx));
+    let now = chrono::Utc::now().timestamp();
+
+    let mut archiver_tasks = Vec::new();
+    for a in 0..archivers {
+        let (store, cfg, progress, rx) = (store.clone(), cfg.clone(), progress.clone(), rx.clone());
+        archiver_tasks.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(user) = next else { break };
+                if let Err(e) = archive_user(&store, &cfg, &progress, &user).await {
+                    tracing::error!(user = %user, error = %e, "archiving failed for this user; others go on");
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                progress.users_done.fetch_add(1, Ordering::Relaxed);
+                progress.per_archiver.lock().unwrap_or_else(|p| p.into_inner())[a] += 1;
+            }
+        }));
+    }
+    // Seekers: user i goes to seeker i % S.
+    let mut seeker_tasks = Vec::new();
+    for s in 0..seekers {
+        let mine: Vec<String> = users.iter().skip(s).step_by(seekers).cloned().collect();
+        let (store, cfg, progress, tx) = (store.clone(), cfg.clone(), progress.clone(), tx.clone());
+        seeker_tasks.push(tokio::spawn(async move {
+            for user in mine {
+                match seek_user(&store, &cfg, &progress, &user, now).await {
+                    Ok(true) => {
+                        if tx.send(user).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(false) => {
+                        progress.users_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(user = %user, error = %e, "seeking failed for this user");
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        progress.users_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                progress
+                    .per_seeker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())[s] += 1;
+            }
+        }));
+    }
+    drop(tx);
+    for t in seeker_tasks {
+        let _ = t.await;
+    }
+    for t in archiver_tasks {
+        let _ = t.await;
+    }
+    tracing::info!(progress = %progress.summary(), "archive run finished");
+    Ok(())
+}
+
+/// Tags what the policy selects; true when the user has tagged mail (new or
+/// left from an interrupted run).
+async fn seek_user(
+    store: &Arc<Store>,
+    cfg: &ArchiveConfig,
+    progress: &Progress,
+    user: &str,
+    now: i64,
+) -> Result<bool, AgentError> {
+    let watermark = now - i64::from(cfg.age_days) * 86_400;
+    for (name, info) in store.mailboxes(user).await? {
+        if cfg
+            .exclude_folders
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&name))
+        {
+            continue;
+        }
+        let Some((_, msgs)) = store.snapshot(user, info.id).await? else {
+            continue;
+        };
+        let has = |flags: &[String], f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f));
+        let uids: Vec<u32> = msgs
+            .iter()
+            .filter(|m| m.internal_date < watermark)
+            .filter(|m| !(cfg.keep_flagged && has(&m.flags, "\\Flagged")))
+            .filter(|m| !cfg.only_seen || has(&m.flags, "\\Seen"))
+            .filter(|m| m.size >= cfg.min_size)
+            .map(|m| m.uid)
+            .collect();
+        if uids.is_empty() {
+            continue;
+        }
+        let op = Op::Tag {
+            mailbox_id: info.id,
+            uids,
+        };
+        if let crate::store::Outcome::Tagged { count } = store.submit(user, op).await? {
+            progress.tagged.fetch_add(count as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(!store.tagged(user).await?.is_empty())
+}
+
+/// Messages fetched from the store per archive append.
+const BATCH: usize = 256;
+
+async fn archive_user(
+    store: &Arc<Store>,
+    cfg: &ArchiveConfig,
+    progress: &Progress,
+    user: &str,
+) -> Result<(), AgentError> {
+    let tagged = store.tagged(user).await?;
+    if tagged.is_empty() {
+        return Ok(());
+    }
+    let boxes: BTreeMap<u64, (String, MailboxInfo)> = store
+        .mailboxes(user)
+        .await?
+        .into_iter()
+        .map(|(n, i)| (i.id, (n, i)))
+        .collect();
+    let dir = user_dir(cfg, user);
+    let limit = cfg.file_limit_mib << 20;
+    let archive = tokio::task::spawn_blocking(move || UserArchive::open(&dir, limit, true))
+        .await
+        .map_err(|e| AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e)))??;
+    let mut archive = Some(archive);
+    let mut by_box: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (mb, uid) in tagged {
+        by_box.entry(mb).or_default().push(uid);
+    }
+    for (mb, uids) in by_box {
+        let Some((folder, info)) = boxes.get(&mb).cloned() else {
+            continue;
+        };
+        for chunk in uids.chunks(BATCH) {
+            let loaded = store.fetch(user, mb, chunk.to_vec(), true).await?;
+            let mut a = archive
+                .take()
+                .expect("archive is put back after each batch");
+            let mut records = Vec::new();
+            let mut done = Vec::new();
+            let mut bytes = 0u64;
+            let mut auid = a.next_auid();
+            for (uid, meta, body) in loaded {
+                let origin = Origin {
+                    mailbox_id: mb,
+                    uidvalidity: info.uidvalidity,
+                    uid,
+                };
+                done.push(uid);
+                if a.has_origin(&origin) {
+                    continue; // archived before an interruption
+                }
+                let raw = Arc::new(body.unwrap_or_default());
+                bytes += raw.len() as u64;
+                records.push(Record::Message {
+                    auid,
+                    folder: folder.clone(),
+                    flags: meta.flags,
+                    internal_date: meta.internal_date,
+                    archived_at: chrono::Utc::now().timestamp(),
+                    origin,
+                    raw,
+                });
+                auid += 1;
+            }
+            let n = records.len() as u64;
+            let a = tokio::task::spawn_blocking(move || a.append(&records).map(|()| a))
+                .await
+                .map_err(|e| {
+                    AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e))
+                })??;
+            archive = Some(a);
+            failpoint("archive-after-append");
+            store
+                .submit(
+                    user,
+                    Op::Archived {
+                        mailbox_id: mb,
+                        uids: done,
+                    },
+                )
+                .await?;
+            progress.archived.fetch_add(n, Ordering::Relaxed);
+            progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Finishes moves a crash interrupted: tagged messages already in the
+/// user's archive file are removed from the current store. Returns how
+/// many were removed.
+pub async fn reconcile(store: &Arc<Store>, cfg: &ArchiveConfig) -> Result<u64, AgentError> {
+    let mut removed = 0;
+    for user in store.users() {
+        let tagged = store.tagged(&user).await?;
+        if tagged.is_empty() {
+            continue;
+        }
+        let dir = user_dir(cfg, &user);
+        if !dir.exists() {
+            continue;
+        }
+        let limit = cfg.file_limit_mib << 20;
+        let archive = tokio::task::spawn_blocking(move || UserArchive::open(&dir, limit, false))
+            .await
+            .map_err(|e| AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e)))??;
+        let boxes: BTreeMap<u64, MailboxInfo> = store
+            .mailboxes(&user)
+            .await?
+            .into_iter()
+            .map(|(_, i)| (i.id, i))
+            .collect();
+        let mut by_box: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for (mb, uid) in tagged {
+            let Some(info) = boxes.get(&mb) else { continue };
+            let origin = Origin {
+                mailbox_id: mb,
+                uidvalidity: info.uidvalidity,
+                uid,
+            };
+            if archive.has_origin(&origin) {
+                by_box.entry(mb).or_default().push(uid);
+            }
+        }
+        for (mb, uids) in by_box {
+            removed += uids.len() as u64;
+            store
+                .submit(
+                    &user,
+                    Op::Archived {
+                        mailbox_id: mb,
+                        uids,
+                    },
+                )
+                .await?;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "finished archive moves interrupted by a crash");
+    }
+    Ok(removed)
+}

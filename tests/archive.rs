@@ -1,0 +1,232 @@
+//! The archive agent end to end: age policy, exactly-once across a crash,
+//! verification of archive files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::TestServer;
+use common::daemon::{Daemon, tiermail, write_config};
+use common::imap::Imap;
+use tiermail::archive::file::UserArchive;
+use tiermail::archive::format::user_dir_name;
+
+const DAY: i64 = 86_400;
+
+fn imap_date(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .unwrap()
+        .format("%d-%b-%Y %H:%M:%S +0000")
+        .to_string()
+}
+
+/// APPENDs a message `days` old; returns its bytes.
+async fn append(c: &mut Imap, mailbox: &str, days: i64, flags: &str, n: usize) -> Vec<u8> {
+    let now = chrono::Utc::now().timestamp();
+    let msg = format!("Subject: m{n} aged {days}\r\nFrom: a@remote.test\r\n\r\nbody {n}\r\n")
+        .into_bytes();
+    let date = imap_date(now - days * DAY);
+    c.send(
+        format!(
+            "a{n} APPEND {mailbox} ({flags}) \"{date}\" {{{}+}}\r\n",
+            msg.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    c.send(&msg).await;
+    c.send(b"\r\n").await;
+    let r = c.until(&format!("a{n}")).await;
+    assert!(r.contains("OK [APPENDUID"), "{r}");
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
+    let server = TestServer::start_with(|c| {
+        c.archive.age_days = 30;
+        c.archive.seekers = 2;
+        c.archive.archivers = 2;
+    })
+    .await;
+    let mut expected_archived: BTreeMap<String, Vec<(Vec<u8>, bool)>> = BTreeMap::new();
+    let mut n = 0;
+    for user in [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+    ] {
+        let mut c = Imap::login(server.imap(), user).await;
+        // 5, 15, ... 95 days: none near the 30-day watermark.
+        for days in (5..=95).step_by(10) {
+            n += 1;
+            let seen = days % 20 == 0;
+            let msg = append(&mut c, "INBOX", days, if seen { "\\Seen" } else { "" }, n).await;
+            if days > 30 {
+                expected_archived
+                    .entry(user.into())
+                    .or_default()
+                    .push((msg, seen));
+            }
+        }
+        // Kept: flagged old mail, and anything in Drafts.
+        n += 1;
+        append(&mut c, "INBOX", 60, "\\Flagged", n).await;
+        n += 1;
+        append(&mut c, "Drafts", 60, "\\Draft", n).await;
+    }
+    // An IMAP client sits on alice's INBOX while the run goes.
+    let mut watcher = Imap::login(server.imap(), "alice@example.test").await;
+    let r = watcher.run("s SELECT INBOX").await;
+    assert!(r.contains("* 11 EXISTS"), "{r}");
+
+    let app = server.app();
+    let cfg = Arc::new(server.config.archive.clone());
+    let line = app
+        .archive
+        .run_once(app.store.clone(), cfg.clone())
+        .await
+        .unwrap();
+    assert!(line.contains("archived 21"), "{line}");
+
+    // The watcher hears of the six old messages leaving INBOX.
+    let r = watcher.run("n NOOP").await;
+    assert_eq!(r.matches(" EXPUNGE\r\n").count(), 7, "{r}");
+    let r = watcher.run("f FETCH 1:* (INTERNALDATE FLAGS)").await;
+    assert_eq!(r.matches("* ").count(), 4, "3 recent + 1 flagged: {r}");
+
+    for (user, want) in &expected_archived {
+        let dir = cfg.root.join(user_dir_name(user));
+        assert!(UserArchive::verify(&dir).is_empty());
+        let a = UserArchive::open(&dir, 1 << 30, false).unwrap();
+        assert_eq!(a.len(), want.len(), "{user}");
+        let mut got: Vec<(Vec<u8>, bool)> = a
+            .entries()
+            .map(|e| {
+                let m = a.read(e.auid).unwrap();
+                assert_eq!(e.folder, "INBOX");
+                let body = common::strip_trace_opt(&m.raw);
+                (body, e.flags.iter().any(|f| f == "\\Seen"))
+            })
+            .collect();
+        let mut want = want.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{user}: bytes and flags kept");
+        // Drafts untouched.
+        let drafts = app.store.messages(user, "Drafts").await.unwrap();
+        assert_eq!(drafts.len(), 1);
+    }
+    // Both seekers had users; the second run finds nothing more to do.
+    let line = app.archive.run_once(app.store.clone(), cfg).await.unwrap();
+    assert!(line.contains("archived 0"), "{line}");
+    server.stop().await;
+}
+
+/// Every message of alice: (INBOX bodies, archived bodies).
+async fn where_is_everything(config: &std::path::Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let cfg = tiermail::config::Config::load(Some(config)).unwrap();
+    let store = tiermail::store::Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let inbox = common::inbox_of(&store, "alice@example.test").await;
+    store.shutdown();
+    let dir = cfg.archive.root.join(user_dir_name("alice@example.test"));
+    let archived = match UserArchive::open(&dir, 1 << 30, false) {
+        Ok(a) => a
+            .entries()
+            .map(|e| a.read(e.auid).unwrap().raw.to_vec())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    (inbox, archived)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_archive_append_and_store_removal_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[archive]\nroot = \"{}/archive\"\nage_days = 30\nseekers = 1\narchivers = 1\n",
+            dir.path().display()
+        ),
+    );
+    let daemon = Daemon::start(&config);
+    let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+    for i in 0..12 {
+        append(&mut c, "INBOX", if i < 8 { 60 } else { 1 }, "", i).await;
+    }
+    drop(c);
+    assert!(daemon.terminate().success());
+    let (before, _) = where_is_everything(&config).await;
+    assert_eq!(before.len(), 12);
+
+    // The archiver dies right after its archive file is fsynced.
+    let out = tiermail(&config)
+        .args(["archive", "run"])
+        .env("TMTEST_FAILPOINT", "archive-after-append")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the failpoint aborts the run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (inbox, archived) = where_is_everything(&config).await;
+    assert_eq!(archived.len(), 8, "appended and fsynced before the crash");
+    assert_eq!(inbox.len(), 12, "not yet removed from the store");
+
+    // Start-up finishes the interrupted move before serving anyone.
+    let daemon = Daemon::start(&config);
+    let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+    let r = c.run("s SELECT INBOX").await;
+    assert!(r.contains("* 4 EXISTS"), "{r}");
+    // A run through the server completes normally and moves nothing twice.
+    let out = tiermail(&config).args(["archive", "run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("archived 0"));
+    let status = tiermail(&config).arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("archive: last run"));
+    assert!(daemon.terminate().success());
+
+    let (inbox, archived) = where_is_everything(&config).await;
+    let mut all: Vec<Vec<u8>> = inbox.iter().chain(archived.iter()).cloned().collect();
+    let mut want = before.clone();
+    all.sort();
+    want.sort();
+    assert_eq!(
+        all, want,
+        "each message in exactly one place, bytes unchanged"
+    );
+    assert_eq!(archived.len(), 8);
+
+    // Verify reports a damaged archive file, naming the spot.
+    let out = tiermail(&config)
+        .args(["archive", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice@example.test: ok"));
+    let adir = dir
+        .path()
+        .join("archive")
+        .join(user_dir_name("alice@example.test"));
+    let file = adir.join("000001.tma");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[60] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let out = tiermail(&config)
+        .args(["archive", "verify"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("alice@example.test: DAMAGED:") && text.contains("000001.tma at byte 32"),
+        "{text}"
+    );
+}
