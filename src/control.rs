@@ -58,7 +58,11 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                 }
                 "archive run" => {
                     let cfg = Arc::new(app.config.archive.clone());
-                    match app.archive.run_once(app.store.clone(), cfg).await {
+                    match app
+                        .archive
+                        .run_once(app.store.clone(), app.archives.clone(), cfg)
+                        .await
+                    {
                         Ok(line) => format!("{line}\n"),
                         Err(e) => format!("error: {e}\n"),
                     }

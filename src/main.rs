@@ -204,11 +204,10 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
             let cfg = std::sync::Arc::new(config.archive.clone());
+            let archives = std::sync::Arc::new(tiermail::archive::registry::Archives::new(&cfg));
             let result = rt.block_on(async {
-                agent::reconcile(&store, &cfg).await?;
-                let activity = agent::Activity::default();
-                activity
-                    .run_once(store.clone(), cfg)
+                agent::Activity::default()
+                    .run_once(store.clone(), archives, cfg)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))
             });

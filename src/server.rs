@@ -30,6 +30,7 @@ pub struct App {
     pub tls: Option<TlsAcceptor>,
     pub started: Instant,
     pub archive: crate::archive::agent::Activity,
+    pub archives: Arc<crate::archive::registry::Archives>,
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
@@ -120,11 +121,14 @@ impl Server {
             tls,
             started: Instant::now(),
             archive: Default::default(),
+            archives: Arc::new(crate::archive::registry::Archives::new(&config.archive)),
         });
         // Archive moves a crash interrupted are finished before anyone can
         // see a message in two places. An unavailable archive root only
         // delays that; it never stops the server.
-        if let Err(e) = crate::archive::agent::reconcile(&app.store, &app.config.archive).await {
+        if let Err(e) =
+            crate::archive::agent::reconcile(&app.store, &app.archives, &app.config.archive).await
+        {
             tracing::warn!(error = %e, "could not finish interrupted archive moves; will retry on the next run");
         }
         let token = CancellationToken::new();

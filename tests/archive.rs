@@ -85,7 +85,7 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
     let cfg = Arc::new(server.config.archive.clone());
     let line = app
         .archive
-        .run_once(app.store.clone(), cfg.clone())
+        .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
         .await
         .unwrap();
     assert!(line.contains("archived 21"), "{line}");
@@ -119,7 +119,11 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
         assert_eq!(drafts.len(), 1);
     }
     // Both seekers had users; the second run finds nothing more to do.
-    let line = app.archive.run_once(app.store.clone(), cfg).await.unwrap();
+    let line = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg)
+        .await
+        .unwrap();
     assert!(line.contains("archived 0"), "{line}");
     server.stop().await;
 }

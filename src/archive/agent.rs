@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, mpsc};
 
-use super::file::{ArchiveError, UserArchive};
+use super::file::ArchiveError;
 use super::format::{Origin, Record, user_dir_name};
+use super::registry::Archives;
 use crate::config::ArchiveConfig;
 use crate::store::{MailboxInfo, Op, Store, StoreError};
 
@@ -96,6 +97,7 @@ impl Activity {
     pub async fn run_once(
         &self,
         store: Arc<Store>,
+        archives: Arc<Archives>,
         cfg: Arc<ArchiveConfig>,
     ) -> Result<String, String> {
         if self
@@ -108,7 +110,7 @@ impl Activity {
         let progress = Arc::new(Progress::default());
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress.clone());
         let started = chrono::Utc::now();
-        let result = run(store, cfg, progress.clone()).await;
+        let result = run(store, archives, cfg, progress.clone()).await;
         let line = match &result {
             Ok(()) => format!(
                 "archive: last run {} ok: {}",
@@ -147,10 +149,12 @@ impl Activity {
 /// Runs the activity once over every user.
 pub async fn run(
     store: Arc<Store>,
+    archives: Arc<Archives>,
     cfg: Arc<ArchiveConfig>,
     progress: Arc<Progress>,
 ) -> Result<(), AgentError> {
     check_root(&cfg)?;
+    reconcile(&store, &archives, &cfg).await?;
     let users = store.users();
     progress.users_total.store(users.len(), Ordering::Relaxed);
     let seekers = cfg.seeker_count().min(users.len()).max(1);
@@ -169,12 +173,14 @@ pub async fn run(
 
     let mut archiver_tasks = Vec::new();
     for a in 0..archivers {
-        let (store, cfg, progress, rx) = (store.clone(), cfg.clone(), progress.clone(), rx.clone());
+        let (store, progress, rx) = (store.clone(), progress.clone(), rx.clone());
+        let archives = archives.clone();
         archiver_tasks.push(tokio::spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(user) = next else { break };
-                if let Err(e) = archive_user(&store, &cfg, &progress, &user).await {
+                if let Err(e) = archive_user(&store, &archives, &progress, &user).await {
+                    archives.forget(&user);
                     tracing::error!(user = %user, error = %e, "archiving failed for this user; others go on");
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -272,7 +278,7 @@ const BATCH: usize = 256;
 
 async fn archive_user(
     store: &Arc<Store>,
-    cfg: &ArchiveConfig,
+    archives: &Archives,
     progress: &Progress,
     user: &str,
 ) -> Result<(), AgentError> {
@@ -286,12 +292,7 @@ async fn archive_user(
         .into_iter()
         .map(|(n, i)| (i.id, (n, i)))
         .collect();
-    let dir = user_dir(cfg, user);
-    let limit = cfg.file_limit_mib << 20;
-    let archive = tokio::task::spawn_blocking(move || UserArchive::open(&dir, limit, true))
-        .await
-        .map_err(|e| AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e)))??;
-    let mut archive = Some(archive);
+    let archive = archives.get(user).await?;
     let mut by_box: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for (mb, uid) in tagged {
         by_box.entry(mb).or_default().push(uid);
@@ -302,43 +303,46 @@ async fn archive_user(
         };
         for chunk in uids.chunks(BATCH) {
             let loaded = store.fetch(user, mb, chunk.to_vec(), true).await?;
-            let mut a = archive
-                .take()
-                .expect("archive is put back after each batch");
             let mut records = Vec::new();
             let mut done = Vec::new();
             let mut bytes = 0u64;
-            let mut auid = a.next_auid();
-            for (uid, meta, body) in loaded {
-                let origin = Origin {
-                    mailbox_id: mb,
-                    uidvalidity: info.uidvalidity,
-                    uid,
-                };
-                done.push(uid);
-                if a.has_origin(&origin) {
-                    continue; // archived before an interruption
+            {
+                let a = archive.lock().unwrap_or_else(|p| p.into_inner());
+                let mut auid = a.next_auid();
+                for (uid, meta, body) in loaded {
+                    let origin = Origin {
+                        mailbox_id: mb,
+                        uidvalidity: info.uidvalidity,
+                        uid,
+                    };
+                    done.push(uid);
+                    if a.has_origin(&origin) {
+                        continue; // archived before an interruption
+                    }
+                    let raw = Arc::new(body.unwrap_or_default());
+                    bytes += raw.len() as u64;
+                    records.push(Record::Message {
+                        auid,
+                        folder: folder.clone(),
+                        flags: meta.flags,
+                        internal_date: meta.internal_date,
+                        archived_at: chrono::Utc::now().timestamp(),
+                        origin,
+                        raw,
+                    });
+                    auid += 1;
                 }
-                let raw = Arc::new(body.unwrap_or_default());
-                bytes += raw.len() as u64;
-                records.push(Record::Message {
-                    auid,
-                    folder: folder.clone(),
-                    flags: meta.flags,
-                    internal_date: meta.internal_date,
-                    archived_at: chrono::Utc::now().timestamp(),
-                    origin,
-                    raw,
-                });
-                auid += 1;
             }
             let n = records.len() as u64;
-            let a = tokio::task::spawn_blocking(move || a.append(&records).map(|()| a))
-                .await
-                .map_err(|e| {
-                    AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e))
-                })??;
-            archive = Some(a);
+            let shared = archive.clone();
+            tokio::task::spawn_blocking(move || {
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&records)
+            })
+            .await
+            .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
             failpoint("archive-after-append");
             store
                 .submit(
@@ -359,21 +363,18 @@ async fn archive_user(
 /// Finishes moves a crash interrupted: tagged messages already in the
 /// user's archive file are removed from the current store. Returns how
 /// many were removed.
-pub async fn reconcile(store: &Arc<Store>, cfg: &ArchiveConfig) -> Result<u64, AgentError> {
+pub async fn reconcile(
+    store: &Arc<Store>,
+    archives: &Archives,
+    cfg: &ArchiveConfig,
+) -> Result<u64, AgentError> {
     let mut removed = 0;
     for user in store.users() {
         let tagged = store.tagged(&user).await?;
-        if tagged.is_empty() {
+        if tagged.is_empty() || !user_dir(cfg, &user).exists() {
             continue;
         }
-        let dir = user_dir(cfg, &user);
-        if !dir.exists() {
-            continue;
-        }
-        let limit = cfg.file_limit_mib << 20;
-        let archive = tokio::task::spawn_blocking(move || UserArchive::open(&dir, limit, false))
-            .await
-            .map_err(|e| AgentError::Unavailable(cfg.root.clone(), std::io::Error::other(e)))??;
+        let archive = archives.get(&user).await?;
         let boxes: BTreeMap<u64, MailboxInfo> = store
             .mailboxes(&user)
             .await?
@@ -381,15 +382,18 @@ pub async fn reconcile(store: &Arc<Store>, cfg: &ArchiveConfig) -> Result<u64, A
             .map(|(_, i)| (i.id, i))
             .collect();
         let mut by_box: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-        for (mb, uid) in tagged {
-            let Some(info) = boxes.get(&mb) else { continue };
-            let origin = Origin {
-                mailbox_id: mb,
-                uidvalidity: info.uidvalidity,
-                uid,
-            };
-            if archive.has_origin(&origin) {
-                by_box.entry(mb).or_default().push(uid);
+        {
+            let a = archive.lock().unwrap_or_else(|p| p.into_inner());
+            for (mb, uid) in tagged {
+                let Some(info) = boxes.get(&mb) else { continue };
+                let origin = Origin {
+                    mailbox_id: mb,
+                    uidvalidity: info.uidvalidity,
+                    uid,
+                };
+                if a.has_origin(&origin) {
+                    by_box.entry(mb).or_default().push(uid);
+                }
             }
         }
         for (mb, uids) in by_box {

@@ -5,3 +5,4 @@
 pub mod agent;
 pub mod file;
 pub mod format;
+pub mod registry;
