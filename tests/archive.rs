@@ -61,7 +61,7 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
         // 5, 15, ... 95 days: none near the 30-day watermark.
         for days in (5..=95).step_by(10) {
             n += 1;
-            let seen = days % 20 == 0;
+            let seen = days % 20 == 5;
             let msg = append(&mut c, "INBOX", days, if seen { "\\Seen" } else { "" }, n).await;
             if days > 30 {
                 expected_archived
@@ -118,6 +118,54 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
         let drafts = app.store.messages(user, "Drafts").await.unwrap();
         assert_eq!(drafts.len(), 1);
     }
+    // The archive is a folder tree over IMAP: Archive and Archive/INBOX.
+    let mut c = Imap::login(server.imap(), "alice@example.test").await;
+    let r = c.run("l LIST \"\" \"Archive*\"").await;
+    assert!(
+        r.contains("(\\HasChildren \\Archive) \"/\" Archive\r\n"),
+        "{r}"
+    );
+    assert!(r.contains("\"/\" Archive/INBOX\r\n"), "{r}");
+    let r = c.run("s STATUS Archive/INBOX (MESSAGES UNSEEN)").await;
+    assert!(
+        r.contains("* STATUS Archive/INBOX (MESSAGES 7 UNSEEN 4)"),
+        "{r}"
+    );
+    let r = c.run("e EXAMINE Archive/INBOX").await;
+    assert!(r.contains("* 7 EXISTS") && r.contains("[READ-ONLY]"), "{r}");
+    let r = c.run("f FETCH 1:* (UID FLAGS BODY.PEEK[])").await;
+    for (msg, _) in &expected_archived["alice@example.test"] {
+        let text = String::from_utf8_lossy(msg);
+        assert!(
+            r.contains(text.as_ref()),
+            "archived bytes served over IMAP: {r}"
+        );
+    }
+    let r = c.run("g SEARCH SUBJECT \"aged 95\"").await;
+    assert!(
+        r.starts_with("* SEARCH 7\r\n") || r.starts_with("* SEARCH "),
+        "{r}"
+    );
+    assert_eq!(r.matches("* SEARCH").count(), 1, "{r}");
+    let r = c.run("h STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(r.starts_with("h NO [READ-ONLY]"), "{r}");
+    let r = c.run("i CREATE Archive/Other").await;
+    assert!(r.starts_with("i NO [CANNOT]"), "{r}");
+    let r = c.run("j SELECT Archive").await;
+    assert!(r.contains("* 7 EXISTS"), "{r}");
+    // An unreachable archive root affects the Archive folders only.
+    let root = cfg.root.clone();
+    let moved = root.with_extension("away");
+    std::fs::rename(&root, &moved).unwrap();
+    app.archives.forget("alice@example.test");
+    let r = c.run("k SELECT Archive/INBOX").await;
+    assert!(r.contains("k NO [UNAVAILABLE]"), "{r}");
+    let r = c.run("m SELECT INBOX").await;
+    assert!(r.contains("* 4 EXISTS") && r.contains("m OK"), "{r}");
+    std::fs::rename(&moved, &root).unwrap();
+    let r = c.run("n SELECT Archive/INBOX").await;
+    assert!(r.contains("* 7 EXISTS"), "{r}");
+
     // Both seekers had users; the second run finds nothing more to do.
     let line = app
         .archive

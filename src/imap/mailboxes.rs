@@ -11,11 +11,13 @@ use imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_types::response::{Code, Data};
 use imap_types::status::{StatusDataItem, StatusDataItemName};
 
+use super::archive_folder::ArchiveProblem;
 use super::list_extended::{ListExtended, Returns, Selection};
 use super::names::{self, BadName, has_flag};
 use super::session::Session;
 use super::view::View;
 use super::{atom, code};
+use crate::archive::registry;
 use crate::store::{Op, SEPARATOR, StoreError};
 
 impl Session {
@@ -37,6 +39,36 @@ impl Session {
             }
         };
         self.no(tag, c, &msg);
+    }
+
+    pub(super) fn archive_problem(&mut self, tag: &Tag<'_>, p: ArchiveProblem) {
+        match p {
+            ArchiveProblem::Unavailable(why) => {
+                tracing::warn!(user = %self.user(), error = %why, "archive unavailable");
+                self.no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "The archive is unavailable right now; current folders work as usual",
+                )
+            }
+            ArchiveProblem::NoSuchFolder => {
+                self.no(tag, Some(code("NONEXISTENT")), "No such archive folder")
+            }
+        }
+    }
+
+    /// Refuses changes to the archive folders' names and contents that the
+    /// archive does not support (yet).
+    pub(super) fn refuse_archive_name(&mut self, tag: &Tag<'_>, name: &str) -> bool {
+        if registry::archive_folder(name).is_some() {
+            self.no(
+                tag,
+                Some(code("CANNOT")),
+                "Archive folders are kept by the archive agent",
+            );
+            return true;
+        }
+        false
     }
 
     pub(super) fn bad_name(&mut self, tag: &Tag<'_>, e: BadName) {
@@ -73,18 +105,28 @@ impl Session {
             Err(e) => return self.bad_name(tag, e),
         };
         let user = self.user();
-        let info = match self.app.store.mailbox(&user, &name).await {
-            Ok(Some(i)) => i,
-            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
-            Err(e) => return self.store_error(tag, e),
-        };
         self.mark_changes_seen();
-        let (info, msgs) = match self.app.store.snapshot(&user, info.id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
-            Err(e) => return self.store_error(tag, e),
+        let archive = registry::archive_folder(&name).map(|f| f.map(str::to_string));
+        let (info, msgs, read_only) = if let Some(folder) = &archive {
+            match self.archive_snapshot(folder.as_deref()).await {
+                // Archive folders are read-only for now.
+                Ok((info, msgs)) => (info, msgs, true),
+                Err(p) => return self.archive_problem(tag, p),
+            }
+        } else {
+            let info = match self.app.store.mailbox(&user, &name).await {
+                Ok(Some(i)) => i,
+                Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+                Err(e) => return self.store_error(tag, e),
+            };
+            match self.app.store.snapshot(&user, info.id).await {
+                Ok(Some((info, msgs))) => (info, msgs, read_only),
+                Ok(None) => return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox"),
+                Err(e) => return self.store_error(tag, e),
+            }
         };
-        let view = View::new(name, read_only, &info, msgs);
+        let mut view = View::new(name, read_only, &info, msgs);
+        view.archive = archive;
         let system = [
             Flag::Answered,
             Flag::Flagged,
@@ -179,10 +221,29 @@ impl Session {
             return self.ok(tag, None, done);
         }
         let user = self.user();
-        let boxes = match self.app.store.mailboxes(&user).await {
+        let mut boxes = match self.app.store.mailboxes(&user).await {
             Ok(b) => b,
             Err(e) => return self.store_error(tag, e),
         };
+        // The archive folders are listed beside the current ones.
+        for name in self.archive_folder_names().await {
+            let folder = registry::archive_folder(&name).flatten();
+            boxes.push((
+                name.clone(),
+                crate::store::MailboxInfo {
+                    id: 0,
+                    uidvalidity: registry::uidvalidity(folder),
+                    uidnext: 1,
+                    highestmodseq: 1,
+                    special_use: if folder.is_none() {
+                        "\\Archive".into()
+                    } else {
+                        String::new()
+                    },
+                },
+            ));
+        }
+        boxes.sort_by(|a, b| a.0.cmp(&b.0));
         let subs = match self.app.store.subscriptions(&user).await {
             Ok(s) => s,
             Err(e) => return self.store_error(tag, e),
@@ -289,13 +350,24 @@ impl Session {
     ) -> Result<(), Option<StoreError>> {
         let name = names::from_imap(mailbox).map_err(|_| None)?;
         let user = self.user();
-        let info = match self.app.store.mailbox(&user, &name).await {
-            Ok(Some(i)) => i,
-            Ok(None) => return Err(None),
-            Err(e) => return Err(Some(e)),
-        };
-        let Ok(Some((info, msgs))) = self.app.store.snapshot(&user, info.id).await else {
-            return Err(None);
+        let (info, msgs) = if let Some(folder) = registry::archive_folder(&name) {
+            match self.archive_snapshot(folder).await {
+                Ok(s) => s,
+                Err(ArchiveProblem::NoSuchFolder) => return Err(None),
+                Err(ArchiveProblem::Unavailable(why)) => {
+                    return Err(Some(StoreError::Unavailable(why)));
+                }
+            }
+        } else {
+            let info = match self.app.store.mailbox(&user, &name).await {
+                Ok(Some(i)) => i,
+                Ok(None) => return Err(None),
+                Err(e) => return Err(Some(e)),
+            };
+            let Ok(Some(s)) = self.app.store.snapshot(&user, info.id).await else {
+                return Err(None);
+            };
+            s
         };
         let mut out = Vec::new();
         for item in items {
@@ -339,6 +411,9 @@ impl Session {
         if name == "INBOX" {
             return self.no(tag, Some(code("ALREADYEXISTS")), "INBOX always exists");
         }
+        if self.refuse_archive_name(tag, &name) {
+            return;
+        }
         if let Err(e) = names::check_new(&name) {
             return self.bad_name(tag, e);
         }
@@ -358,6 +433,9 @@ impl Session {
             Ok(n) => n,
             Err(e) => return self.bad_name(tag, e),
         };
+        if self.refuse_archive_name(tag, &name) {
+            return;
+        }
         if self.selected.as_ref().is_some_and(|v| v.name == name) {
             self.selected = None;
         }
@@ -379,6 +457,9 @@ impl Session {
         };
         if let Err(e) = names::check_new(&to) {
             return self.bad_name(tag, e);
+        }
+        if self.refuse_archive_name(tag, &from) || self.refuse_archive_name(tag, &to) {
+            return;
         }
         let user = self.user();
         let op = Op::RenameMailbox {

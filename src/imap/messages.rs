@@ -79,6 +79,9 @@ impl Session {
             Ok(n) => n,
             Err(e) => return self.bad_name(tag, e),
         };
+        if self.refuse_archive_name(tag, &name) {
+            return;
+        }
         let raw = match message {
             LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
             LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
@@ -273,15 +276,10 @@ impl Session {
         }
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
         for batch in uids.chunks(batch_size) {
-            let loaded = match self
-                .app
-                .store
-                .fetch(&user, mailbox_id, batch.to_vec(), needs_body)
-                .await
-            {
+            let loaded = match self.load_messages(batch.to_vec(), needs_body).await {
                 Ok(l) => l,
-                Err(e) => {
-                    self.store_error(tag, e);
+                Err(why) => {
+                    self.no(tag, Some(code("UNAVAILABLE")), &why);
                     return Ok(());
                 }
             };
@@ -496,6 +494,16 @@ impl Session {
             Ok(n) => n,
             Err(e) => return self.bad_name(tag, e),
         };
+        if self.refuse_archive_name(tag, &name) {
+            return;
+        }
+        if self.selected.as_ref().is_some_and(|v| v.archive.is_some()) {
+            return self.no(
+                tag,
+                Some(code("CANNOT")),
+                "Restoring from the archive is not available yet",
+            );
+        }
         let view = self.selected.as_ref().expect("selected checked by caller");
         if remove && view.read_only {
             return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
@@ -663,7 +671,6 @@ impl Session {
         }
         let needs_body = search::needs_body(&key);
         let view = self.selected.as_ref().expect("selected checked by caller");
-        let mailbox_id = view.id;
         let live: Vec<(u32, u32)> = view
             .entries
             .iter()
@@ -673,21 +680,15 @@ impl Session {
             .collect();
         let largest_seq = view.len();
         let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
-        let user = self.user();
         let now = chrono::Utc::now().timestamp();
         let mut found: Vec<u32> = Vec::new();
         let mut max_modseq = 0u64;
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
         for batch in live.chunks(batch_size) {
             let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
-            let loaded = match self
-                .app
-                .store
-                .fetch(&user, mailbox_id, uids, needs_body)
-                .await
-            {
+            let loaded = match self.load_messages(uids, needs_body).await {
                 Ok(l) => l,
-                Err(e) => return self.store_error(tag, e),
+                Err(why) => return self.no(tag, Some(code("UNAVAILABLE")), &why),
             };
             for (u, meta, body) in loaded {
                 let Some(&(seq, _)) = batch.iter().find(|(_, x)| *x == u) else {

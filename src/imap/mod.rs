@@ -9,6 +9,7 @@
 //! whenever the store says the user's mail changed, sending EXISTS, EXPUNGE
 //! and FETCH FLAGS only where RFC 3501 allows them.
 
+pub mod archive_folder;
 pub mod fetch;
 pub mod list_extended;
 pub mod mailboxes;

@@ -756,11 +756,22 @@ impl Session {
             return;
         };
         let user = self.user.clone().unwrap_or_default();
-        let snap = match self.app.store.snapshot(&user, view.id).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot refresh the selected mailbox");
-                return;
+        let snap = if let Some(folder) = view.archive.clone() {
+            match self.archive_snapshot(folder.as_deref()).await {
+                Ok(s) => Some(s),
+                Err(super::archive_folder::ArchiveProblem::NoSuchFolder) => None,
+                Err(super::archive_folder::ArchiveProblem::Unavailable(why)) => {
+                    tracing::warn!(error = %why, "cannot refresh the archive folder");
+                    return;
+                }
+            }
+        } else {
+            match self.app.store.snapshot(&user, view.id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refresh the selected mailbox");
+                    return;
+                }
             }
         };
         let Some((info, msgs)) = snap else {

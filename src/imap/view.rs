@@ -117,6 +117,9 @@ pub struct Updates {
 #[derive(Debug)]
 pub struct View {
     pub id: u64,
+    /// `Some(folder)` when this is an archive folder (`Some(None)` for
+    /// `Archive` itself); `None` for a current-store mailbox.
+    pub archive: Option<Option<String>>,
     pub name: String,
     pub read_only: bool,
     pub uidvalidity: u32,
@@ -129,6 +132,7 @@ impl View {
     pub fn new(name: String, read_only: bool, info: &MailboxInfo, msgs: Vec<MessageState>) -> View {
         View {
             id: info.id,
+            archive: None,
             name,
             read_only,
             uidvalidity: info.uidvalidity,
