@@ -383,7 +383,8 @@ async fn list_extended_selection_and_return_options() {
     let r = c.run("a LIST (SPECIAL-USE) \"\" \"*\"").await;
     assert_eq!(
         r,
-        "* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n\
+        "* LIST (\\HasNoChildren \\Archive) \"/\" Archive\r\n\
+* LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n\
 * LIST (\\HasNoChildren \\Junk) \"/\" Junk\r\n\
 * LIST (\\HasNoChildren \\Sent) \"/\" Sent\r\n\
 * LIST (\\HasNoChildren \\Trash) \"/\" Trash\r\n\

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::file::{ArchiveError, UserArchive};
 use super::format::user_dir_name;
 use crate::config::ArchiveConfig;
-use crate::store::{MailboxInfo, MessageMeta, MessageState, Summary};
+use crate::store::{Fetched, MailboxInfo, MessageMeta, MessageState, Summary};
 
 pub type Shared = Arc<Mutex<UserArchive>>;
 
@@ -132,10 +132,7 @@ pub fn folders(a: &UserArchive) -> Vec<String> {
 }
 
 /// Messages as FETCH and SEARCH load them from the current store.
-pub fn load(
-    a: &UserArchive,
-    uids: &[u32],
-) -> Result<Vec<(u32, MessageMeta, Option<Vec<u8>>)>, ArchiveError> {
+pub fn load(a: &UserArchive, uids: &[u32]) -> Result<Vec<Fetched>, ArchiveError> {
     let mut out = Vec::with_capacity(uids.len());
     for uid in uids {
         if a.entry(*uid).is_none() {

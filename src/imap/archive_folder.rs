@@ -6,7 +6,7 @@
 //! read-only.
 
 use crate::archive::registry::{self, FOLDER};
-use crate::store::{MailboxInfo, MessageMeta, MessageState};
+use crate::store::{Fetched, MailboxInfo, MessageState};
 
 use super::session::Session;
 
@@ -58,7 +58,7 @@ impl Session {
         &self,
         uids: Vec<u32>,
         with_body: bool,
-    ) -> Result<Vec<(u32, MessageMeta, Option<Vec<u8>>)>, String> {
+    ) -> Result<Vec<Fetched>, String> {
         let Some(view) = self.selected.as_ref() else {
             return Ok(Vec::new());
         };

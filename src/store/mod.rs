@@ -105,6 +105,9 @@ from_redb!(
     redb::SetDurabilityError
 );
 
+/// A message as FETCH loads it: UID, metadata and (when asked) its bytes.
+pub type Fetched = (u32, MessageMeta, Option<Vec<u8>>);
+
 /// What a session needs to know of each message to keep its view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageState {
@@ -375,7 +378,7 @@ impl Store {
         mailbox_id: u64,
         uids: Vec<u32>,
         with_body: bool,
-    ) -> Result<Vec<(u32, MessageMeta, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Vec<Fetched>, StoreError> {
         self.read(user, move |txn| {
             let metas = txn.open_table(schema::MESSAGES)?;
             let bodies = txn.open_table(schema::BODIES)?;
