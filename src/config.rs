@@ -88,6 +88,7 @@ pub struct ImapConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
+    pub schedule: String,
     pub root: PathBuf,
     pub age_days: u32,
     pub only_seen: bool,
@@ -101,6 +102,13 @@ pub struct ArchiveConfig {
 }
 
 impl ArchiveConfig {
+    /// The parsed schedule (checked at load time).
+    pub fn schedule(&self) -> crate::scheduler::Schedule {
+        self.schedule
+            .parse()
+            .unwrap_or(crate::scheduler::Schedule::Off)
+    }
+
     fn workers(n: usize) -> usize {
         if n > 0 {
             n
@@ -206,11 +214,15 @@ impl Config {
         cfg.imap.tls_listen = "127.0.0.1:0".into();
         cfg.imap.allow_plaintext_auth = true;
         cfg.archive.root = dir.join("data/archive");
+        cfg.archive.schedule = "off".into();
         cfg.server.shutdown_grace_secs = 5;
         cfg
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.archive.schedule.parse::<crate::scheduler::Schedule>() {
+            return Err(invalid("archive.schedule", e));
+        }
         if self.archive.queue == 0 {
             return Err(invalid("archive.queue", "must be at least 1"));
         }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod corpus;
 pub mod imap;
 pub mod net;
+pub mod scheduler;
 pub mod server;
 pub mod smtp;
 pub mod store;

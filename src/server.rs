@@ -190,6 +190,34 @@ impl Server {
             ));
         }
         tracker.spawn(watch_users(app.clone(), token.clone()));
+        {
+            let app = app.clone();
+            let schedule = app.config.archive.schedule();
+            let stop = token.clone();
+            tracker.spawn(async move {
+                let a = app.clone();
+                crate::scheduler::drive(
+                    "archive",
+                    schedule,
+                    stop,
+                    |next| a.archive.set_next(next),
+                    || {
+                        let app = app.clone();
+                        async move {
+                            let cfg = Arc::new(app.config.archive.clone());
+                            if let Err(e) = app
+                                .archive
+                                .run_once(app.store.clone(), app.archives.clone(), cfg)
+                                .await
+                            {
+                                tracing::warn!(error = %e, "scheduled archive run did not run");
+                            }
+                        }
+                    },
+                )
+                .await;
+            });
+        }
         tracker.spawn(crate::control::serve(app.clone(), token.clone()));
         Ok(Server {
             app,

@@ -36,6 +36,8 @@ fn config_errors_stop_start_up_naming_the_key() {
         ("[domains]\nlocal = []\n", "domains.local"),
         ("[server]\nhostname = \"has space\"\n", "server.hostname"),
         ("this is not toml", "tiermail.toml"),
+        ("[archive]\nschedule = \"sometimes\"\n", "archive.schedule"),
+        ("[archive]\nqueue = 0\n", "archive.queue"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("tiermail.toml");

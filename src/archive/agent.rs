@@ -90,6 +90,7 @@ pub struct Activity {
     running: std::sync::atomic::AtomicBool,
     current: std::sync::Mutex<Option<Arc<Progress>>>,
     last: std::sync::Mutex<Option<String>>,
+    next: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Activity {
@@ -128,21 +129,31 @@ impl Activity {
         result.map(|()| line).map_err(|e| e.to_string())
     }
 
-    /// One line for `tiermail status`.
+    /// Records when the scheduler will start the next run.
+    pub fn set_next(&self, next: Option<chrono::DateTime<chrono::Utc>>) {
+        *self.next.lock().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// Lines for `tiermail status`: the current or last run, the next one.
     pub fn status(&self) -> String {
-        if let Some(p) = self
+        let current = self
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-        {
-            return format!("archive: running: {}", p.summary());
-        }
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_else(|| "archive: no run since start".into())
+            .map(|p| format!("archive: running: {}", p.summary()));
+        let now = current.unwrap_or_else(|| {
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "archive: no run since start".into())
+        });
+        let next = match *self.next.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(t) => format!("archive: next run {}", t.format("%F %T UTC")),
+            None => "archive: next run: none scheduled".into(),
+        };
+        format!("{now}\n{next}")
     }
 }
 
