@@ -67,6 +67,16 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                         Err(e) => format!("error: {e}\n"),
                     }
                 }
+                other if other.starts_with("archive simulate") => {
+                    let user = other.trim_start_matches("archive simulate").trim();
+                    let user = (!user.is_empty()).then_some(user);
+                    match crate::archive::agent::simulate(&app.store, &app.config.archive, user)
+                        .await
+                    {
+                        Ok(rows) => crate::archive::agent::simulation_table(&rows),
+                        Err(e) => format!("error: {e}\n"),
+                    }
+                }
                 other => format!("error: unknown control request `{other}`\n"),
             };
             let _ = w.write_all(answer.as_bytes()).await;

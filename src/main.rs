@@ -40,6 +40,12 @@ enum ArchiveCommand {
     /// Run the archive activity now (in the running server, or offline when
     /// the server is stopped).
     Run,
+    /// Show what the current policy would move now, per user and folder,
+    /// without changing anything.
+    Simulate {
+        /// Only this user.
+        user: Option<String>,
+    },
     /// Check every record of every archive file; exit 1 on damage.
     Verify {
         /// Only this user's archive.
@@ -213,6 +219,21 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
             });
             store.shutdown();
             println!("{}", result?);
+        }
+        ArchiveCommand::Simulate { user } => {
+            // Asks the running server, or reads the store when it is stopped.
+            if let Some(answer) = tiermail::control::request(
+                config,
+                &format!("archive simulate {}", user.as_deref().unwrap_or("")),
+            ) {
+                print!("{answer}");
+                return Ok(());
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
+            let rows = rt.block_on(agent::simulate(&store, &config.archive, user.as_deref()));
+            store.shutdown();
+            print!("{}", agent::simulation_table(&rows?));
         }
         ArchiveCommand::Verify { user } => {
             let root = &config.archive.root;

@@ -83,12 +83,31 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
 
     let app = server.app();
     let cfg = Arc::new(server.config.archive.clone());
+    // The dry run predicts the run exactly, and changes nothing.
+    let plan = tiermail::archive::agent::simulate(&app.store, &cfg, None)
+        .await
+        .unwrap();
+    assert_eq!(plan.len(), 3, "one INBOX row per user: {plan:?}");
+    assert!(
+        plan.iter()
+            .all(|(_, folder, n, _)| folder == "INBOX" && *n == 7),
+        "{plan:?}"
+    );
+    let planned_bytes: u64 = plan.iter().map(|r| r.3).sum();
+    assert_eq!(
+        app.store.tagged("alice@example.test").await.unwrap().len(),
+        0
+    );
     let line = app
         .archive
         .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
         .await
         .unwrap();
     assert!(line.contains("archived 21"), "{line}");
+    assert!(
+        line.contains(&format!("({planned_bytes} bytes)")),
+        "{line} vs {planned_bytes}"
+    );
 
     // The watcher hears of the six old messages leaving INBOX.
     let r = watcher.run("n NOOP").await;
@@ -212,6 +231,13 @@ async fn a_crash_between_archive_append_and_store_removal_loses_and_duplicates_n
     assert!(daemon.terminate().success());
     let (before, _) = where_is_everything(&config).await;
     assert_eq!(before.len(), 12);
+
+    let out = tiermail(&config)
+        .args(["archive", "simulate"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("alice@example.test\tINBOX\t8\t"), "{table}");
 
     // The archiver dies right after its archive file is fsynced.
     let out = tiermail(&config)

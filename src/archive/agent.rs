@@ -240,16 +240,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Tags what the policy selects; true when the user has tagged mail (new or
-/// left from an interrupted run).
-async fn seek_user(
+/// What the policy selects in one user's current folders: per folder
+/// (name, mailbox id, selected (uid, size)).
+pub async fn select(
     store: &Arc<Store>,
     cfg: &ArchiveConfig,
-    progress: &Progress,
     user: &str,
     now: i64,
-) -> Result<bool, AgentError> {
+) -> Result<Vec<(String, u64, Vec<(u32, u32)>)>, AgentError> {
     let watermark = now - i64::from(cfg.age_days) * 86_400;
+    let has = |flags: &[String], f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f));
+    let mut out = Vec::new();
     for (name, info) in store.mailboxes(user).await? {
         if cfg
             .exclude_folders
@@ -261,21 +262,68 @@ async fn seek_user(
         let Some((_, msgs)) = store.snapshot(user, info.id).await? else {
             continue;
         };
-        let has = |flags: &[String], f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f));
-        let uids: Vec<u32> = msgs
+        let picked: Vec<(u32, u32)> = msgs
             .iter()
             .filter(|m| m.internal_date < watermark)
             .filter(|m| !(cfg.keep_flagged && has(&m.flags, "\\Flagged")))
             .filter(|m| !cfg.only_seen || has(&m.flags, "\\Seen"))
             .filter(|m| m.size >= cfg.min_size)
-            .map(|m| m.uid)
+            .map(|m| (m.uid, m.size))
             .collect();
-        if uids.is_empty() {
+        if !picked.is_empty() {
+            out.push((name, info.id, picked));
+        }
+    }
+    Ok(out)
+}
+
+/// The dry run: per user and folder, how many messages and bytes the
+/// current policy would move now. Changes nothing.
+pub async fn simulate(
+    store: &Arc<Store>,
+    cfg: &ArchiveConfig,
+    only: Option<&str>,
+) -> Result<Vec<(String, String, usize, u64)>, AgentError> {
+    let now = chrono::Utc::now().timestamp();
+    let mut rows = Vec::new();
+    for user in store.users() {
+        if only.is_some_and(|u| !u.eq_ignore_ascii_case(&user)) {
             continue;
         }
+        for (folder, _, picked) in select(store, cfg, &user, now).await? {
+            let bytes = picked.iter().map(|(_, s)| u64::from(*s)).sum();
+            rows.push((user.clone(), folder, picked.len(), bytes));
+        }
+    }
+    Ok(rows)
+}
+
+/// The dry run as a table.
+pub fn simulation_table(rows: &[(String, String, usize, u64)]) -> String {
+    let mut out = String::from("user\tfolder\tmessages\tbytes\n");
+    let (mut n, mut b) = (0usize, 0u64);
+    for (user, folder, count, bytes) in rows {
+        out.push_str(&format!("{user}\t{folder}\t{count}\t{bytes}\n"));
+        n += count;
+        b += bytes;
+    }
+    out.push_str(&format!("total\t\t{n}\t{b}\n"));
+    out
+}
+
+/// Tags what the policy selects; true when the user has tagged mail (new or
+/// left from an interrupted run).
+async fn seek_user(
+    store: &Arc<Store>,
+    cfg: &ArchiveConfig,
+    progress: &Progress,
+    user: &str,
+    now: i64,
+) -> Result<bool, AgentError> {
+    for (_, mailbox_id, picked) in select(store, cfg, user, now).await? {
         let op = Op::Tag {
-            mailbox_id: info.id,
-            uids,
+            mailbox_id,
+            uids: picked.into_iter().map(|(u, _)| u).collect(),
         };
         if let crate::store::Outcome::Tagged { count } = store.submit(user, op).await? {
             progress.tagged.fetch_add(count as u64, Ordering::Relaxed);
