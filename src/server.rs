@@ -110,6 +110,13 @@ impl Server {
         let store_cfg = config.store.clone();
         let store =
             tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_cfg)).await??;
+        // The default archive root lives in the data directory and is made
+        // here; a root elsewhere (a NAS) must exist already.
+        if config.archive.root.starts_with(&config.server.data_dir) {
+            std::fs::create_dir_all(&config.archive.root).map_err(|e| {
+                anyhow::anyhow!("cannot create {}: {e}", config.archive.root.display())
+            })?;
+        }
         let app = Arc::new(App {
             throttle: Throttle::new(
                 config.limits.max_auth_failures,

@@ -222,6 +222,8 @@ async fn a_crash_between_archive_append_and_store_removal_loses_and_duplicates_n
             dir.path().display()
         ),
     );
+    // A root outside the data directory (a NAS) is made by the admin.
+    std::fs::create_dir_all(dir.path().join("archive")).unwrap();
     let daemon = Daemon::start(&config);
     let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
     for i in 0..12 {
@@ -357,5 +359,45 @@ async fn the_scheduler_runs_the_activity_and_never_twice_at_once() {
         .count();
     // (Both may be refused if the scheduled run holds the guard just then.)
     assert!(refused >= 1 && !(a.is_ok() && b.is_ok()), "{a:?} {b:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_into_archive_archives_now_like_a_clients_archive_button() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), "carol@example.test").await;
+    let one = append(&mut c, "INBOX", 2, "\\Seen", 1).await;
+    let two = append(&mut c, "INBOX", 3, "", 2).await;
+    c.run("s SELECT INBOX").await;
+    let r = c.run("m UID MOVE 1 Archive").await;
+    assert!(r.starts_with("* OK [COPYUID "), "{r}");
+    assert!(
+        r.contains(" 1 1] Archived\r\n* 1 EXPUNGE\r\nm OK UID MOVE completed\r\n"),
+        "{r}"
+    );
+    // COPY keeps the original.
+    let r = c.run("k COPY 1 Archive/INBOX").await;
+    assert!(r.starts_with("k OK [COPYUID "), "{r}");
+    let r = c.run("s2 SELECT INBOX").await;
+    assert!(r.contains("* 1 EXISTS"), "{r}");
+    let r = c.run("e EXAMINE Archive").await;
+    assert!(r.contains("* 2 EXISTS"), "{r}");
+    let r = c.run("f FETCH 1:* (FLAGS BODY.PEEK[])").await;
+    let text = String::from_utf8_lossy(&one);
+    assert!(
+        r.contains(text.as_ref()) && r.contains("FLAGS (\\Seen)"),
+        "{r}"
+    );
+    assert!(r.contains(String::from_utf8_lossy(&two).as_ref()), "{r}");
+    // With the archive root gone, the move is refused and nothing moves.
+    let root = server.config.archive.root.clone();
+    std::fs::rename(&root, root.with_extension("away")).unwrap();
+    server.app().archives.forget("carol@example.test");
+    c.run("s3 SELECT INBOX").await;
+    let r = c.run("n MOVE 1 Archive").await;
+    assert!(r.starts_with("n NO [UNAVAILABLE]"), "{r}");
+    let r = c.run("o NOOP").await;
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    assert_eq!(server.inbox("carol@example.test").await.len(), 1);
     server.stop().await;
 }

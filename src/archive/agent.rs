@@ -64,10 +64,23 @@ pub fn user_dir(cfg: &ArchiveConfig, user: &str) -> PathBuf {
     cfg.root.join(user_dir_name(user))
 }
 
-/// Checks that the archive root exists (creating it if its parent does)
-/// and is writable.
+/// Checks that the archive root exists and is writable. It is never
+/// created here: on a NAS whose mount is missing that would quietly put the
+/// archive on the local disk (the server creates the default root inside
+/// its data directory at start-up).
 pub fn check_root(cfg: &ArchiveConfig) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&cfg.root).map_err(|e| AgentError::Unavailable(cfg.root.clone(), e))?;
+    let missing = || {
+        AgentError::Unavailable(
+            cfg.root.clone(),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing (is the NAS mounted?)",
+            ),
+        )
+    };
+    if !cfg.root.is_dir() {
+        return Err(missing());
+    }
     let probe = cfg.root.join(".tiermail-probe");
     std::fs::write(&probe, b"ok").map_err(|e| AgentError::Unavailable(cfg.root.clone(), e))?;
     let _ = std::fs::remove_file(probe);
@@ -361,62 +374,123 @@ async fn archive_user(
             continue;
         };
         for chunk in uids.chunks(BATCH) {
-            let loaded = store.fetch(user, mb, chunk.to_vec(), true).await?;
-            let mut records = Vec::new();
-            let mut done = Vec::new();
-            let mut bytes = 0u64;
-            {
-                let a = archive.lock().unwrap_or_else(|p| p.into_inner());
-                let mut auid = a.next_auid();
-                for (uid, meta, body) in loaded {
-                    let origin = Origin {
-                        mailbox_id: mb,
-                        uidvalidity: info.uidvalidity,
-                        uid,
-                    };
-                    done.push(uid);
-                    if a.has_origin(&origin) {
-                        continue; // archived before an interruption
-                    }
-                    let raw = Arc::new(body.unwrap_or_default());
-                    bytes += raw.len() as u64;
-                    records.push(Record::Message {
-                        auid,
-                        folder: folder.clone(),
-                        flags: meta.flags,
-                        internal_date: meta.internal_date,
-                        archived_at: chrono::Utc::now().timestamp(),
-                        origin,
-                        raw,
-                    });
-                    auid += 1;
-                }
-            }
-            let n = records.len() as u64;
-            let shared = archive.clone();
-            tokio::task::spawn_blocking(move || {
-                shared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .append(&records)
-            })
-            .await
-            .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
-            failpoint("archive-after-append");
-            store
-                .submit(
-                    user,
-                    Op::Archived {
-                        mailbox_id: mb,
-                        uids: done,
-                    },
-                )
-                .await?;
+            let (n, bytes, _) =
+                move_batch(store, &archive, user, mb, &folder, &info, chunk, true).await?;
             progress.archived.fetch_add(n, Ordering::Relaxed);
             progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
     Ok(())
+}
+
+/// Appends messages of one current mailbox to the user's archive (fsynced)
+/// and, when `remove`, then takes them out of the current store. Messages
+/// already archived from the same origin are not appended again. Returns
+/// (messages appended, bytes appended, (uid, archive UID) pairs).
+#[allow(clippy::too_many_arguments)]
+async fn move_batch(
+    store: &Arc<Store>,
+    archive: &super::registry::Shared,
+    user: &str,
+    mb: u64,
+    folder: &str,
+    info: &MailboxInfo,
+    uids: &[u32],
+    remove: bool,
+) -> Result<(u64, u64, Vec<(u32, u32)>), AgentError> {
+    let loaded = store.fetch(user, mb, uids.to_vec(), true).await?;
+    let done: Vec<u32> = loaded.iter().map(|(uid, ..)| *uid).collect();
+    let folder = folder.to_string();
+    let uidvalidity = info.uidvalidity;
+    let shared = archive.clone();
+    // Checking what is already archived and appending happen under one
+    // lock, so two movers of the same user never archive a message twice.
+    let (n, bytes, pairs) = tokio::task::spawn_blocking(move || {
+        let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut auid = a.next_auid();
+        let mut records = Vec::new();
+        let mut pairs = Vec::new();
+        let mut bytes = 0u64;
+        for (uid, meta, body) in loaded {
+            let origin = Origin {
+                mailbox_id: mb,
+                uidvalidity,
+                uid,
+            };
+            if remove && a.has_origin(&origin) {
+                continue; // archived before an interruption
+            }
+            let raw = Arc::new(body.unwrap_or_default());
+            bytes += raw.len() as u64;
+            pairs.push((uid, auid));
+            records.push(Record::Message {
+                auid,
+                folder: folder.clone(),
+                flags: meta.flags,
+                internal_date: meta.internal_date,
+                archived_at: chrono::Utc::now().timestamp(),
+                origin,
+                raw,
+            });
+            auid += 1;
+        }
+        a.append(&records)?;
+        Ok::<_, ArchiveError>((records.len() as u64, bytes, pairs))
+    })
+    .await
+    .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
+    failpoint("archive-after-append");
+    if remove && !done.is_empty() {
+        store
+            .submit(
+                user,
+                Op::Archived {
+                    mailbox_id: mb,
+                    uids: done,
+                },
+            )
+            .await?;
+    }
+    Ok((n, bytes, pairs))
+}
+
+/// MOVE (or COPY) into the Archive folder from IMAP: these messages of one
+/// current mailbox are archived now, under their own folder's name. A MOVE
+/// tags them first, so a crash halfway is finished like an agent run.
+/// Returns (uid, archive UID) pairs.
+pub async fn archive_now(
+    store: &Arc<Store>,
+    archives: &Archives,
+    user: &str,
+    mailbox: &str,
+    uids: Vec<u32>,
+    remove: bool,
+) -> Result<Vec<(u32, u32)>, AgentError> {
+    let info = store
+        .mailbox(user, mailbox)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchMailbox(mailbox.to_string()))?;
+    let archive = archives.get(user).await?;
+    if remove {
+        store
+            .submit(
+                user,
+                Op::Tag {
+                    mailbox_id: info.id,
+                    uids: uids.clone(),
+                },
+            )
+            .await?;
+    }
+    let mut pairs = Vec::new();
+    for chunk in uids.chunks(BATCH) {
+        let (_, _, p) = move_batch(
+            store, &archive, user, info.id, mailbox, &info, chunk, remove,
+        )
+        .await?;
+        pairs.extend(p);
+    }
+    Ok(pairs)
 }
 
 /// Finishes moves a crash interrupted: tagged messages already in the

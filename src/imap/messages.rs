@@ -20,6 +20,7 @@ use super::names::{self, has_flag};
 use super::session::{FLUSH_AT, Session};
 use super::view::ranges;
 use super::{code, fetch, search};
+use crate::archive::registry;
 use crate::store::{Delivery, FlagAction, Op, Outcome, Summary};
 
 /// Messages loaded from the store per round of a FETCH that needs bodies.
@@ -494,9 +495,6 @@ impl Session {
             Ok(n) => n,
             Err(e) => return self.bad_name(tag, e),
         };
-        if self.refuse_archive_name(tag, &name) {
-            return;
-        }
         if self.selected.as_ref().is_some_and(|v| v.archive.is_some()) {
             return self.no(
                 tag,
@@ -513,6 +511,9 @@ impl Session {
             .into_iter()
             .filter(|u| view.entry_ref(*u).is_some_and(|e| !e.gone))
             .collect();
+        if let Some(target) = registry::archive_folder(&name) {
+            return self.copy_to_archive(tag, uids, target, uid, remove).await;
+        }
         let from = view.id;
         let user = self.user();
         let to = match self.app.store.mailbox(&user, &name).await {
@@ -560,6 +561,80 @@ impl Session {
             }
             Ok(_) => self.ok(tag, None, verb),
             Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    /// COPY/MOVE into an Archive folder: archived now (the Archive button of
+    /// mail clients), under the message's own folder name.
+    async fn copy_to_archive(
+        &mut self,
+        tag: &Tag<'_>,
+        uids: Vec<u32>,
+        target: Option<&str>,
+        uid: bool,
+        remove: bool,
+    ) {
+        let verb = if remove {
+            "MOVE completed"
+        } else {
+            "COPY completed"
+        };
+        let verb = if uid {
+            format!("UID {verb}")
+        } else {
+            verb.to_string()
+        };
+        if uids.is_empty() {
+            return self.ok(tag, None, &verb);
+        }
+        let source = self
+            .selected
+            .as_ref()
+            .map(|v| v.name.clone())
+            .unwrap_or_default();
+        let user = self.user();
+        let pairs = match crate::archive::agent::archive_now(
+            &self.app.store,
+            &self.app.archives,
+            &user,
+            &source,
+            uids,
+            remove,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "archiving from IMAP failed");
+                return self.no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "The archive is unavailable right now; nothing was moved",
+                );
+            }
+        };
+        let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
+        let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
+        let c = match (
+            NonZeroU32::new(registry::uidvalidity(target)),
+            uid_set(&src),
+            uid_set(&dst),
+        ) {
+            (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
+                uid_validity: v,
+                source: s,
+                destination: d,
+            }),
+            _ => None,
+        };
+        if remove {
+            if let Some(c) = c {
+                self.untagged(c, "Archived");
+            }
+            self.report_changes(true).await;
+            self.ok(tag, None, &verb);
+        } else {
+            self.ok(tag, c, &verb);
         }
     }
 
