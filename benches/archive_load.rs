@@ -1,0 +1,226 @@
+//! The archive activity under load.
+//!
+//! N messages (sizes 2-64 KB, median 8 KB) of U users, all past the age
+//! watermark, are archived by one run with the default seekers and
+//! archivers. Printed: messages/s and MB/s of the run, the current store
+//! before and after (messages and bytes of mail it holds, and its files),
+//! and the p99 latency of an IMAP client fetching from a mailbox that is
+//! not archived, measured once with the server idle and once during the
+//! run, in the same process.
+//!
+//!     cargo bench --bench archive_load                 # 200,000 messages, 200 users
+//!     cargo bench --bench archive_load -- --quick      # 20,000 messages, 50 users
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tiermail::config::Config;
+use tiermail::server::Server;
+use tiermail::store::{Delivery, Store, Summary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SIZES: [usize; 9] = [2048, 4096, 6144, 8192, 8192, 8192, 12288, 32768, 65536];
+
+fn message(n: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Load <load@remote.test>\r\nTo: user@example.test\r\nSubject: old mail {n}\r\n\
+         Message-ID: <{n}@bench.test>\r\nDate: Mon, 02 Jan 2023 10:00:00 +0000\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"Archived text that nobody reads any more, kept for the record.\r\n";
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line);
+    }
+    m.resize(size - 2, b'z');
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+async fn fill(store: Arc<Store>, users: usize, total: usize) -> u64 {
+    let old = chrono::Utc::now().timestamp() - 400 * 86_400;
+    let mut set = tokio::task::JoinSet::new();
+    let mut bytes = 0u64;
+    for n in 0..total {
+        let size = SIZES[n % SIZES.len()];
+        let raw = message(n, size);
+        bytes += raw.len() as u64;
+        let d = Delivery {
+            user: format!("user{}@example.test", n % users),
+            mailbox: "INBOX".into(),
+            summary: Summary::parse(&raw),
+            raw: Arc::new(raw),
+            internal_date: old,
+            flags: vec!["\\Seen".into()],
+        };
+        let s = store.clone();
+        set.spawn(async move { s.deliver(d).await.expect("delivered") });
+        if set.len() >= 256 {
+            set.join_next().await;
+        }
+    }
+    while set.join_next().await.is_some() {}
+    bytes
+}
+
+/// A client fetching one message body after another; latencies in ms.
+async fn reader(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut read_until = async |s: &mut TcpStream, buf: &mut Vec<u8>, tag: &[u8]| loop {
+        if let Some(p) = buf.windows(tag.len()).position(|w| w == tag)
+            && let Some(e) = buf[p..].windows(2).position(|w| w == b"\r\n")
+        {
+            buf.drain(..p + e + 2);
+            return;
+        }
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    read_until(&mut s, &mut buf, b"* OK").await;
+    s.write_all(b"a LOGIN reader@example.test bench\r\nb SELECT INBOX\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, &mut buf, b"b OK").await;
+    let mut lat = Vec::new();
+    let mut i = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let t = Instant::now();
+        s.write_all(format!("f{i} FETCH {} BODY.PEEK[]\r\n", 1 + i % 50).as_bytes())
+            .await
+            .unwrap();
+        read_until(&mut s, &mut buf, format!("f{i} OK").as_bytes()).await;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
+fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * 0.99).round() as usize]
+}
+
+fn held(store: &Store) -> (u64, u64, u64) {
+    let st = store.status().unwrap();
+    (
+        st.iter().map(|g| g.messages).sum(),
+        st.iter().map(|g| g.db_bytes).sum(),
+        st.iter().map(|g| g.wal_bytes).sum(),
+    )
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    total
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (total, users) = if quick { (20_000, 50) } else { (200_000, 200) };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.server.log = "warn".into();
+    cfg.archive.age_days = 30;
+    let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
+    std::fs::write(
+        &cfg.users.file,
+        format!("[[user]]\naddress = \"reader@example.test\"\npassword = \"{h}\"\n"),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let server = Server::start(cfg.clone()).await.unwrap();
+        let store = server.app.store.clone();
+        let t = Instant::now();
+        let bytes = fill(store.clone(), users, total).await;
+        println!(
+            "tiermail archive_load: {total} messages ({:.0} MB) of {users} users loaded in {:.1}s; seekers {}, archivers {}",
+            bytes as f64 / 1e6,
+            t.elapsed().as_secs_f64(),
+            cfg.archive.seeker_count(),
+            cfg.archive.archiver_count()
+        );
+        // The reader's mailbox: recent mail, never archived.
+        for n in 0..50 {
+            let raw = message(n, 8192);
+            store
+                .deliver(Delivery {
+                    user: "reader@example.test".into(),
+                    mailbox: "INBOX".into(),
+                    summary: Summary::parse(&raw),
+                    raw: Arc::new(raw),
+                    internal_date: chrono::Utc::now().timestamp(),
+                    flags: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let before = held(&store);
+        let addr = server.bound.imap.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle_reader = tokio::spawn(reader(addr, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut idle = idle_reader.await.unwrap();
+
+        let app = server.app.clone();
+        let acfg = Arc::new(cfg.archive.clone());
+        let t = Instant::now();
+        let run = tokio::spawn(async move {
+            app.archive
+                .run_once(app.store.clone(), app.archives.clone(), acfg)
+                .await
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = tokio::spawn(reader(addr, stop.clone()));
+        let line = run.await.unwrap().expect("archive run");
+        let secs = t.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let mut during = busy.await.unwrap();
+        let after = held(&store);
+        println!("{line}");
+        println!(
+            "archive run: {:.1}s, {:.0} messages/s, {:.1} MB/s",
+            secs,
+            total as f64 / secs,
+            bytes as f64 / 1e6 / secs
+        );
+        println!(
+            "current store: {} -> {} messages; redb files {:.0} -> {:.0} MB (pages freed for reuse, not returned); WAL {:.0} -> {:.0} MB",
+            before.0,
+            after.0,
+            before.1 as f64 / 1e6,
+            after.1 as f64 / 1e6,
+            before.2 as f64 / 1e6,
+            after.2 as f64 / 1e6
+        );
+        println!(
+            "archive files: {:.0} MB",
+            dir_bytes(&cfg.archive.root) as f64 / 1e6
+        );
+        println!(
+            "IMAP FETCH p99: idle {:.2} ms, during the run {:.2} ms ({} and {} fetches)",
+            p99(&mut idle),
+            p99(&mut during),
+            idle.len(),
+            during.len()
+        );
+        server.shutdown().await;
+    });
+}
