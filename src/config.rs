@@ -89,6 +89,8 @@ pub struct ImapConfig {
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
     pub schedule: String,
+    pub access: String,
+    pub legal_hold: Vec<String>,
     pub root: PathBuf,
     pub age_days: u32,
     pub only_seen: bool,
@@ -102,6 +104,11 @@ pub struct ArchiveConfig {
 }
 
 impl ArchiveConfig {
+    /// Whether `user`'s archived mail must not be deleted.
+    pub fn on_hold(&self, user: &str) -> bool {
+        self.legal_hold.iter().any(|u| u.eq_ignore_ascii_case(user))
+    }
+
     /// The parsed schedule (checked at load time).
     pub fn schedule(&self) -> crate::scheduler::Schedule {
         self.schedule
@@ -222,6 +229,12 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = self.archive.schedule.parse::<crate::scheduler::Schedule>() {
             return Err(invalid("archive.schedule", e));
+        }
+        if !["read-write", "read-only", "hidden"].contains(&self.archive.access.as_str()) {
+            return Err(invalid(
+                "archive.access",
+                "must be \"read-write\", \"read-only\" or \"hidden\"",
+            ));
         }
         if self.archive.queue == 0 {
             return Err(invalid("archive.queue", "must be at least 1"));

@@ -38,6 +38,7 @@ fn config_errors_stop_start_up_naming_the_key() {
         ("this is not toml", "tiermail.toml"),
         ("[archive]\nschedule = \"sometimes\"\n", "archive.schedule"),
         ("[archive]\nqueue = 0\n", "archive.queue"),
+        ("[archive]\naccess = \"sometimes\"\n", "archive.access"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("tiermail.toml");

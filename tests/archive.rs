@@ -401,3 +401,100 @@ async fn move_into_archive_archives_now_like_a_clients_archive_button() {
     assert_eq!(server.inbox("carol@example.test").await.len(), 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_folders_are_read_write_and_honour_legal_hold_and_policies() {
+    let server = TestServer::start_with(|c| {
+        c.archive.legal_hold = vec!["bob@example.test".into()];
+    })
+    .await;
+    let mut msgs = Vec::new();
+    for user in ["alice@example.test", "bob@example.test"] {
+        let mut c = Imap::login(server.imap(), user).await;
+        for n in 0..3 {
+            msgs.push(append(&mut c, "INBOX", 1, "", n).await);
+        }
+        c.run("s SELECT INBOX").await;
+        let r = c.run("m MOVE 1:3 Archive").await;
+        assert!(r.contains("m OK"), "{r}");
+    }
+    // alice: flags, expunge and restore inside the archive.
+    let mut c = Imap::login(server.imap(), "alice@example.test").await;
+    let r = c.run("s SELECT Archive/INBOX").await;
+    assert!(
+        r.contains("[READ-WRITE]") && r.contains("* 3 EXISTS"),
+        "{r}"
+    );
+    let r = c.run("f STORE 1 +FLAGS (\\Flagged)").await;
+    assert!(
+        r.contains("* 1 FETCH (FLAGS (\\Flagged))") && r.contains("f OK"),
+        "{r}"
+    );
+    let r = c.run("d STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    assert!(r.contains("d OK"), "{r}");
+    let r = c.run("e EXPUNGE").await;
+    assert!(r.contains("* 2 EXPUNGE\r\ne OK"), "{r}");
+    let r = c.run("r UID MOVE 3 INBOX").await;
+    assert!(
+        r.contains("[COPYUID ") && r.contains("* 2 EXPUNGE") && r.contains("r OK"),
+        "{r}"
+    );
+    // What the archive files say now, read back from disk.
+    let dir = server
+        .config
+        .archive
+        .root
+        .join(user_dir_name("alice@example.test"));
+    let a = UserArchive::open(&dir, 1 << 30, false).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        a.entries().next().unwrap().flags,
+        vec!["\\Flagged".to_string()]
+    );
+    let inbox = server.inbox("alice@example.test").await;
+    assert_eq!(inbox.len(), 1, "restored");
+    assert_eq!(
+        common::strip_trace_opt(&inbox[0]),
+        msgs[2],
+        "restored byte for byte"
+    );
+
+    // bob is on legal hold: nothing archived can be deleted or moved out.
+    let mut b = Imap::login(server.imap(), "bob@example.test").await;
+    b.run("s SELECT Archive").await;
+    b.run("d STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let r = b.run("e EXPUNGE").await;
+    assert!(r.starts_with("e NO [CANNOT] legal hold"), "{r}");
+    let r = b.run("m MOVE 2 INBOX").await;
+    assert!(r.starts_with("m NO [CANNOT] Legal hold"), "{r}");
+    let r = b.run("c COPY 2 INBOX").await;
+    assert!(r.contains("c OK [COPYUID"), "{r}");
+    let r = b.run("x CLOSE").await;
+    assert!(r.contains("x OK"), "{r}");
+    let dir = server
+        .config
+        .archive
+        .root
+        .join(user_dir_name("bob@example.test"));
+    assert_eq!(UserArchive::open(&dir, 1 << 30, false).unwrap().len(), 3);
+    server.stop().await;
+
+    // Hidden and read-only policies.
+    let hidden = TestServer::start_with(|c| c.archive.access = "hidden".into()).await;
+    let mut c = Imap::login(hidden.imap(), "alice@example.test").await;
+    let r = c.run("l LIST \"\" *").await;
+    assert!(!r.contains("Archive"), "{r}");
+    let r = c.run("s SELECT Archive").await;
+    assert!(r.starts_with("s NO [NONEXISTENT]"), "{r}");
+    hidden.stop().await;
+    let ro = TestServer::start_with(|c| c.archive.access = "read-only".into()).await;
+    let mut c = Imap::login(ro.imap(), "alice@example.test").await;
+    append(&mut c, "INBOX", 1, "", 1).await;
+    c.run("s SELECT INBOX").await;
+    assert!(c.run("m MOVE 1 Archive").await.contains("m OK"));
+    let r = c.run("a SELECT Archive").await;
+    assert!(r.contains("[READ-ONLY]"), "{r}");
+    let r = c.run("b MOVE 1 INBOX").await;
+    assert!(r.starts_with("b NO [READ-ONLY]"), "{r}");
+    ro.stop().await;
+}

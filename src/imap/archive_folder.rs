@@ -5,8 +5,10 @@
 //! `NO [UNAVAILABLE]` and nothing else is affected. For now they are
 //! read-only.
 
+use crate::archive::format::Record;
 use crate::archive::registry::{self, FOLDER};
-use crate::store::{Fetched, MailboxInfo, MessageState};
+use crate::store::ops::apply_flags;
+use crate::store::{Delivery, Fetched, FlagAction, MailboxInfo, MessageState, Op, Outcome};
 
 use super::session::Session;
 
@@ -41,6 +43,9 @@ impl Session {
     /// Names of the archive folders to list (`Archive` first); just
     /// `Archive` when the archive cannot be read right now.
     pub(super) async fn archive_folder_names(&self) -> Vec<String> {
+        if !self.archive_visible() {
+            return Vec::new();
+        }
         let mut names = vec![FOLDER.to_string()];
         if let Ok(shared) = self.app.archives.get(&self.user()).await {
             let a = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,5 +88,132 @@ impl Session {
         })
         .await
         .map_err(|e| e.to_string())?
+    }
+}
+
+impl Session {
+    fn archive_access(&self) -> &str {
+        self.app.config.archive.access.as_str()
+    }
+
+    /// Whether the Archive folders are shown at all.
+    pub(super) fn archive_visible(&self) -> bool {
+        self.archive_access() != "hidden"
+    }
+
+    /// Whether clients may change archived mail (flags, delete, move out).
+    pub(super) fn archive_writable(&self) -> bool {
+        self.archive_access() == "read-write"
+    }
+
+    /// Appends records to the user's archive and wakes the user's sessions.
+    async fn archive_append(&self, records: Vec<Record>) -> Result<(), String> {
+        let user = self.user();
+        let shared = self
+            .app
+            .archives
+            .get(&user)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&records)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.app.store.notify(&user);
+        Ok(())
+    }
+
+    /// STORE in an archive folder: a Flags record per changed message.
+    /// Returns (uid, new flags) of the changed ones.
+    pub(super) async fn archive_store(
+        &mut self,
+        uids: &[u32],
+        action: FlagAction,
+        flags: &[String],
+    ) -> Result<Vec<(u32, Vec<String>)>, String> {
+        let mut changed = Vec::new();
+        if let Some(v) = self.selected.as_ref() {
+            for u in uids {
+                if let Some(e) = v.entry_ref(*u) {
+                    let before = e.flags();
+                    let after = apply_flags(&before, action, flags);
+                    if after != before {
+                        changed.push((*u, after));
+                    }
+                }
+            }
+        }
+        let records = changed
+            .iter()
+            .map(|(auid, f)| Record::Flags {
+                auid: *auid,
+                flags: f.clone(),
+            })
+            .collect();
+        self.archive_append(records).await?;
+        if let Some(v) = self.selected.as_mut() {
+            for (u, f) in &changed {
+                if let Some(e) = v.entry_mut(*u) {
+                    e.set_flags(f);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Deletes archived messages (EXPUNGE in an archive folder, or MOVE
+    /// out). Refused for users on legal hold.
+    pub(super) async fn archive_delete(&mut self, auids: Vec<u32>) -> Result<(), String> {
+        if auids.is_empty() {
+            return Ok(());
+        }
+        if self.app.config.archive.on_hold(&self.user()) {
+            return Err("legal hold: archived mail of this user cannot be deleted".into());
+        }
+        let records = auids
+            .into_iter()
+            .map(|auid| Record::Delete { auid })
+            .collect();
+        self.archive_append(records).await
+    }
+
+    /// Restores archived messages into a current mailbox (COPY or MOVE out
+    /// of an archive folder): same bytes, flags and internal date. Returns
+    /// (archive UID, new UID) pairs and the mailbox's UIDVALIDITY.
+    pub(super) async fn archive_restore(
+        &mut self,
+        auids: Vec<u32>,
+        mailbox: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>), crate::store::StoreError> {
+        let user = self.user();
+        let loaded = self
+            .load_messages(auids, true)
+            .await
+            .map_err(crate::store::StoreError::Unavailable)?;
+        let mut pairs = Vec::new();
+        let mut validity = 0;
+        for (auid, meta, body) in loaded {
+            let raw = body.unwrap_or_default();
+            let d = Delivery {
+                user: user.clone(),
+                mailbox: mailbox.to_string(),
+                summary: meta.summary,
+                raw: std::sync::Arc::new(raw),
+                internal_date: meta.internal_date,
+                flags: meta.flags,
+            };
+            if let Outcome::Appended { uidvalidity, uid } =
+                self.app.store.submit(&user, Op::Deliver(d)).await?
+            {
+                validity = uidvalidity;
+                pairs.push((auid, uid));
+            }
+        }
+        Ok((validity, pairs))
     }
 }

@@ -108,9 +108,11 @@ impl Session {
         self.mark_changes_seen();
         let archive = registry::archive_folder(&name).map(|f| f.map(str::to_string));
         let (info, msgs, read_only) = if let Some(folder) = &archive {
+            if !self.archive_visible() {
+                return self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+            }
             match self.archive_snapshot(folder.as_deref()).await {
-                // Archive folders are read-only for now.
-                Ok((info, msgs)) => (info, msgs, true),
+                Ok((info, msgs)) => (info, msgs, read_only || !self.archive_writable()),
                 Err(p) => return self.archive_problem(tag, p),
             }
         } else {

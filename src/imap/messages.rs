@@ -424,6 +424,33 @@ impl Session {
             StoreType::Remove => FlagAction::Remove,
             StoreType::Replace => FlagAction::Replace,
         };
+        if self.selected.as_ref().is_some_and(|v| v.archive.is_some()) {
+            let silent = response == StoreResponse::Silent;
+            return match self
+                .archive_store(&uids, action, &flag_strings(&flags))
+                .await
+            {
+                Ok(changed) => {
+                    if !silent {
+                        for (u, f) in changed {
+                            if let Some(seq) = self.selected.as_ref().and_then(|v| v.seq_of(u)) {
+                                self.fetch_flags_response(seq, u, &f, 1, uid, false);
+                            }
+                        }
+                    }
+                    self.ok(
+                        tag,
+                        None,
+                        if uid {
+                            "UID STORE completed"
+                        } else {
+                            "STORE completed"
+                        },
+                    )
+                }
+                Err(why) => self.no(tag, Some(code("UNAVAILABLE")), &why),
+            };
+        }
         let user = self.user();
         let op = Op::Store {
             mailbox_id,
@@ -496,11 +523,7 @@ impl Session {
             Err(e) => return self.bad_name(tag, e),
         };
         if self.selected.as_ref().is_some_and(|v| v.archive.is_some()) {
-            return self.no(
-                tag,
-                Some(code("CANNOT")),
-                "Restoring from the archive is not available yet",
-            );
+            return self.copy_from_archive(tag, set, &name, uid, remove).await;
         }
         let view = self.selected.as_ref().expect("selected checked by caller");
         if remove && view.read_only {
@@ -561,6 +584,83 @@ impl Session {
             }
             Ok(_) => self.ok(tag, None, verb),
             Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    /// COPY/MOVE out of an archive folder into a current one: restored with
+    /// the same bytes, flags and date; a MOVE then deletes the archive copy.
+    async fn copy_from_archive(
+        &mut self,
+        tag: &Tag<'_>,
+        set: &SequenceSet,
+        name: &str,
+        uid: bool,
+        remove: bool,
+    ) {
+        let verb = if remove {
+            "MOVE completed"
+        } else {
+            "COPY completed"
+        };
+        let verb = if uid {
+            format!("UID {verb}")
+        } else {
+            verb.to_string()
+        };
+        if registry::archive_folder(name).is_some() {
+            return self.no(tag, Some(code("CANNOT")), "The message is already archived");
+        }
+        if remove && !self.archive_writable() {
+            return self.no(tag, Some(code("READ-ONLY")), "The archive is read-only");
+        }
+        if remove && self.app.config.archive.on_hold(&self.user()) {
+            return self.no(
+                tag,
+                Some(code("CANNOT")),
+                "Legal hold: archived mail cannot be moved out; use COPY",
+            );
+        }
+        let view = self.selected.as_ref().expect("selected checked by caller");
+        let auids: Vec<u32> = view
+            .resolve(set, uid)
+            .into_iter()
+            .filter(|u| view.entry_ref(*u).is_some_and(|e| !e.gone))
+            .collect();
+        if auids.is_empty() {
+            return self.ok(tag, None, &verb);
+        }
+        let user = self.user();
+        match self.app.store.mailbox(&user, name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return self.no(tag, Some(Code::TryCreate), "No such mailbox"),
+            Err(e) => return self.store_error(tag, e),
+        }
+        let (validity, pairs) = match self.archive_restore(auids, name).await {
+            Ok(r) => r,
+            Err(e) => return self.store_error(tag, e),
+        };
+        let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
+        let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
+        let c = match (NonZeroU32::new(validity), uid_set(&src), uid_set(&dst)) {
+            (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
+                uid_validity: v,
+                source: s,
+                destination: d,
+            }),
+            _ => None,
+        };
+        if remove {
+            // Restored (fsynced) first, then the archive copy goes.
+            if let Err(why) = self.archive_delete(src).await {
+                return self.no(tag, Some(code("CANNOT")), &why);
+            }
+            if let Some(c) = c {
+                self.untagged(c, "Restored");
+            }
+            self.report_changes(true).await;
+            self.ok(tag, None, &verb);
+        } else {
+            self.ok(tag, c, &verb);
         }
     }
 
@@ -643,6 +743,29 @@ impl Session {
         if view.read_only {
             return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
         }
+        if view.archive.is_some() {
+            let allowed: Option<Vec<u32>> = only.as_ref().map(|s| view.resolve(s, true));
+            let doomed: Vec<u32> = view
+                .entries
+                .iter()
+                .filter(|e| !e.gone && e.has("\\Deleted"))
+                .filter(|e| allowed.as_ref().is_none_or(|a| a.contains(&e.uid)))
+                .map(|e| e.uid)
+                .collect();
+            if let Err(why) = self.archive_delete(doomed).await {
+                return self.no(tag, Some(code("CANNOT")), &why);
+            }
+            self.report_changes(true).await;
+            return self.ok(
+                tag,
+                None,
+                if only.is_some() {
+                    "UID EXPUNGE completed"
+                } else {
+                    "EXPUNGE completed"
+                },
+            );
+        }
         let mailbox_id = view.id;
         let user = self.user();
         // Decide on the store's current flags, not a possibly stale view.
@@ -678,6 +801,28 @@ impl Session {
     }
 
     pub(super) async fn close(&mut self, tag: &Tag<'_>, expunge: bool) {
+        if expunge
+            && self
+                .selected
+                .as_ref()
+                .is_some_and(|v| v.archive.is_some() && !v.read_only)
+        {
+            let doomed: Vec<u32> = self
+                .selected
+                .as_ref()
+                .map(|v| {
+                    v.entries
+                        .iter()
+                        .filter(|e| !e.gone && e.has("\\Deleted"))
+                        .map(|e| e.uid)
+                        .collect()
+                })
+                .unwrap_or_default();
+            // CLOSE never fails; under legal hold nothing is deleted.
+            let _ = self.archive_delete(doomed).await;
+            self.selected = None;
+            return self.ok(tag, None, "CLOSE completed");
+        }
         let view = self.selected.take().expect("selected checked by caller");
         if expunge && !view.read_only {
             let user = self.user();

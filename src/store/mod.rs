@@ -240,7 +240,8 @@ impl Store {
             .subscribe()
     }
 
-    fn notify(&self, user: &str) {
+    /// Wakes every session watching `user` (also for archive changes).
+    pub fn notify(&self, user: &str) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = w.get(user) {
             if tx.receiver_count() == 0 {
