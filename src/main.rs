@@ -46,6 +46,39 @@ enum ArchiveCommand {
         /// Only this user.
         user: Option<String>,
     },
+    /// Write a user's archived mail as an mbox file (mutt, Thunderbird and
+    /// Python's mailbox module open it).
+    Export {
+        user: String,
+        /// Only the mail archived from this folder.
+        #[arg(long)]
+        folder: Option<String>,
+        /// The mbox file to write.
+        #[arg(long)]
+        mbox: PathBuf,
+    },
+    /// Search archived mail (legal discovery); prints user, folder, archive
+    /// UID, date, sender and subject of each match.
+    Search {
+        /// Search every user's archive.
+        #[arg(long, conflicts_with = "user")]
+        all_users: bool,
+        /// Search this user's archive only.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        text: Option<String>,
+        /// On or after this day (YYYY-MM-DD, internal date).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Before this day (YYYY-MM-DD).
+        #[arg(long)]
+        before: Option<chrono::NaiveDate>,
+    },
     /// Check every record of every archive file; exit 1 on damage.
     Verify {
         /// Only this user's archive.
@@ -234,6 +267,48 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
             let rows = rt.block_on(agent::simulate(&store, &config.archive, user.as_deref()));
             store.shutdown();
             print!("{}", agent::simulation_table(&rows?));
+        }
+        ArchiveCommand::Export { user, folder, mbox } => {
+            let n = tiermail::archive::discovery::export_mbox(
+                &config.archive.root,
+                &user,
+                folder.as_deref(),
+                &mbox,
+            )?;
+            println!("exported {n} messages of {user} to {}", mbox.display());
+        }
+        ArchiveCommand::Search {
+            all_users,
+            user,
+            from,
+            subject,
+            text,
+            since,
+            before,
+        } => {
+            anyhow::ensure!(
+                all_users || user.is_some(),
+                "give --user USER or --all-users"
+            );
+            let q = tiermail::archive::discovery::Query {
+                user,
+                from,
+                subject,
+                text,
+                since,
+                before,
+            };
+            let (hits, skipped) = tiermail::archive::discovery::search(&config.archive.root, &q)?;
+            for h in &hits {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    h.user, h.folder, h.auid, h.date, h.from, h.subject
+                );
+            }
+            for s in &skipped {
+                eprintln!("tiermail: skipped: {s}");
+            }
+            eprintln!("{} matches", hits.len());
         }
         ArchiveCommand::Verify { user } => {
             let root = &config.archive.root;

@@ -284,6 +284,63 @@ async fn a_crash_between_archive_append_and_store_removal_loses_and_duplicates_n
     );
     assert_eq!(archived.len(), 8);
 
+    // Legal discovery: mbox export opens in Python's mailbox module with
+    // the same bytes; search finds across users.
+    let mbox = dir.path().join("alice.mbox");
+    let out = tiermail(&config)
+        .args(["archive", "export", "alice@example.test", "--mbox"])
+        .arg(&mbox)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let emls = dir.path().join("emls");
+    std::fs::create_dir_all(&emls).unwrap();
+    let py = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import mailbox,sys,os\n\
+             m=mailbox.mbox(sys.argv[1])\n\
+             for i,k in enumerate(m.keys()):\n    open(os.path.join(sys.argv[2],str(i)),'wb').write(m.get_bytes(k))\n\
+             print(len(m))",
+        )
+        .arg(&mbox)
+        .arg(&emls)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "8");
+    let mut exported: Vec<Vec<u8>> = std::fs::read_dir(&emls)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let mut arch = archived.clone();
+    exported.sort();
+    arch.sort();
+    assert_eq!(exported, arch, "mbox export is byte-exact");
+    let out = tiermail(&config)
+        .args([
+            "archive",
+            "search",
+            "--all-users",
+            "--subject",
+            "aged 60",
+            "--text",
+            "body 3",
+        ])
+        .output()
+        .unwrap();
+    let hits = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(hits.lines().count(), 1, "{hits}");
+    assert!(hits.starts_with("alice@example.test\tINBOX\t"), "{hits}");
+
     // Verify reports a damaged archive file, naming the spot.
     let out = tiermail(&config)
         .args(["archive", "verify"])

@@ -131,12 +131,29 @@ pub struct UserArchive {
     next_auid: u32,
     /// Repairs made while opening (torn tails cut), for the log and status.
     pub repaired: Vec<String>,
+    /// Opened for reading beside a running server: never repairs or writes.
+    read_only: bool,
 }
 
 impl UserArchive {
     /// Opens (creating if `create`) the archive in `dir`. New files are
     /// started once the newest passes `limit` bytes.
     pub fn open(dir: &Path, limit: u64, create: bool) -> Result<UserArchive, ArchiveError> {
+        Self::open_with(dir, limit, create, false)
+    }
+
+    /// Opens for reading only (export, search beside a running server): a
+    /// torn tail is skipped, not cut, and no index is rewritten.
+    pub fn open_read_only(dir: &Path) -> Result<UserArchive, ArchiveError> {
+        Self::open_with(dir, u64::MAX, false, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        limit: u64,
+        create: bool,
+        read_only: bool,
+    ) -> Result<UserArchive, ArchiveError> {
         if create {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
@@ -161,6 +178,7 @@ impl UserArchive {
             origins: Default::default(),
             next_auid: 1,
             repaired: Vec::new(),
+            read_only,
         };
         let n = a.files.len();
         for i in 0..n {
@@ -287,6 +305,7 @@ impl UserArchive {
                     idx.extend_from_slice(&entry);
                     off += total;
                 }
+                Err(_) if newest && self.read_only => break,
                 Err(problem) if newest => {
                     tracing::warn!(file = %data_path.display(), offset = off, %problem,
                         "cutting off the torn tail of an archive file (an unfinished append)");
@@ -312,8 +331,9 @@ impl UserArchive {
                 }
             }
         }
-        let idx_path = self.index_path(n);
-        write_synced(&idx_path, &idx)?;
+        if !self.read_only {
+            write_synced(&self.index_path(n), &idx)?;
+        }
         Ok(())
     }
 
@@ -378,6 +398,12 @@ impl UserArchive {
     pub fn append(&mut self, records: &[Record]) -> Result<(), ArchiveError> {
         if records.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err(ArchiveError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("archive opened read-only"),
+            });
         }
         let now = chrono::Utc::now().timestamp();
         let need_new = match self.files.last() {
