@@ -91,6 +91,7 @@ pub struct ArchiveConfig {
     pub schedule: String,
     pub access: String,
     pub legal_hold: Vec<String>,
+    pub retention_days: u32,
     pub root: PathBuf,
     pub age_days: u32,
     pub only_seen: bool,

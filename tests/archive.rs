@@ -555,3 +555,52 @@ async fn archive_folders_are_read_write_and_honour_legal_hold_and_policies() {
     assert!(r.starts_with("b NO [READ-ONLY]"), "{r}");
     ro.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_archived_mail_except_under_legal_hold() {
+    let server = TestServer::start_with(|c| {
+        c.archive.retention_days = 30;
+        c.archive.age_days = 3650;
+        c.archive.legal_hold = vec!["bob@example.test".into()];
+    })
+    .await;
+    for user in ["alice@example.test", "bob@example.test"] {
+        let mut c = Imap::login(server.imap(), user).await;
+        append(&mut c, "INBOX", 100, "", 1).await;
+        append(&mut c, "INBOX", 10, "", 2).await;
+        c.run("s SELECT INBOX").await;
+        assert!(c.run("m MOVE 1:2 Archive").await.contains("m OK"));
+    }
+    let app = server.app();
+    let cfg = Arc::new(server.config.archive.clone());
+    let line = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
+        .await
+        .unwrap();
+    assert!(line.contains("expired 1,"), "{line}");
+    let files_of = |user: &str| -> Vec<u8> {
+        let dir = cfg.root.join(user_dir_name(user));
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            all.extend(std::fs::read(e.unwrap().path()).unwrap());
+        }
+        all
+    };
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let alice = files_of("alice@example.test");
+    assert!(
+        !contains(&alice, b"aged 100"),
+        "expired bytes are gone from the files"
+    );
+    assert!(contains(&alice, b"aged 10\r\n"));
+    let bob = files_of("bob@example.test");
+    assert!(
+        contains(&bob, b"aged 100") && contains(&bob, b"aged 10\r\n"),
+        "legal hold"
+    );
+    let mut c = Imap::login(server.imap(), "alice@example.test").await;
+    let r = c.run("s SELECT Archive").await;
+    assert!(r.contains("* 1 EXISTS"), "{r}");
+    server.stop().await;
+}

@@ -31,6 +31,8 @@ pub struct Progress {
     pub archived: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Archived messages deleted by retention.
+    pub expired: AtomicU64,
     /// Users handled by each seeker and each archiver.
     pub per_seeker: std::sync::Mutex<Vec<usize>>,
     pub per_archiver: std::sync::Mutex<Vec<usize>>,
@@ -39,12 +41,13 @@ pub struct Progress {
 impl Progress {
     pub fn summary(&self) -> String {
         format!(
-            "users {}/{}, tagged {}, archived {} ({} bytes), errors {}",
+            "users {}/{}, tagged {}, archived {} ({} bytes), expired {}, errors {}",
             self.users_done.load(Ordering::Relaxed),
             self.users_total.load(Ordering::Relaxed),
             self.tagged.load(Ordering::Relaxed),
             self.archived.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed),
+            self.expired.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
         )
     }
@@ -248,6 +251,14 @@ pub async fn run(
     }
     for t in archiver_tasks {
         let _ = t.await;
+    }
+    if cfg.retention_days > 0 {
+        for user in store.users() {
+            if let Err(e) = expire_user(&archives, &cfg, &progress, &user, now).await {
+                tracing::error!(user = %user, error = %e, "retention failed for this user");
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
     tracing::info!(progress = %progress.summary(), "archive run finished");
     Ok(())
@@ -491,6 +502,41 @@ pub async fn archive_now(
         pairs.extend(p);
     }
     Ok(pairs)
+}
+
+/// Retention: deletes this user's archived mail older than the retention
+/// period and rewrites the archive files without it. Users on legal hold
+/// are skipped.
+async fn expire_user(
+    archives: &Archives,
+    cfg: &ArchiveConfig,
+    progress: &Progress,
+    user: &str,
+    now: i64,
+) -> Result<(), AgentError> {
+    if cfg.on_hold(user) || !user_dir(cfg, user).exists() {
+        return Ok(());
+    }
+    let limit = now - i64::from(cfg.retention_days) * 86_400;
+    let shared = archives.get(user).await?;
+    let expired = tokio::task::spawn_blocking(move || {
+        let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let doomed: Vec<Record> = a
+            .entries()
+            .filter(|e| e.internal_date < limit)
+            .map(|e| Record::Delete { auid: e.auid })
+            .collect();
+        let n = doomed.len() as u64;
+        if n > 0 {
+            a.append(&doomed)?;
+            a.compact()?;
+        }
+        Ok::<_, ArchiveError>(n)
+    })
+    .await
+    .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
+    progress.expired.fetch_add(expired, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Finishes moves a crash interrupted: tagged messages already in the

@@ -68,6 +68,7 @@ pub struct Archived {
 const I_MESSAGE: u8 = 1;
 const I_FLAGS: u8 = 2;
 const I_DELETE: u8 = 3;
+const I_RESERVE: u8 = 4;
 
 /// One index entry: where the record's data ends (so the index knows how
 /// much of the data file it covers), then what the record says.
@@ -105,6 +106,10 @@ fn index_frame(out: &mut Vec<u8>, rec: &Record, file: u32, offset: u64, len: u32
         Record::Delete { auid } => {
             e.u32(*auid);
             frame(out, I_DELETE, &e.finish());
+        }
+        Record::Reserve { next_auid } => {
+            e.u32(*next_auid);
+            frame(out, I_RESERVE, &e.finish());
         }
     }
 }
@@ -154,6 +159,9 @@ impl UserArchive {
         create: bool,
         read_only: bool,
     ) -> Result<UserArchive, ArchiveError> {
+        if !read_only {
+            finish_compaction(dir)?;
+        }
         if create {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
@@ -237,6 +245,10 @@ impl UserArchive {
                 if let Some(e) = self.entries.get_mut(&auid) {
                     e.flags = flags;
                 }
+            }
+            I_RESERVE => {
+                let next = d.u32().map_err(err)?;
+                self.next_auid = self.next_auid.max(next);
             }
             I_DELETE => {
                 let auid = d.u32().map_err(err)?;
@@ -459,6 +471,56 @@ impl UserArchive {
         Ok(())
     }
 
+    /// Rewrites the archive without deleted messages, so their bytes are
+    /// really gone (retention, deletions). The new files are written beside
+    /// the old ones, fsynced, marked complete, then swapped in by renaming
+    /// directories; a crash at any point leaves either the old or the new
+    /// archive whole (see `finish_compaction`). Returns the bytes freed.
+    pub fn compact(&mut self) -> Result<u64, ArchiveError> {
+        let before = dir_size(&self.dir);
+        let new_dir = sibling(&self.dir, "compact");
+        if new_dir.exists() {
+            std::fs::remove_dir_all(&new_dir).map_err(io(&new_dir))?;
+        }
+        let mut fresh = UserArchive::open(&new_dir, self.limit, true)?;
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for e in self.entries.values() {
+            let m = self.read(e.auid)?;
+            bytes += m.raw.len() as u64;
+            batch.push(Record::Message {
+                auid: e.auid,
+                folder: e.folder.clone(),
+                flags: e.flags.clone(),
+                internal_date: e.internal_date,
+                archived_at: e.archived_at,
+                origin: e.origin.clone(),
+                raw: m.raw,
+            });
+            if bytes > 32 << 20 {
+                fresh.append(&batch)?;
+                batch.clear();
+                bytes = 0;
+            }
+        }
+        batch.push(Record::Reserve {
+            next_auid: self.next_auid,
+        });
+        fresh.append(&batch)?;
+        write_synced(&new_dir.join(COMPLETE), b"")?;
+        sync_dir(&new_dir)?;
+        let old_dir = sibling(&self.dir, "old");
+        std::fs::rename(&self.dir, &old_dir).map_err(io(&self.dir))?;
+        std::fs::rename(&new_dir, &self.dir).map_err(io(&new_dir))?;
+        if let Some(parent) = self.dir.parent() {
+            sync_dir(parent)?;
+        }
+        std::fs::remove_dir_all(&old_dir).map_err(io(&old_dir))?;
+        std::fs::remove_file(self.dir.join(COMPLETE)).map_err(io(&self.dir))?;
+        *self = UserArchive::open(&self.dir, self.limit, false)?;
+        Ok(before.saturating_sub(dir_size(&self.dir)))
+    }
+
     /// Checks every record of every file against its checksum and the
     /// index; returns one line per problem (empty when all is well).
     pub fn verify(dir: &Path) -> Vec<String> {
@@ -501,6 +563,54 @@ impl UserArchive {
         }
         problems
     }
+}
+
+/// Marks a compacted copy as complete (all files written and fsynced).
+const COMPLETE: &str = "compaction-complete";
+
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}.{what}"))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Completes or undoes a compaction a crash interrupted: a complete new copy
+/// replaces the old one; an incomplete one is thrown away.
+fn finish_compaction(dir: &Path) -> Result<(), ArchiveError> {
+    let new_dir = sibling(dir, "compact");
+    let old_dir = sibling(dir, "old");
+    let new_complete = new_dir.join(COMPLETE).exists();
+    if !dir.exists() {
+        if new_complete {
+            std::fs::rename(&new_dir, dir).map_err(io(&new_dir))?;
+        } else if old_dir.exists() {
+            std::fs::rename(&old_dir, dir).map_err(io(&old_dir))?;
+        }
+    }
+    if new_dir.exists() {
+        std::fs::remove_dir_all(&new_dir).map_err(io(&new_dir))?;
+    }
+    if old_dir.exists() && dir.exists() {
+        std::fs::remove_dir_all(&old_dir).map_err(io(&old_dir))?;
+    }
+    let marker = dir.join(COMPLETE);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
@@ -584,6 +694,41 @@ mod tests {
             b"Subject: 2\r\n\r\ntwo\r\n"
         );
         assert!(UserArchive::verify(&d).is_empty(), "tail cut");
+    }
+
+    #[test]
+    fn compaction_removes_deleted_bytes_and_keeps_uids_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("u");
+        let mut a = UserArchive::open(&d, 400, true).unwrap();
+        for i in 1..=6 {
+            a.append(&[msg(i, &"z".repeat(200))]).unwrap();
+        }
+        a.append(&[
+            Record::Delete { auid: 6 },
+            Record::Delete { auid: 2 },
+            Record::Flags {
+                auid: 3,
+                flags: vec!["$Kept".into()],
+            },
+        ])
+        .unwrap();
+        let freed = a.compact().unwrap();
+        assert!(freed > 400, "freed {freed}");
+        assert_eq!(a.len(), 4);
+        assert_eq!(a.next_auid(), 7, "deleted UID 6 is not given out again");
+        assert_eq!(a.entry(3).unwrap().flags, vec!["$Kept".to_string()]);
+        assert!(a.read(5).unwrap().raw.starts_with(b"Subject: 5"));
+        let b = UserArchive::open(&d, 400, false).unwrap();
+        assert_eq!(b.len(), 4);
+        assert_eq!(b.next_auid(), 7);
+        assert!(UserArchive::verify(&d).is_empty());
+        // A crash after the old copy was moved aside but before the new one
+        // took its place: the next open finishes the swap.
+        std::fs::rename(&d, sibling(&d, "compact")).unwrap();
+        write_synced(&sibling(&d, "compact").join(COMPLETE), b"").unwrap();
+        let c = UserArchive::open(&d, 400, false).unwrap();
+        assert_eq!(c.len(), 4);
     }
 
     #[test]

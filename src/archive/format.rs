@@ -21,6 +21,7 @@ pub const MAX_PAYLOAD: u32 = 1 << 30;
 pub const T_MESSAGE: u8 = 1;
 pub const T_FLAGS: u8 = 2;
 pub const T_DELETE: u8 = 3;
+pub const T_RESERVE: u8 = 4;
 
 /// Where an archived message came from: enough to tell, after a crash,
 /// whether a message still in the current store was already archived.
@@ -48,6 +49,9 @@ pub enum Record {
     Flags { auid: u32, flags: Vec<String> },
     /// An archived message deleted (user expunge or retention).
     Delete { auid: u32 },
+    /// Archive UIDs below this are used: written by compaction so that
+    /// deleted messages' UIDs are never given out again.
+    Reserve { next_auid: u32 },
 }
 
 impl Record {
@@ -56,6 +60,7 @@ impl Record {
             Record::Message { .. } => T_MESSAGE,
             Record::Flags { .. } => T_FLAGS,
             Record::Delete { .. } => T_DELETE,
+            Record::Reserve { .. } => T_RESERVE,
         }
     }
 
@@ -64,6 +69,7 @@ impl Record {
             Record::Message { auid, .. } | Record::Flags { auid, .. } | Record::Delete { auid } => {
                 *auid
             }
+            Record::Reserve { next_auid } => *next_auid,
         }
     }
 
@@ -96,6 +102,9 @@ impl Record {
             Record::Delete { auid } => {
                 e.u32(*auid);
             }
+            Record::Reserve { next_auid } => {
+                e.u32(*next_auid);
+            }
         }
         frame(out, self.kind(), &e.finish());
     }
@@ -121,6 +130,9 @@ impl Record {
                 flags: d.strs()?,
             },
             T_DELETE => Record::Delete { auid: d.u32()? },
+            T_RESERVE => Record::Reserve {
+                next_auid: d.u32()?,
+            },
             _ => return Err(DecodeError("unknown archive record type")),
         };
         d.end()?;
@@ -229,6 +241,11 @@ pub fn user_dir_name(user: &str) -> String {
 
 /// The user a directory name stands for (`None` if it is not one of ours).
 pub fn user_from_dir_name(name: &str) -> Option<String> {
+    // Our encoding never writes '.', so `x.compact` / `x.old` (compaction
+    // in progress) are not users.
+    if name.contains('.') {
+        return None;
+    }
     let mut bytes = Vec::new();
     let mut it = name.bytes();
     while let Some(b) = it.next() {
