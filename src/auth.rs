@@ -52,6 +52,8 @@ struct UserEntry {
     password: String,
     #[serde(default)]
     aliases: Vec<String>,
+    #[serde(default)]
+    archive: Option<crate::config::ArchiveOverride>,
 }
 
 /// One account.
@@ -60,6 +62,8 @@ pub struct User {
     pub address: String,
     password_hash: String,
     pub aliases: Vec<String>,
+    /// The user's own archive policy, if any.
+    pub archive: Option<crate::config::ArchiveOverride>,
 }
 
 /// An immutable snapshot of the users file.
@@ -130,12 +134,20 @@ impl Users {
             if users.by_address.contains_key(&address) || users.aliases.contains_key(&address) {
                 return Err(format!("address {address} is used twice"));
             }
+            if let Some(access) = entry.archive.as_ref().and_then(|a| a.access.as_deref())
+                && !crate::config::ACCESS_VALUES.contains(&access)
+            {
+                return Err(format!(
+                    "{address}: archive.access must be \"read-write\", \"read-only\" or \"hidden\""
+                ));
+            }
             users.by_address.insert(
                 address.clone(),
                 User {
                     address,
                     password_hash: entry.password,
                     aliases,
+                    archive: entry.archive,
                 },
             );
         }

@@ -104,7 +104,57 @@ pub struct ArchiveConfig {
     pub queue: usize,
 }
 
+/// Per-user archive policy in users.toml (`archive = { age_days = 90 }`):
+/// any key left out keeps the global value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveOverride {
+    pub age_days: Option<u32>,
+    pub only_seen: Option<bool>,
+    pub keep_flagged: Option<bool>,
+    pub exclude_folders: Option<Vec<String>>,
+    pub min_size: Option<u32>,
+    pub access: Option<String>,
+    pub legal_hold: Option<bool>,
+    pub retention_days: Option<u32>,
+}
+
+pub const ACCESS_VALUES: [&str; 3] = ["read-write", "read-only", "hidden"];
+
 impl ArchiveConfig {
+    /// The policy for one user: the global one with their overrides.
+    pub fn for_user(&self, user: &str, o: Option<&ArchiveOverride>) -> ArchiveConfig {
+        let mut c = self.clone();
+        let Some(o) = o else { return c };
+        if let Some(v) = o.age_days {
+            c.age_days = v;
+        }
+        if let Some(v) = o.only_seen {
+            c.only_seen = v;
+        }
+        if let Some(v) = o.keep_flagged {
+            c.keep_flagged = v;
+        }
+        if let Some(v) = &o.exclude_folders {
+            c.exclude_folders = v.clone();
+        }
+        if let Some(v) = o.min_size {
+            c.min_size = v;
+        }
+        if let Some(v) = &o.access {
+            c.access = v.clone();
+        }
+        if let Some(v) = o.retention_days {
+            c.retention_days = v;
+        }
+        match o.legal_hold {
+            Some(true) if !c.on_hold(user) => c.legal_hold.push(user.to_string()),
+            Some(false) => c.legal_hold.retain(|u| !u.eq_ignore_ascii_case(user)),
+            _ => {}
+        }
+        c
+    }
+
     /// Whether `user`'s archived mail must not be deleted.
     pub fn on_hold(&self, user: &str) -> bool {
         self.legal_hold.iter().any(|u| u.eq_ignore_ascii_case(user))
@@ -231,7 +281,7 @@ impl Config {
         if let Err(e) = self.archive.schedule.parse::<crate::scheduler::Schedule>() {
             return Err(invalid("archive.schedule", e));
         }
-        if !["read-write", "read-only", "hidden"].contains(&self.archive.access.as_str()) {
+        if !ACCESS_VALUES.contains(&self.archive.access.as_str()) {
             return Err(invalid(
                 "archive.access",
                 "must be \"read-write\", \"read-only\" or \"hidden\"",

@@ -70,8 +70,13 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                 other if other.starts_with("archive simulate") => {
                     let user = other.trim_start_matches("archive simulate").trim();
                     let user = (!user.is_empty()).then_some(user);
-                    match crate::archive::agent::simulate(&app.store, &app.config.archive, user)
-                        .await
+                    match crate::archive::agent::simulate(
+                        &app.store,
+                        &app.archives,
+                        &app.config.archive,
+                        user,
+                    )
+                    .await
                     {
                         Ok(rows) => crate::archive::agent::simulation_table(&rows),
                         Err(e) => format!("error: {e}\n"),

@@ -243,7 +243,7 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
             let cfg = std::sync::Arc::new(config.archive.clone());
-            let archives = std::sync::Arc::new(tiermail::archive::registry::Archives::new(&cfg));
+            let archives = std::sync::Arc::new(offline_archives(config)?);
             let result = rt.block_on(async {
                 agent::Activity::default()
                     .run_once(store.clone(), archives, cfg)
@@ -264,7 +264,13 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
             }
             let rt = tokio::runtime::Runtime::new()?;
             let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
-            let rows = rt.block_on(agent::simulate(&store, &config.archive, user.as_deref()));
+            let archives = offline_archives(config)?;
+            let rows = rt.block_on(agent::simulate(
+                &store,
+                &archives,
+                &config.archive,
+                user.as_deref(),
+            ));
             store.shutdown();
             print!("{}", agent::simulation_table(&rows?));
         }
@@ -343,4 +349,15 @@ fn archive(config: &Config, cmd: ArchiveCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The archive context of an offline command: per-user policies read from
+/// the users file.
+fn offline_archives(config: &Config) -> anyhow::Result<tiermail::archive::registry::Archives> {
+    let users = std::sync::Arc::new(tiermail::auth::Users::load(&config.users.file)?);
+    Ok(
+        tiermail::archive::registry::Archives::new(&config.archive).with_overrides(
+            std::sync::Arc::new(move |u: &str| users.get(u).and_then(|x| x.archive.clone())),
+        ),
+    )
 }

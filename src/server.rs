@@ -124,11 +124,16 @@ impl Server {
             ),
             config: config.clone(),
             store,
-            users,
+            users: users.clone(),
             tls,
             started: Instant::now(),
             archive: Default::default(),
-            archives: Arc::new(crate::archive::registry::Archives::new(&config.archive)),
+            archives: Arc::new(
+                crate::archive::registry::Archives::new(&config.archive).with_overrides({
+                    let users = users.clone();
+                    Arc::new(move |u: &str| users.snapshot().get(u).and_then(|x| x.archive.clone()))
+                }),
+            ),
         });
         // Archive moves a crash interrupted are finished before anyone can
         // see a message in two places. An unavailable archive root only

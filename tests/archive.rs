@@ -84,7 +84,7 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
     let app = server.app();
     let cfg = Arc::new(server.config.archive.clone());
     // The dry run predicts the run exactly, and changes nothing.
-    let plan = tiermail::archive::agent::simulate(&app.store, &cfg, None)
+    let plan = tiermail::archive::agent::simulate(&app.store, &app.archives, &cfg, None)
         .await
         .unwrap();
     assert_eq!(plan.len(), 3, "one INBOX row per user: {plan:?}");
@@ -602,5 +602,46 @@ async fn retention_deletes_old_archived_mail_except_under_legal_hold() {
     let mut c = Imap::login(server.imap(), "alice@example.test").await;
     let r = c.run("s SELECT Archive").await;
     assert!(r.contains("* 1 EXISTS"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_toml_overrides_the_archive_policy_per_user() {
+    let server = TestServer::start_with(|c| {
+        c.archive.age_days = 30;
+        // carol is the last [[user]] table of the test users file.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&c.users.file)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"archive = { age_days = 5, access = \"hidden\", legal_hold = true }\n",
+        )
+        .unwrap();
+    })
+    .await;
+    for user in ["alice@example.test", "carol@example.test"] {
+        let mut c = Imap::login(server.imap(), user).await;
+        append(&mut c, "INBOX", 10, "", 1).await;
+    }
+    let app = server.app();
+    let cfg = server.config.archive.clone();
+    let plan = tiermail::archive::agent::simulate(&app.store, &app.archives, &cfg, None)
+        .await
+        .unwrap();
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert_eq!(
+        plan[0].0, "carol@example.test",
+        "only carol's 5-day watermark applies"
+    );
+    let policy = app.archives.policy(&cfg, "carol@example.test");
+    assert!(policy.on_hold("carol@example.test") && policy.access == "hidden");
+    let mut c = Imap::login(server.imap(), "carol@example.test").await;
+    let r = c.run("l LIST \"\" *").await;
+    assert!(!r.contains("Archive"), "hidden for carol: {r}");
+    let mut a = Imap::login(server.imap(), "alice@example.test").await;
+    let r = a.run("l LIST \"\" *").await;
+    assert!(r.contains("Archive"), "alice keeps the global policy: {r}");
     server.stop().await;
 }

@@ -221,9 +221,11 @@ pub async fn run(
     for s in 0..seekers {
         let mine: Vec<String> = users.iter().skip(s).step_by(seekers).cloned().collect();
         let (store, cfg, progress, tx) = (store.clone(), cfg.clone(), progress.clone(), tx.clone());
+        let archives = archives.clone();
         seeker_tasks.push(tokio::spawn(async move {
             for user in mine {
-                match seek_user(&store, &cfg, &progress, &user, now).await {
+                let policy = archives.policy(&cfg, &user);
+                match seek_user(&store, &policy, &progress, &user, now).await {
                     Ok(true) => {
                         if tx.send(user).await.is_err() {
                             break;
@@ -252,9 +254,10 @@ pub async fn run(
     for t in archiver_tasks {
         let _ = t.await;
     }
-    if cfg.retention_days > 0 {
+    {
         for user in store.users() {
-            if let Err(e) = expire_user(&archives, &cfg, &progress, &user, now).await {
+            let policy = archives.policy(&cfg, &user);
+            if let Err(e) = expire_user(&archives, &policy, &progress, &user, now).await {
                 tracing::error!(user = %user, error = %e, "retention failed for this user");
                 progress.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -305,6 +308,7 @@ pub async fn select(
 /// current policy would move now. Changes nothing.
 pub async fn simulate(
     store: &Arc<Store>,
+    archives: &Archives,
     cfg: &ArchiveConfig,
     only: Option<&str>,
 ) -> Result<Vec<(String, String, usize, u64)>, AgentError> {
@@ -314,7 +318,8 @@ pub async fn simulate(
         if only.is_some_and(|u| !u.eq_ignore_ascii_case(&user)) {
             continue;
         }
-        for (folder, _, picked) in select(store, cfg, &user, now).await? {
+        let policy = archives.policy(cfg, &user);
+        for (folder, _, picked) in select(store, &policy, &user, now).await? {
             let bytes = picked.iter().map(|(_, s)| u64::from(*s)).sum();
             rows.push((user.clone(), folder, picked.len(), bytes));
         }
@@ -514,7 +519,7 @@ async fn expire_user(
     user: &str,
     now: i64,
 ) -> Result<(), AgentError> {
-    if cfg.on_hold(user) || !user_dir(cfg, user).exists() {
+    if cfg.retention_days == 0 || cfg.on_hold(user) || !user_dir(cfg, user).exists() {
         return Ok(());
     }
     let limit = now - i64::from(cfg.retention_days) * 86_400;

@@ -9,15 +9,19 @@ use std::sync::{Arc, Mutex};
 
 use super::file::{ArchiveError, UserArchive};
 use super::format::user_dir_name;
-use crate::config::ArchiveConfig;
+use crate::config::{ArchiveConfig, ArchiveOverride};
 use crate::store::{Fetched, MailboxInfo, MessageMeta, MessageState, Summary};
 
 pub type Shared = Arc<Mutex<UserArchive>>;
+
+/// Looks up a user's own archive policy (from users.toml).
+pub type Overrides = Arc<dyn Fn(&str) -> Option<ArchiveOverride> + Send + Sync>;
 
 pub struct Archives {
     root: PathBuf,
     limit: u64,
     open: Mutex<HashMap<String, Shared>>,
+    overrides: Option<Overrides>,
 }
 
 /// The name of the virtual folder holding the whole archive; its children
@@ -30,7 +34,20 @@ impl Archives {
             root: cfg.root.clone(),
             limit: cfg.file_limit_mib << 20,
             open: Mutex::new(HashMap::new()),
+            overrides: None,
         }
+    }
+
+    /// Adds the per-user policy lookup.
+    pub fn with_overrides(mut self, f: Overrides) -> Archives {
+        self.overrides = Some(f);
+        self
+    }
+
+    /// The archive policy that applies to `user`.
+    pub fn policy(&self, base: &ArchiveConfig, user: &str) -> ArchiveConfig {
+        let o = self.overrides.as_ref().and_then(|f| f(user));
+        base.for_user(user, o.as_ref())
     }
 
     /// The user's archive, opened (and created) on first use.

@@ -92,8 +92,15 @@ impl Session {
 }
 
 impl Session {
-    fn archive_access(&self) -> &str {
-        self.app.config.archive.access.as_str()
+    /// The archive policy of the logged-in user (global + users.toml).
+    pub(super) fn archive_policy(&self) -> crate::config::ArchiveConfig {
+        self.app
+            .archives
+            .policy(&self.app.config.archive, &self.user())
+    }
+
+    fn archive_access(&self) -> String {
+        self.archive_policy().access
     }
 
     /// Whether the Archive folders are shown at all.
@@ -172,7 +179,7 @@ impl Session {
         if auids.is_empty() {
             return Ok(());
         }
-        if self.app.config.archive.on_hold(&self.user()) {
+        if self.archive_policy().on_hold(&self.user()) {
             return Err("legal hold: archived mail of this user cannot be deleted".into());
         }
         let records = auids

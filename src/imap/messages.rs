@@ -613,7 +613,7 @@ impl Session {
         if remove && !self.archive_writable() {
             return self.no(tag, Some(code("READ-ONLY")), "The archive is read-only");
         }
-        if remove && self.app.config.archive.on_hold(&self.user()) {
+        if remove && self.archive_policy().on_hold(&self.user()) {
             return self.no(
                 tag,
                 Some(code("CANNOT")),
