@@ -185,6 +185,16 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
     let r = c.run("n SELECT Archive/INBOX").await;
     assert!(r.contains("* 7 EXISTS"), "{r}");
 
+    // Seekers and archivers worked side by side: every seeker had users,
+    // and the archivers shared the queue.
+    let p = app.archive.last_progress().unwrap();
+    let seekers = p.per_seeker.lock().unwrap().clone();
+    let archivers = p.per_archiver.lock().unwrap().clone();
+    assert_eq!(seekers.len(), 2);
+    assert!(seekers.iter().all(|n| *n > 0), "{seekers:?}");
+    assert_eq!(archivers.len(), 2);
+    assert_eq!(archivers.iter().sum::<usize>(), 3, "{archivers:?}");
+
     // Both seekers had users; the second run finds nothing more to do.
     let line = app
         .archive
@@ -643,5 +653,84 @@ async fn users_toml_overrides_the_archive_policy_per_user() {
     let mut a = Imap::login(server.imap(), "alice@example.test").await;
     let r = a.run("l LIST \"\" *").await;
     assert!(r.contains("Archive"), "alice keeps the global policy: {r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_root_or_a_damaged_archive_stays_contained() {
+    let server = TestServer::start_with(|c| c.archive.age_days = 30).await;
+    for user in ["alice@example.test", "bob@example.test"] {
+        let mut c = Imap::login(server.imap(), user).await;
+        append(&mut c, "INBOX", 60, "", 1).await;
+        append(&mut c, "INBOX", 70, "", 2).await;
+    }
+    let app = server.app();
+    let cfg = Arc::new(server.config.archive.clone());
+    // Root gone: the run fails naming it; mail still flows and reads.
+    let away = cfg.root.with_extension("away");
+    std::fs::rename(&cfg.root, &away).unwrap();
+    let err = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("archive") && err.contains("not available"),
+        "{err}"
+    );
+    assert!(
+        app.archive.status().contains("failed"),
+        "{}",
+        app.archive.status()
+    );
+    let mut smtp = common::Client::connect(server.smtp()).await;
+    smtp.expect("EHLO t.test", "250").await;
+    let r = smtp
+        .send_mail(
+            "x@remote.test",
+            &["alice@example.test"],
+            b"Subject: still\r\n\r\nhere\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("alice@example.test").await.len(), 3);
+    // Back again: the next run archives.
+    std::fs::rename(&away, &cfg.root).unwrap();
+    let line = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
+        .await
+        .unwrap();
+    assert!(line.contains("archived 4"), "{line}");
+
+    // alice's archive is damaged beyond repair (header of her only file):
+    // only alice is affected.
+    for user in ["alice@example.test", "bob@example.test"] {
+        let mut c = Imap::login(server.imap(), user).await;
+        append(&mut c, "INBOX", 80, "", 3).await;
+    }
+    let adir = cfg.root.join(user_dir_name("alice@example.test"));
+    let file = adir.join("000001.tma");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] = b'X';
+    std::fs::write(&file, bytes).unwrap();
+    std::fs::remove_file(adir.join("000001.tmi")).unwrap();
+    app.archives.forget("alice@example.test");
+    let line = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg.clone())
+        .await
+        .unwrap();
+    assert!(
+        line.contains("archived 1") && line.contains("errors 1"),
+        "{line}"
+    );
+    let mut b = Imap::login(server.imap(), "bob@example.test").await;
+    assert!(b.run("s SELECT Archive").await.contains("* 3 EXISTS"));
+    let mut a = Imap::login(server.imap(), "alice@example.test").await;
+    let r = a.run("s SELECT Archive").await;
+    assert!(r.contains("s NO [UNAVAILABLE]"), "{r}");
+    let r = a.run("i SELECT INBOX").await;
+    assert!(r.contains("i OK"), "alice's current mail is untouched: {r}");
     server.stop().await;
 }

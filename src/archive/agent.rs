@@ -107,6 +107,7 @@ pub struct Activity {
     current: std::sync::Mutex<Option<Arc<Progress>>>,
     last: std::sync::Mutex<Option<String>>,
     next: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    last_progress: std::sync::Mutex<Option<Arc<Progress>>>,
 }
 
 impl Activity {
@@ -140,9 +141,18 @@ impl Activity {
             ),
         };
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(line.clone());
+        *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress.clone());
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.running.store(false, Ordering::SeqCst);
         result.map(|()| line).map_err(|e| e.to_string())
+    }
+
+    /// The counters of the last finished run.
+    pub fn last_progress(&self) -> Option<Arc<Progress>> {
+        self.last_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records when the scheduler will start the next run.
@@ -211,8 +221,12 @@ pub async fn run(
                     tracing::error!(user = %user, error = %e, "archiving failed for this user; others go on");
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
-                progress.users_done.fetch_add(1, Ordering::Relaxed);
+                let done = progress.users_done.fetch_add(1, Ordering::Relaxed) + 1;
                 progress.per_archiver.lock().unwrap_or_else(|p| p.into_inner())[a] += 1;
+                let total = progress.users_total.load(Ordering::Relaxed).max(1);
+                if done * 10 / total != (done - 1) * 10 / total {
+                    tracing::info!(progress = %progress.summary(), "archive run progress");
+                }
             }
         }));
     }
