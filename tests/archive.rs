@@ -734,3 +734,65 @@ async fn a_missing_root_or_a_damaged_archive_stays_contained() {
     assert!(r.contains("i OK"), "alice's current mail is untouched: {r}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_any_step_each_message_ends_up_in_exactly_one_place() {
+    for point in [
+        "archive-after-tag",
+        "archive-before-append",
+        "archive-torn-append",
+        "archive-after-append",
+        "archive-after-remove",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "[archive]\nroot = \"{}/archive\"\nage_days = 30\n",
+                dir.path().display()
+            ),
+        );
+        std::fs::create_dir_all(dir.path().join("archive")).unwrap();
+        let daemon = Daemon::start(&config);
+        let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+        for i in 0..12 {
+            append(&mut c, "INBOX", if i < 8 { 60 } else { 1 }, "\\Seen", i).await;
+        }
+        drop(c);
+        assert!(daemon.terminate().success());
+        let (before, _) = where_is_everything(&config).await;
+
+        let out = tiermail(&config)
+            .args(["archive", "run"])
+            .env("TMTEST_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the run was killed");
+        let out = tiermail(&config).args(["archive", "run"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{point}: resumed run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (inbox, archived) = where_is_everything(&config).await;
+        assert_eq!(archived.len(), 8, "{point}: archived once");
+        assert_eq!(inbox.len(), 4, "{point}: the rest stays");
+        let mut all: Vec<Vec<u8>> = inbox.into_iter().chain(archived).collect();
+        let mut want = before;
+        all.sort();
+        want.sort();
+        assert_eq!(
+            all, want,
+            "{point}: nothing lost, nothing doubled, bytes unchanged"
+        );
+        let v = tiermail(&config)
+            .args(["archive", "verify"])
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+}

@@ -90,7 +90,7 @@ pub fn check_root(cfg: &ArchiveConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     // Test hook for crash tests: `TMTEST_FAILPOINT=<name>` aborts the
     // process at that point, as kill -9 would.
     if std::env::var("TMTEST_FAILPOINT").is_ok_and(|v| v == name) {
@@ -371,6 +371,7 @@ async fn seek_user(
         if let crate::store::Outcome::Tagged { count } = store.submit(user, op).await? {
             progress.tagged.fetch_add(count as u64, Ordering::Relaxed);
         }
+        failpoint("archive-after-tag");
     }
     Ok(!store.tagged(user).await?.is_empty())
 }
@@ -464,6 +465,7 @@ async fn move_batch(
             });
             auid += 1;
         }
+        failpoint("archive-before-append");
         a.append(&records)?;
         Ok::<_, ArchiveError>((records.len() as u64, bytes, pairs))
     })
@@ -480,6 +482,7 @@ async fn move_batch(
                 },
             )
             .await?;
+        failpoint("archive-after-remove");
     }
     Ok((n, bytes, pairs))
 }

@@ -451,6 +451,13 @@ impl UserArchive {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
+        if std::env::var("TMTEST_FAILPOINT").is_ok_and(|v| v == "archive-torn-append") {
+            // Test hook: half the bytes reach the disk, then the process dies.
+            let _ = f
+                .write_all(&data[..data.len() / 2])
+                .and_then(|()| f.sync_data());
+            std::process::abort();
+        }
         f.write_all(&data)
             .and_then(|()| f.sync_data())
             .map_err(io(&path))?;
