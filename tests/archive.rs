@@ -80,6 +80,8 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
     let mut watcher = Imap::login(server.imap(), "alice@example.test").await;
     let r = watcher.run("s SELECT INBOX").await;
     assert!(r.contains("* 11 EXISTS"), "{r}");
+    watcher.send(b"i IDLE\r\n").await;
+    assert!(watcher.line().await.starts_with("+ "));
 
     let app = server.app();
     let cfg = Arc::new(server.config.archive.clone());
@@ -109,9 +111,14 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
         "{line} vs {planned_bytes}"
     );
 
-    // The watcher hears of the six old messages leaving INBOX.
-    let r = watcher.run("n NOOP").await;
-    assert_eq!(r.matches(" EXPUNGE\r\n").count(), 7, "{r}");
+    // The watcher, in IDLE, is told of the seven old messages leaving INBOX.
+    let mut pushed = String::new();
+    while pushed.matches(" EXPUNGE\r\n").count() < 7 {
+        pushed.push_str(&watcher.line().await);
+    }
+    watcher.send(b"DONE\r\n").await;
+    let r = watcher.until("i").await;
+    assert!(r.ends_with("i OK IDLE terminated\r\n"), "{pushed}{r}");
     let r = watcher.run("f FETCH 1:* (INTERNALDATE FLAGS)").await;
     assert_eq!(r.matches("* ").count(), 4, "3 recent + 1 flagged: {r}");
 
