@@ -43,6 +43,17 @@ fn uid_set(uids: &[u32]) -> Option<UidSet> {
     Vec1::try_from(elems).ok().map(UidSet)
 }
 
+/// `[COPYUID validity source destination]` for (source, destination) pairs.
+fn copyuid(validity: u32, pairs: &[(u32, u32)]) -> Option<Code<'static>> {
+    let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
+    let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
+    Some(Code::CopyUid {
+        uid_validity: NonZeroU32::new(validity)?,
+        source: uid_set(&src)?,
+        destination: uid_set(&dst)?,
+    })
+}
+
 fn seq_set(ids: &[u32]) -> Option<SequenceSet> {
     let text = ranges(ids)
         .into_iter()
@@ -561,16 +572,7 @@ impl Session {
         };
         match self.app.store.submit(&user, op).await {
             Ok(Outcome::Copied { uidvalidity, pairs }) => {
-                let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
-                let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
-                let c = match (NonZeroU32::new(uidvalidity), uid_set(&src), uid_set(&dst)) {
-                    (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
-                        uid_validity: v,
-                        source: s,
-                        destination: d,
-                    }),
-                    _ => None,
-                };
+                let c = copyuid(uidvalidity, &pairs);
                 if remove {
                     // RFC 6851: COPYUID untagged, then the EXPUNGEs, then OK.
                     if let Some(c) = c {
@@ -640,15 +642,7 @@ impl Session {
             Err(e) => return self.store_error(tag, e),
         };
         let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
-        let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
-        let c = match (NonZeroU32::new(validity), uid_set(&src), uid_set(&dst)) {
-            (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
-                uid_validity: v,
-                source: s,
-                destination: d,
-            }),
-            _ => None,
-        };
+        let c = copyuid(validity, &pairs);
         if remove {
             // Restored (fsynced) first, then the archive copy goes.
             if let Err(why) = self.archive_delete(src).await {
@@ -713,20 +707,7 @@ impl Session {
                 );
             }
         };
-        let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
-        let dst: Vec<u32> = pairs.iter().map(|(_, b)| *b).collect();
-        let c = match (
-            NonZeroU32::new(registry::uidvalidity(target)),
-            uid_set(&src),
-            uid_set(&dst),
-        ) {
-            (Some(v), Some(s), Some(d)) => Some(Code::CopyUid {
-                uid_validity: v,
-                source: s,
-                destination: d,
-            }),
-            _ => None,
-        };
+        let c = copyuid(registry::uidvalidity(target), &pairs);
         if remove {
             if let Some(c) = c {
                 self.untagged(c, "Archived");
