@@ -10,6 +10,7 @@
 //!
 //!     cargo bench --bench archive_load                 # 200,000 messages, 200 users
 //!     cargo bench --bench archive_load -- --quick      # 20,000 messages, 50 users
+//!     cargo bench --bench archive_load -- --quick --seekers 1 --archivers 1
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,6 +139,18 @@ fn main() {
     let mut cfg = Config::for_testing(dir.path());
     cfg.server.log = "warn".into();
     cfg.archive.age_days = 30;
+    let arg = |name: &str| -> Option<usize> {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+    };
+    if let Some(n) = arg("--seekers") {
+        cfg.archive.seekers = n;
+    }
+    if let Some(n) = arg("--archivers") {
+        cfg.archive.archivers = n;
+    }
     let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
     std::fs::write(
         &cfg.users.file,
