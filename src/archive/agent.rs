@@ -300,7 +300,11 @@ pub async fn select(
         {
             continue;
         }
-        let Some((_, msgs)) = store.snapshot(user, info.id).await? else {
+        // Read at background priority: seekers walk every mailbox.
+        let (reader, who, id) = (store.clone(), user.to_string(), info.id);
+        let Some((_, msgs)) =
+            super::background::run(move || reader.snapshot_blocking(&who, id)).await?
+        else {
             continue;
         };
         let picked: Vec<(u32, u32)> = msgs
@@ -429,14 +433,15 @@ async fn move_batch(
     uids: &[u32],
     remove: bool,
 ) -> Result<(u64, u64, Vec<(u32, u32)>), AgentError> {
-    let loaded = store.fetch(user, mb, uids.to_vec(), true).await?;
-    let done: Vec<u32> = loaded.iter().map(|(uid, ..)| *uid).collect();
     let folder = folder.to_string();
     let uidvalidity = info.uidvalidity;
     let shared = archive.clone();
+    let (reader, user_name, wanted) = (store.clone(), user.to_string(), uids.to_vec());
     // Checking what is already archived and appending happen under one
     // lock, so two movers of the same user never archive a message twice.
-    let (n, bytes, pairs) = tokio::task::spawn_blocking(move || {
+    let (n, bytes, pairs, done) = super::background::run(move || {
+        let loaded = reader.fetch_blocking(&user_name, mb, &wanted, true)?;
+        let done: Vec<u32> = loaded.iter().map(|(uid, ..)| *uid).collect();
         let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
         let mut auid = a.next_auid();
         let mut records = Vec::new();
@@ -467,10 +472,9 @@ async fn move_batch(
         }
         failpoint("archive-before-append");
         a.append(&records)?;
-        Ok::<_, ArchiveError>((records.len() as u64, bytes, pairs))
+        Ok::<_, AgentError>((records.len() as u64, bytes, pairs, done))
     })
-    .await
-    .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
+    .await?;
     failpoint("archive-after-append");
     if remove && !done.is_empty() {
         store

@@ -341,34 +341,18 @@ impl Store {
         user: &str,
         mailbox_id: u64,
     ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
-        self.read(user, move |txn| {
-            let Some(key) = txn
-                .open_table(schema::MAILBOX_IDS)?
-                .get(mailbox_id)?
-                .map(|k| k.value().to_string())
-            else {
-                return Ok(None);
-            };
-            let Some(info) = mailbox_info(txn, &key)? else {
-                return Ok(None);
-            };
-            let t = txn.open_table(schema::MESSAGES)?;
-            let mut v = Vec::new();
-            for row in t.range((mailbox_id, 0)..=(mailbox_id, u32::MAX))? {
-                let (k, val) = row?;
-                let (internal_date, size, modseq, flags) =
-                    MessageMeta::state_from_bytes(val.value())?;
-                v.push(MessageState {
-                    uid: k.value().1,
-                    flags,
-                    modseq,
-                    size,
-                    internal_date,
-                });
-            }
-            Ok(Some((info, v)))
-        })
-        .await
+        self.read(user, move |txn| snapshot_in(txn, mailbox_id))
+            .await
+    }
+
+    /// As [`Store::snapshot`], on the calling thread.
+    pub fn snapshot_blocking(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+    ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
+        let txn = self.group_of(user).db.begin_read()?;
+        snapshot_in(&txn, mailbox_id)
     }
 
     /// Metadata and (when `with_body`) bytes of some messages of a mailbox by
@@ -380,25 +364,21 @@ impl Store {
         uids: Vec<u32>,
         with_body: bool,
     ) -> Result<Vec<Fetched>, StoreError> {
-        self.read(user, move |txn| {
-            let metas = txn.open_table(schema::MESSAGES)?;
-            let bodies = txn.open_table(schema::BODIES)?;
-            let mut v = Vec::with_capacity(uids.len());
-            for uid in uids {
-                let Some(m) = metas.get((mailbox_id, uid))? else {
-                    continue;
-                };
-                let meta = MessageMeta::from_bytes(m.value())?;
-                let body = if with_body {
-                    bodies.get((mailbox_id, uid))?.map(|b| b.value().to_vec())
-                } else {
-                    None
-                };
-                v.push((uid, meta, body));
-            }
-            Ok(v)
-        })
-        .await
+        self.read(user, move |txn| fetch_in(txn, mailbox_id, &uids, with_body))
+            .await
+    }
+
+    /// As [`Store::fetch`], on the calling thread (for background work
+    /// that runs on its own threads).
+    pub fn fetch_blocking(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        with_body: bool,
+    ) -> Result<Vec<Fetched>, StoreError> {
+        let txn = self.group_of(user).db.begin_read()?;
+        fetch_in(&txn, mailbox_id, uids, with_body)
     }
 
     async fn read<T: Send + 'static>(
@@ -506,6 +486,60 @@ impl Store {
             g.shutdown();
         }
     }
+}
+
+fn snapshot_in(
+    txn: &redb::ReadTransaction,
+    mailbox_id: u64,
+) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
+    let Some(key) = txn
+        .open_table(schema::MAILBOX_IDS)?
+        .get(mailbox_id)?
+        .map(|k| k.value().to_string())
+    else {
+        return Ok(None);
+    };
+    let Some(info) = mailbox_info(txn, &key)? else {
+        return Ok(None);
+    };
+    let t = txn.open_table(schema::MESSAGES)?;
+    let mut v = Vec::new();
+    for row in t.range((mailbox_id, 0)..=(mailbox_id, u32::MAX))? {
+        let (k, val) = row?;
+        let (internal_date, size, modseq, flags) = MessageMeta::state_from_bytes(val.value())?;
+        v.push(MessageState {
+            uid: k.value().1,
+            flags,
+            modseq,
+            size,
+            internal_date,
+        });
+    }
+    Ok(Some((info, v)))
+}
+
+fn fetch_in(
+    txn: &redb::ReadTransaction,
+    mailbox_id: u64,
+    uids: &[u32],
+    with_body: bool,
+) -> Result<Vec<Fetched>, StoreError> {
+    let metas = txn.open_table(schema::MESSAGES)?;
+    let bodies = txn.open_table(schema::BODIES)?;
+    let mut v = Vec::with_capacity(uids.len());
+    for &uid in uids {
+        let Some(m) = metas.get((mailbox_id, uid))? else {
+            continue;
+        };
+        let meta = MessageMeta::from_bytes(m.value())?;
+        let body = if with_body {
+            bodies.get((mailbox_id, uid))?.map(|b| b.value().to_vec())
+        } else {
+            None
+        };
+        v.push((uid, meta, body));
+    }
+    Ok(v)
 }
 
 fn mailbox_info(txn: &redb::ReadTransaction, key: &str) -> Result<Option<MailboxInfo>, StoreError> {
