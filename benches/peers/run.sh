@@ -4,7 +4,7 @@
 # alternating runs, medians and ratios. Postfix provides smtp-source as a
 # second, independent load tool.
 #
-#   bash benches/peers/run.sh            # 3 rounds, about 10 minutes on 2 cores
+#   bash benches/peers/run.sh            # 3 rounds, about 5 minutes on 2 cores
 #   bash benches/peers/run.sh --quick    # 1 round, smaller loads, under 3 minutes
 #
 # Writes docs/benchmarks-peers.json and the "tiermail vs Dovecot" table in
@@ -16,9 +16,9 @@ ROOT=$(pwd)
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if ((QUICK)); then
-    ROUNDS=1; N4=400; N64=100; FILL=300; IMAP_SECS=3; IDLE=1000
+    ROUNDS=1; N4=400; N64=100; FILL=300; IMAP_SECS=3; IDLE=1000; AGED=250
 else
-    ROUNDS=3; N4=3000; N64=600; FILL=1000; IMAP_SECS=8; IDLE=5000
+    ROUNDS=3; N4=3000; N64=600; FILL=1000; IMAP_SECS=8; IDLE=5000; AGED=1500
 fi
 PASSWORD=benchpw
 
@@ -74,7 +74,8 @@ wait_port "$T_IMAP"
 # Dovecot
 D_LMTP=$(port); D_IMAP=$(port)
 D_UID=$(id -u nobody); D_GID=$(getent group nogroup | cut -d: -f3)
-chown "$D_UID:$D_GID" "$WORK/d/mail"
+mkdir -p "$WORK/d/alt"
+chown "$D_UID:$D_GID" "$WORK/d/mail" "$WORK/d/alt"
 sed -e "s|@DIR@|$WORK/d|g" -e "s|@LMTP_PORT@|$D_LMTP|" -e "s|@IMAP_PORT@|$D_IMAP|" \
     -e "s|@UID@|$D_UID|" -e "s|@GID@|$D_GID|" benches/peers/dovecot.conf.in > "$WORK/d/dovecot.conf"
 dovecot -c "$WORK/d/dovecot.conf"
@@ -175,6 +176,27 @@ for r in $(seq 1 "$ROUNDS"); do
         record "IMAP mix" "$srv" "$r" "$out"
     done
 done
+
+echo "== archive move: $AGED aged messages (400 days) for each of 16 users"
+for srv in tiermail dovecot; do
+    "$LOAD" append --addr "127.0.0.1:${IMAP[$srv]}" --users 16 --messages "$AGED" --days 400 \
+        --password "$PASSWORD" > /dev/null
+done
+t0=$(date +%s.%N)
+"$TIERMAIL" --config "$WORK/t/tiermail.toml" archive run > "$WORK/t/archive-run.out"
+t1=$(date +%s.%N)
+cat "$WORK/t/archive-run.out"
+grep -q "archived $((16 * AGED)) " "$WORK/t/archive-run.out" || { echo "tiermail did not archive them all" >&2; exit 1; }
+rate=$(python3 -c "print(round(16 * $AGED / ($t1 - $t0), 1))")
+record "archive move of aged mail (msg/s)" tiermail 1 "{\"msg_per_s\": $rate}"
+t0=$(date +%s.%N)
+doveadm -c "$WORK/d/dovecot.conf" altmove -A before 30d
+t1=$(date +%s.%N)
+alt_kib=$(du -sk "$WORK/d/alt" | cut -f1)
+echo "dovecot ALT storage now holds ${alt_kib} KiB"
+[ "$alt_kib" -gt 1000 ] || { echo "dovecot moved nothing to ALT storage" >&2; exit 1; }
+rate=$(python3 -c "print(round(16 * $AGED / ($t1 - $t0), 1))")
+record "archive move of aged mail (msg/s)" dovecot 1 "{\"msg_per_s\": $rate}"
 
 echo "== $IDLE idle authenticated IMAP connections"
 for srv in tiermail dovecot; do

@@ -80,6 +80,21 @@ enum Cmd {
         #[arg(long)]
         password: String,
     },
+    /// APPENDs aged messages (internal date `days` ago) to users' INBOXes
+    /// over IMAP, one session per user.
+    Append {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 16)]
+        users: usize,
+        /// Messages per user.
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long, default_value_t = 400)]
+        days: i64,
+        #[arg(long)]
+        password: String,
+    },
     /// Opens N logged-in idle connections, prints `ready N`, holds them
     /// until standard input closes.
     Idle {
@@ -442,6 +457,50 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             println!("{{{}}}", parts.join(", "));
+        }
+        Cmd::Append {
+            addr,
+            users,
+            messages,
+            days,
+            password,
+        } => {
+            let date = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - days * 86_400, 0)
+                .unwrap_or_default()
+                .format("%d-%b-%Y %H:%M:%S +0000")
+                .to_string();
+            let t = Instant::now();
+            let tasks: Vec<_> = (0..users)
+                .map(|u| {
+                    let (password, date) = (password.clone(), date.clone());
+                    tokio::spawn(async move {
+                        let mut c = Imap::login(addr, u, &password).await?;
+                        for n in 0..messages {
+                            let msg = tiermail::corpus::message(11, (u * 1_000_000 + n) as u64, "bench@example.test");
+                            c.n += 1;
+                            let tag = format!("t{}", c.n);
+                            c.c.s
+                                .write_all(format!("{tag} APPEND INBOX \"{date}\" {{{}+}}\r\n", msg.len()).as_bytes())
+                                .await?;
+                            c.c.s.write_all(&msg).await?;
+                            c.c.s.write_all(b"\r\n").await?;
+                            let last = c.c.until(format!("{tag} ").as_bytes()).await?;
+                            if !last.starts_with(format!("{tag} OK").as_bytes()) {
+                                return Err(std::io::Error::other(String::from_utf8_lossy(&last).into_owned()));
+                            }
+                        }
+                        Ok::<_, std::io::Error>(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await??;
+            }
+            println!(
+                "{{\"messages\": {}, \"secs\": {:.3}}}",
+                users * messages,
+                t.elapsed().as_secs_f64()
+            );
         }
         Cmd::Idle {
             addr,
