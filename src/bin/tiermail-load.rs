@@ -465,10 +465,11 @@ async fn main() -> anyhow::Result<()> {
             days,
             password,
         } => {
-            let date = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - days * 86_400, 0)
-                .unwrap_or_default()
-                .format("%d-%b-%Y %H:%M:%S +0000")
-                .to_string();
+            let date =
+                chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - days * 86_400, 0)
+                    .unwrap_or_default()
+                    .format("%d-%b-%Y %H:%M:%S +0000")
+                    .to_string();
             let t = Instant::now();
             let tasks: Vec<_> = (0..users)
                 .map(|u| {
@@ -476,17 +477,26 @@ async fn main() -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         let mut c = Imap::login(addr, u, &password).await?;
                         for n in 0..messages {
-                            let msg = tiermail::corpus::message(11, (u * 1_000_000 + n) as u64, "bench@example.test");
+                            let msg = tiermail::corpus::message(
+                                11,
+                                (u * 1_000_000 + n) as u64,
+                                "bench@example.test",
+                            );
                             c.n += 1;
                             let tag = format!("t{}", c.n);
                             c.c.s
-                                .write_all(format!("{tag} APPEND INBOX \"{date}\" {{{}+}}\r\n", msg.len()).as_bytes())
+                                .write_all(
+                                    format!("{tag} APPEND INBOX \"{date}\" {{{}+}}\r\n", msg.len())
+                                        .as_bytes(),
+                                )
                                 .await?;
                             c.c.s.write_all(&msg).await?;
                             c.c.s.write_all(b"\r\n").await?;
                             let last = c.c.until(format!("{tag} ").as_bytes()).await?;
                             if !last.starts_with(format!("{tag} OK").as_bytes()) {
-                                return Err(std::io::Error::other(String::from_utf8_lossy(&last).into_owned()));
+                                return Err(std::io::Error::other(
+                                    String::from_utf8_lossy(&last).into_owned(),
+                                ));
                             }
                         }
                         Ok::<_, std::io::Error>(())
