@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod control;
 pub mod corpus;
