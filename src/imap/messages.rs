@@ -43,6 +43,16 @@ fn uid_set(uids: &[u32]) -> Option<UidSet> {
     Vec1::try_from(elems).ok().map(UidSet)
 }
 
+/// The tagged OK text of COPY/MOVE and their UID forms.
+fn copy_verb(uid: bool, remove: bool) -> &'static str {
+    match (uid, remove) {
+        (false, false) => "COPY completed",
+        (true, false) => "UID COPY completed",
+        (false, true) => "MOVE completed",
+        (true, true) => "UID MOVE completed",
+    }
+}
+
 /// `[COPYUID validity source destination]` for (source, destination) pairs.
 fn copyuid(validity: u32, pairs: &[(u32, u32)]) -> Option<Code<'static>> {
     let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
@@ -555,12 +565,7 @@ impl Session {
             Ok(None) => return self.no(tag, Some(Code::TryCreate), "No such mailbox"),
             Err(e) => return self.store_error(tag, e),
         };
-        let verb = match (uid, remove) {
-            (false, false) => "COPY completed",
-            (true, false) => "UID COPY completed",
-            (false, true) => "MOVE completed",
-            (true, true) => "UID MOVE completed",
-        };
+        let verb = copy_verb(uid, remove);
         if uids.is_empty() {
             return self.ok(tag, None, verb);
         }
@@ -599,16 +604,7 @@ impl Session {
         uid: bool,
         remove: bool,
     ) {
-        let verb = if remove {
-            "MOVE completed"
-        } else {
-            "COPY completed"
-        };
-        let verb = if uid {
-            format!("UID {verb}")
-        } else {
-            verb.to_string()
-        };
+        let verb = copy_verb(uid, remove);
         if registry::archive_folder(name).is_some() {
             return self.no(tag, Some(code("CANNOT")), "The message is already archived");
         }
@@ -668,16 +664,7 @@ impl Session {
         uid: bool,
         remove: bool,
     ) {
-        let verb = if remove {
-            "MOVE completed"
-        } else {
-            "COPY completed"
-        };
-        let verb = if uid {
-            format!("UID {verb}")
-        } else {
-            verb.to_string()
-        };
+        let verb = copy_verb(uid, remove);
         if uids.is_empty() {
             return self.ok(tag, None, &verb);
         }
