@@ -625,7 +625,7 @@ impl Session {
             .filter(|u| view.entry_ref(*u).is_some_and(|e| !e.gone))
             .collect();
         if auids.is_empty() {
-            return self.ok(tag, None, &verb);
+            return self.ok(tag, None, verb);
         }
         let user = self.user();
         match self.app.store.mailbox(&user, name).await {
@@ -648,9 +648,9 @@ impl Session {
                 self.untagged(c, "Restored");
             }
             self.report_changes(true).await;
-            self.ok(tag, None, &verb);
+            self.ok(tag, None, verb);
         } else {
-            self.ok(tag, c, &verb);
+            self.ok(tag, c, verb);
         }
     }
 
@@ -666,7 +666,7 @@ impl Session {
     ) {
         let verb = copy_verb(uid, remove);
         if uids.is_empty() {
-            return self.ok(tag, None, &verb);
+            return self.ok(tag, None, verb);
         }
         let source = self
             .selected
@@ -700,9 +700,9 @@ impl Session {
                 self.untagged(c, "Archived");
             }
             self.report_changes(true).await;
-            self.ok(tag, None, &verb);
+            self.ok(tag, None, verb);
         } else {
-            self.ok(tag, c, &verb);
+            self.ok(tag, c, verb);
         }
     }
 
