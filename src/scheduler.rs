@@ -37,7 +37,9 @@ impl FromStr for Schedule {
         }
         if let Some(rest) = s.strip_prefix("every ") {
             let rest = rest.trim();
-            let (num, unit) = rest.split_at(rest.len().saturating_sub(1));
+            // Split off the unit by characters: any text is valid input.
+            let cut = rest.char_indices().last().map_or(0, |(i, _)| i);
+            let (num, unit) = rest.split_at(cut);
             let n: u64 = num.trim().parse().map_err(|_| format!("`{s}`: {usage}"))?;
             let secs = match unit {
                 "s" => n,

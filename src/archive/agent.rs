@@ -61,6 +61,8 @@ pub enum AgentError {
     Archive(#[from] ArchiveError),
     #[error("archive root {0} is not available: {1}")]
     Unavailable(PathBuf, std::io::Error),
+    #[error("archive worker: {0}")]
+    Worker(std::io::Error),
 }
 
 pub fn user_dir(cfg: &ArchiveConfig, user: &str) -> PathBuf {
@@ -302,8 +304,9 @@ pub async fn select(
         }
         // Read at background priority: seekers walk every mailbox.
         let (reader, who, id) = (store.clone(), user.to_string(), info.id);
-        let Some((_, msgs)) =
-            super::background::run(move || reader.snapshot_blocking(&who, id)).await?
+        let Some((_, msgs)) = super::background::run(move || reader.snapshot_blocking(&who, id))
+            .await
+            .map_err(AgentError::Worker)??
         else {
             continue;
         };
@@ -474,7 +477,8 @@ async fn move_batch(
         a.append(&records)?;
         Ok::<_, AgentError>((records.len() as u64, bytes, pairs, done))
     })
-    .await?;
+    .await
+    .map_err(AgentError::Worker)??;
     failpoint("archive-after-append");
     if remove && !done.is_empty() {
         store
@@ -560,7 +564,7 @@ async fn expire_user(
         Ok::<_, ArchiveError>(n)
     })
     .await
-    .map_err(|e| AgentError::Unavailable(PathBuf::new(), std::io::Error::other(e)))??;
+    .map_err(|e| AgentError::Worker(std::io::Error::other(e)))??;
     progress.expired.fetch_add(expired, Ordering::Relaxed);
     Ok(())
 }
@@ -573,6 +577,11 @@ pub async fn reconcile(
     archives: &Archives,
     cfg: &ArchiveConfig,
 ) -> Result<u64, AgentError> {
+    // The usual case (nothing was interrupted) costs one look per group,
+    // not one per user.
+    if !store.has_tagged()? {
+        return Ok(0);
+    }
     let mut removed = 0;
     for user in store.users() {
         let tagged = store.tagged(&user).await?;

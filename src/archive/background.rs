@@ -20,7 +20,9 @@ fn pool() -> &'static Sender<Job> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         for i in 0..threads {
             let rx = rx.clone();
-            std::thread::Builder::new()
+            // If a thread cannot start, the others do the work; with none,
+            // `run` reports the error.
+            let _ = std::thread::Builder::new()
                 .name(format!("tiermail-archive-{i}"))
                 .spawn(move || {
                     // SAFETY: setpriority only changes this thread's
@@ -30,23 +32,28 @@ fn pool() -> &'static Sender<Job> {
                         libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
                     }
                     for job in rx {
-                        job();
+                        // A job that panics loses its answer (its caller
+                        // gets an error), never this thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
-                })
-                .expect("archive thread starts");
+                });
         }
         tx
     })
 }
 
-/// Runs `f` on a low-priority archive thread and waits for its result.
-pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on a low-priority archive thread and waits for its result;
+/// an error when the job could not run or did not finish.
+pub async fn run<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, std::io::Error> {
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
     });
     pool()
         .send(job)
-        .expect("archive threads live as long as the process");
-    rx.await.expect("archive job finished")
+        .map_err(|_| std::io::Error::other("archive threads are gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("archive job failed without an answer"))
 }

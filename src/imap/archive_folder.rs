@@ -19,18 +19,24 @@ pub enum ArchiveProblem {
 }
 
 impl Session {
+    /// The logged-in user's archive, or why it cannot be opened.
+    async fn own_archive(&self) -> Result<crate::archive::registry::Shared, String> {
+        self.app
+            .archives
+            .get(&self.user())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The archive folder's info and messages.
     pub(super) async fn archive_snapshot(
         &self,
         folder: Option<&str>,
     ) -> Result<(MailboxInfo, Vec<MessageState>), ArchiveProblem> {
-        let user = self.user();
         let shared = self
-            .app
-            .archives
-            .get(&user)
+            .own_archive()
             .await
-            .map_err(|e| ArchiveProblem::Unavailable(e.to_string()))?;
+            .map_err(ArchiveProblem::Unavailable)?;
         let a = shared.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = folder
             && !registry::folders(&a).iter().any(|x| x == f)
@@ -76,12 +82,7 @@ impl Session {
                 .await
                 .map_err(|e| e.to_string());
         }
-        let shared = self
-            .app
-            .archives
-            .get(&user)
-            .await
-            .map_err(|e| e.to_string())?;
+        let shared = self.own_archive().await?;
         tokio::task::spawn_blocking(move || {
             let a = shared.lock().unwrap_or_else(|p| p.into_inner());
             registry::load(&a, &uids).map_err(|e| e.to_string())
@@ -116,12 +117,7 @@ impl Session {
     /// Appends records to the user's archive and wakes the user's sessions.
     async fn archive_append(&self, records: Vec<Record>) -> Result<(), String> {
         let user = self.user();
-        let shared = self
-            .app
-            .archives
-            .get(&user)
-            .await
-            .map_err(|e| e.to_string())?;
+        let shared = self.own_archive().await?;
         tokio::task::spawn_blocking(move || {
             shared
                 .lock()

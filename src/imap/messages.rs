@@ -577,20 +577,33 @@ impl Session {
         };
         match self.app.store.submit(&user, op).await {
             Ok(Outcome::Copied { uidvalidity, pairs }) => {
-                let c = copyuid(uidvalidity, &pairs);
-                if remove {
-                    // RFC 6851: COPYUID untagged, then the EXPUNGEs, then OK.
-                    if let Some(c) = c {
-                        self.untagged(c, "Moved");
-                    }
-                    self.report_changes(true).await;
-                    self.ok(tag, None, verb);
-                } else {
-                    self.ok(tag, c, verb);
-                }
+                self.copied(tag, copyuid(uidvalidity, &pairs), remove, verb, "Moved")
+                    .await
             }
             Ok(_) => self.ok(tag, None, verb),
             Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    /// The replies of a finished COPY or MOVE. A MOVE sends COPYUID
+    /// untagged, then the EXPUNGEs, then OK (RFC 6851); a COPY puts COPYUID
+    /// on its OK.
+    async fn copied(
+        &mut self,
+        tag: &Tag<'_>,
+        copyuid: Option<Code<'static>>,
+        remove: bool,
+        verb: &str,
+        what: &str,
+    ) {
+        if remove {
+            if let Some(c) = copyuid {
+                self.untagged(c, what);
+            }
+            self.report_changes(true).await;
+            self.ok(tag, None, verb);
+        } else {
+            self.ok(tag, copyuid, verb);
         }
     }
 
@@ -638,20 +651,12 @@ impl Session {
             Err(e) => return self.store_error(tag, e),
         };
         let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
-        let c = copyuid(validity, &pairs);
-        if remove {
-            // Restored (fsynced) first, then the archive copy goes.
-            if let Err(why) = self.archive_delete(src).await {
-                return self.no(tag, Some(code("CANNOT")), &why);
-            }
-            if let Some(c) = c {
-                self.untagged(c, "Restored");
-            }
-            self.report_changes(true).await;
-            self.ok(tag, None, verb);
-        } else {
-            self.ok(tag, c, verb);
+        // Restored (fsynced) first, then the archive copy goes.
+        if remove && let Err(why) = self.archive_delete(src).await {
+            return self.no(tag, Some(code("CANNOT")), &why);
         }
+        self.copied(tag, copyuid(validity, &pairs), remove, verb, "Restored")
+            .await
     }
 
     /// COPY/MOVE into an Archive folder: archived now (the Archive button of
@@ -695,15 +700,7 @@ impl Session {
             }
         };
         let c = copyuid(registry::uidvalidity(target), &pairs);
-        if remove {
-            if let Some(c) = c {
-                self.untagged(c, "Archived");
-            }
-            self.report_changes(true).await;
-            self.ok(tag, None, verb);
-        } else {
-            self.ok(tag, c, verb);
-        }
+        self.copied(tag, c, remove, verb, "Archived").await
     }
 
     pub(super) async fn expunge(&mut self, tag: &Tag<'_>, only: Option<SequenceSet>) {

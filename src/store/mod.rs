@@ -265,6 +265,17 @@ impl Store {
         v
     }
 
+    /// Whether any message of any user is tagged for archiving (cheap: one
+    /// table length per group).
+    pub fn has_tagged(&self) -> Result<bool, StoreError> {
+        for g in &self.groups {
+            if g.db.begin_read()?.open_table(schema::TAGS)?.len()? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// (mailbox id, uid) of every message of `user` tagged for archiving.
     pub async fn tagged(self: &Arc<Self>, user: &str) -> Result<Vec<(u64, u32)>, StoreError> {
         let prefix = schema::mailbox_key(user, "");
