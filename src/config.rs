@@ -42,6 +42,37 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: Limits,
     pub store: StoreConfig,
+    pub backup: BackupConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    pub schedule: String,
+    pub targets: Vec<PathBuf>,
+    pub max_staleness: String,
+    pub keep: u32,
+    pub max_age_days: u32,
+    pub drill_schedule: String,
+}
+
+impl BackupConfig {
+    pub fn schedule(&self) -> crate::scheduler::Schedule {
+        self.schedule
+            .parse()
+            .unwrap_or(crate::scheduler::Schedule::Off)
+    }
+
+    pub fn drill_schedule(&self) -> crate::scheduler::Schedule {
+        self.drill_schedule
+            .parse()
+            .unwrap_or(crate::scheduler::Schedule::Off)
+    }
+
+    pub fn max_staleness(&self) -> std::time::Duration {
+        crate::scheduler::parse_duration(&self.max_staleness)
+            .unwrap_or(std::time::Duration::from_secs(3600))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +245,10 @@ pub struct StoreConfig {
     pub wal_segment_bytes: u64,
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,
+    /// Keep log segments until a backup holds them (set when `backup.targets`
+    /// is not empty).
+    #[serde(skip)]
+    pub hold_wal_for_backup: bool,
 }
 
 impl Config {
@@ -249,8 +284,9 @@ impl Config {
                     .try_parsing(true),
             );
         }
-        let cfg: Config = builder.build()?.try_deserialize()?;
+        let mut cfg: Config = builder.build()?.try_deserialize()?;
         cfg.validate()?;
+        cfg.store.hold_wal_for_backup = !cfg.backup.targets.is_empty();
         Ok(cfg)
     }
 
@@ -273,6 +309,9 @@ impl Config {
         cfg.imap.allow_plaintext_auth = true;
         cfg.archive.root = dir.join("data/archive");
         cfg.archive.schedule = "off".into();
+        cfg.backup.schedule = "off".into();
+        cfg.backup.drill_schedule = "off".into();
+        cfg.backup.targets = vec![dir.join("data/backups")];
         cfg.server.shutdown_grace_secs = 5;
         cfg
     }
@@ -280,6 +319,33 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = self.archive.schedule.parse::<crate::scheduler::Schedule>() {
             return Err(invalid("archive.schedule", e));
+        }
+        if let Err(e) = self.backup.schedule.parse::<crate::scheduler::Schedule>() {
+            return Err(invalid("backup.schedule", e));
+        }
+        if let Err(e) = self
+            .backup
+            .drill_schedule
+            .parse::<crate::scheduler::Schedule>()
+        {
+            return Err(invalid("backup.drill_schedule", e));
+        }
+        if let Err(e) = crate::scheduler::parse_duration(&self.backup.max_staleness) {
+            return Err(invalid("backup.max_staleness", e));
+        }
+        if self.backup.keep == 0 {
+            return Err(invalid("backup.keep", "must be at least 1"));
+        }
+        for (i, t) in self.backup.targets.iter().enumerate() {
+            if t.as_os_str().is_empty() {
+                return Err(invalid("backup.targets", "a target path is empty"));
+            }
+            if self.backup.targets[..i].contains(t) {
+                return Err(invalid(
+                    "backup.targets",
+                    format!("{} is listed twice", t.display()),
+                ));
+            }
         }
         if !ACCESS_VALUES.contains(&self.archive.access.as_str()) {
             return Err(invalid(

@@ -82,6 +82,49 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                         Err(e) => format!("error: {e}\n"),
                     }
                 }
+                "backup run" => {
+                    let cfg = Arc::new(app.config.backup.clone());
+                    match app.backup.run_once(app.store.clone(), cfg).await {
+                        Ok(line) => format!("{line}\n"),
+                        Err(e) => format!("error: {e}\n"),
+                    }
+                }
+                other if other.starts_with("backup drill") => {
+                    let file = other.trim_start_matches("backup drill").trim();
+                    let file = (!file.is_empty()).then(|| PathBuf::from(file));
+                    match app
+                        .backup
+                        .drill_once(&app.config.backup, &app.config.server.data_dir, file)
+                        .await
+                    {
+                        Ok(line) => format!("{line}\n"),
+                        Err(e) => format!("error: {e}\n"),
+                    }
+                }
+                other if other.starts_with("restore-user\t") => {
+                    let parts: Vec<&str> = other.split('\t').collect();
+                    match parts[..] {
+                        [_, user, folder, file] => {
+                            let scratch = app.config.server.data_dir.join("restore-scratch");
+                            match crate::backup::user_restore::restore_user(
+                                app.store.clone(),
+                                PathBuf::from(file),
+                                user.to_string(),
+                                folder.to_string(),
+                                scratch,
+                            )
+                            .await
+                            {
+                                Ok(r) => format!(
+                                    "restored {} messages in {} folders of {user} under {folder}\n",
+                                    r.messages, r.folders
+                                ),
+                                Err(e) => format!("error: {e}\n"),
+                            }
+                        }
+                        _ => "error: restore-user needs user, folder and file\n".into(),
+                    }
+                }
                 other => format!("error: unknown control request `{other}`\n"),
             };
             let _ = w.write_all(answer.as_bytes()).await;
@@ -94,8 +137,11 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
 pub fn request(cfg: &Config, line: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket_path(cfg)).ok()?;
-    // An archive run answers when it is done.
-    let wait = if line.starts_with("archive") {
+    // Archive runs, backups, drills and restores answer when they are done.
+    let wait = if line.starts_with("archive")
+        || line.starts_with("backup")
+        || line.starts_with("restore")
+    {
         24 * 3600
     } else {
         30
@@ -117,6 +163,10 @@ fn running_status(app: &App) -> String {
     s.push_str(&groups_table(app.store.status()));
     s.push_str(&app.archive.status());
     s.push('\n');
+    s.push_str(
+        &app.backup
+            .status(&app.config.backup, &app.config.server.data_dir),
+    );
     s
 }
 
@@ -129,6 +179,10 @@ pub fn offline_status(cfg: &Config) -> Result<String, crate::store::StoreError> 
     );
     s.push_str(&groups_table(store.status()));
     store.shutdown();
+    s.push_str(
+        &crate::backup::agent::BackupAgent::default()
+            .status(&cfg.backup, &cfg.server.data_dir),
+    );
     Ok(s)
 }
 

@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod background;
 pub mod backup;
 pub mod config;
 pub mod control;

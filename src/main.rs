@@ -33,6 +33,56 @@ enum Command {
     /// The archive tier.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Online backups of the current store.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Rebuild the current store (or one group) from a backup and roll it
+    /// forward; or put one user's mail from a backup into a folder.
+    Restore(RestoreArgs),
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take a backup now (in the running server, or offline when it is
+    /// stopped), to every target.
+    Run,
+    /// List the backups of every target (or one directory).
+    List {
+        #[arg(long, value_name = "DIR")]
+        target: Option<PathBuf>,
+    },
+    /// Check every block, mark and checksum of a backup file; exit 1 and
+    /// name the first damage otherwise.
+    Verify { file: PathBuf },
+    /// Restore a backup (the newest when none is named) into a scratch
+    /// directory and check every user's mail against its manifest.
+    Drill { file: Option<PathBuf> },
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup file (default: the newest in the targets, or in --from).
+    file: Option<PathBuf>,
+    /// Take backups from this directory instead of the configured targets.
+    #[arg(long, value_name = "DIR")]
+    from: Option<PathBuf>,
+    /// Only this storage group.
+    #[arg(long, value_name = "G")]
+    group: Option<u32>,
+    /// Point in time (UTC, `2026-11-25 10:30:00` or RFC 3339): restore the
+    /// last backup before it and replay later logs up to it.
+    #[arg(long, value_name = "TIME", conflicts_with = "user")]
+    until: Option<String>,
+    /// Replace storage groups that exist in the data directory (the old
+    /// files are kept beside them).
+    #[arg(long)]
+    force: bool,
+    /// Restore only this user's mail, into a folder of the live store.
+    #[arg(long, requires = "into_folder")]
+    user: Option<String>,
+    /// The folder that receives the user's mail (e.g. Restored).
+    #[arg(long, value_name = "FOLDER", requires = "user")]
+    into_folder: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +171,8 @@ fn main() -> ExitCode {
         Command::User(u) => user(&config, u),
         Command::Status => status(&config),
         Command::Archive(a) => archive(&config, a),
+        Command::Backup(b) => backup(&config, b),
+        Command::Restore(r) => restore(&config, r),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -360,4 +412,246 @@ fn offline_archives(config: &Config) -> anyhow::Result<tiermail::archive::regist
             std::sync::Arc::new(move |u: &str| users.get(u).and_then(|x| x.archive.clone())),
         ),
     )
+}
+
+fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
+    use tiermail::backup::{agent::BackupAgent, format, restore, target};
+    match cmd {
+        BackupCommand::Run => {
+            if let Some(answer) = tiermail::control::request(config, "backup run") {
+                print!("{answer}");
+                anyhow::ensure!(!answer.starts_with("error"), "backup failed");
+                return Ok(());
+            }
+            init_logging(config);
+            create_local_targets(config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
+            let cfg = std::sync::Arc::new(config.backup.clone());
+            let result = rt.block_on(BackupAgent::default().run_once(store.clone(), cfg));
+            store.shutdown();
+            println!("{}", result.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        BackupCommand::List { target } => {
+            let dirs = match target {
+                Some(t) => vec![t],
+                None => config.backup.targets.clone(),
+            };
+            anyhow::ensure!(!dirs.is_empty(), "no backup targets configured (backup.targets)");
+            for dir in dirs {
+                println!("{}:", dir.display());
+                let files = match target::backups(&dir) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        println!("  unavailable: {e}");
+                        continue;
+                    }
+                };
+                if files.is_empty() {
+                    println!("  no backups");
+                }
+                for f in files {
+                    let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+                    let name = f.file_name().unwrap_or_default().to_string_lossy();
+                    match restore::describe(&f) {
+                        Ok(d) => {
+                            let t = chrono::DateTime::from_timestamp_millis(d.header.created_ms)
+                                .unwrap_or_default();
+                            let lsns: Vec<String> = d
+                                .groups
+                                .iter()
+                                .map(|(s, e)| {
+                                    format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn)
+                                })
+                                .collect();
+                            println!(
+                                "  {name}  {}  {size} bytes  {} groups  LSNs {}",
+                                t.format("%F %T UTC"),
+                                d.groups.len(),
+                                lsns.join(", ")
+                            );
+                        }
+                        Err(e) => println!("  {name}  {size} bytes  DAMAGED: {e}"),
+                    }
+                }
+            }
+        }
+        BackupCommand::Verify { file } => {
+            let f = std::fs::File::open(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let blocks = format::verify(f)
+                .map_err(|e| anyhow::anyhow!("{}: DAMAGED: {e}", file.display()))?;
+            // The container is sound; now every mark and log record.
+            let (header, groups) =
+                restore::materialize(&file, &|_| None, &|_, _| {}).map_err(|e| {
+                    anyhow::anyhow!("DAMAGED: {e}")
+                })?;
+            let _ = groups;
+            println!(
+                "{}: ok: {blocks} blocks, {} storage groups, every checksum and mark checked",
+                file.display(),
+                header.groups.len()
+            );
+        }
+        BackupCommand::Drill { file } => {
+            let line = format!(
+                "backup drill {}",
+                file.as_ref().map(|f| f.display().to_string()).unwrap_or_default()
+            );
+            if let Some(answer) = tiermail::control::request(config, line.trim()) {
+                print!("{answer}");
+                anyhow::ensure!(!answer.starts_with("error"), "drill failed");
+                return Ok(());
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            let result = rt.block_on(BackupAgent::default().drill_once(
+                &config.backup,
+                &config.server.data_dir,
+                file,
+            ));
+            match result {
+                Ok(line) => println!("{line}"),
+                Err(line) => anyhow::bail!("{line}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backup targets inside the data directory are made on demand (as the
+/// server does); others must exist.
+fn create_local_targets(config: &Config) -> anyhow::Result<()> {
+    for t in &config.backup.targets {
+        if t.starts_with(&config.server.data_dir) {
+            std::fs::create_dir_all(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// `2026-11-25 10:30:00`, `2026-11-25T10:30:00` (UTC) or RFC 3339.
+fn parse_time(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    anyhow::bail!("`{s}` is not a time like 2026-11-25 10:30:00 (UTC) or RFC 3339")
+}
+
+fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
+    use tiermail::backup::{drill, restore, user_restore};
+    let dirs = match &args.from {
+        Some(d) => vec![d.clone()],
+        None => config.backup.targets.clone(),
+    };
+    let newest = || {
+        drill::latest(&dirs).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no backup found in {}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    };
+    if let (Some(user), Some(folder)) = (&args.user, &args.into_folder) {
+        let file = match &args.file {
+            Some(f) => f.clone(),
+            None => newest()?,
+        };
+        let file = std::fs::canonicalize(&file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let req = format!("restore-user\t{user}\t{folder}\t{}", file.display());
+        if let Some(answer) = tiermail::control::request(config, &req) {
+            print!("{answer}");
+            anyhow::ensure!(!answer.starts_with("error"), "restore failed");
+            return Ok(());
+        }
+        let rt = tokio::runtime::Runtime::new()?;
+        let store = tiermail::store::Store::open(&config.server.data_dir, &config.store)?;
+        let scratch = config.server.data_dir.join("restore-scratch");
+        let result = rt.block_on(user_restore::restore_user(
+            store.clone(),
+            file,
+            user.clone(),
+            folder.clone(),
+            scratch,
+        ));
+        store.shutdown();
+        let r = result?;
+        println!(
+            "restored {} messages in {} folders of {user} under {folder}",
+            r.messages, r.folders
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        tiermail::control::request(config, "status").is_none(),
+        "the server is running on {}: stop it before restoring into its data directory",
+        config.server.data_dir.display()
+    );
+    let until = args.until.as_deref().map(parse_time).transpose()?;
+    let (file, later) = match (until, &args.file) {
+        (Some(_), Some(f)) => {
+            let dir = f.parent().unwrap_or(std::path::Path::new("."));
+            let later = tiermail::backup::target::backups(dir)?
+                .into_iter()
+                .filter(|p| p.file_name() > f.file_name())
+                .collect();
+            (f.clone(), later)
+        }
+        (Some(t), None) => {
+            let dir = dirs
+                .iter()
+                .find(|d| tiermail::backup::target::backups(d).is_ok_and(|b| !b.is_empty()))
+                .ok_or_else(|| anyhow::anyhow!("no backups to restore from"))?;
+            restore::point_in_time_chain(dir, t)?
+        }
+        (None, Some(f)) => (f.clone(), Vec::new()),
+        (None, None) => (newest()?, Vec::new()),
+    };
+    eprintln!("restoring from {}", file.display());
+    let started = std::time::Instant::now();
+    let last = std::cell::Cell::new(std::time::Instant::now());
+    let opts = restore::Options {
+        data_dir: config.server.data_dir.clone(),
+        file,
+        group: args.group,
+        until,
+        later,
+        force: args.force,
+    };
+    let reports = restore::restore(&opts, &|done, total| {
+        if last.get().elapsed().as_secs() >= 2 || done == total {
+            last.set(std::time::Instant::now());
+            eprintln!(
+                "  {:.0}% ({} of {} MB read)",
+                done as f64 * 100.0 / total.max(1) as f64,
+                done >> 20,
+                total >> 20
+            );
+        }
+    })?;
+    for r in &reports {
+        let at = r
+            .reached_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| format!(", last commit {}", t.format("%F %T%.3f UTC")))
+            .unwrap_or_default();
+        println!(
+            "group g{:03}: backup to LSN {}, rolled forward {} records to LSN {}{at}",
+            r.id, r.end_lsn, r.replayed, r.reached_lsn
+        );
+    }
+    println!(
+        "restored {} storage groups in {:.1}s",
+        reports.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -36,22 +36,9 @@ impl FromStr for Schedule {
             return Ok(Schedule::Continuous);
         }
         if let Some(rest) = s.strip_prefix("every ") {
-            let rest = rest.trim();
-            // Split off the unit by characters: any text is valid input.
-            let cut = rest.char_indices().last().map_or(0, |(i, _)| i);
-            let (num, unit) = rest.split_at(cut);
-            let n: u64 = num.trim().parse().map_err(|_| format!("`{s}`: {usage}"))?;
-            let secs = match unit {
-                "s" => n,
-                "m" => n * 60,
-                "h" => n * 3600,
-                "d" => n * 86_400,
-                _ => return Err(format!("`{s}`: {usage}")),
-            };
-            if secs == 0 {
-                return Err(format!("`{s}`: the interval must be positive"));
-            }
-            return Ok(Schedule::Every(Duration::from_secs(secs)));
+            return parse_duration(rest)
+                .map(Schedule::Every)
+                .map_err(|e| format!("`{s}`: {e}; {usage}"));
         }
         if let Some(rest) = s.strip_prefix("daily ") {
             let t = NaiveTime::parse_from_str(rest.trim(), "%H:%M")
@@ -60,6 +47,27 @@ impl FromStr for Schedule {
         }
         Err(format!("`{s}`: {usage}"))
     }
+}
+
+/// A positive duration written `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let rest = text.trim();
+    // Split off the unit by characters: any text is valid input.
+    let cut = rest.char_indices().last().map_or(0, |(i, _)| i);
+    let (num, unit) = rest.split_at(cut);
+    let bad = || format!("`{rest}` is not a duration like 90s, 15m, 1h or 7d");
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Err(format!("`{rest}`: the interval must be positive"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 impl Schedule {

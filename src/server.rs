@@ -31,6 +31,7 @@ pub struct App {
     pub started: Instant,
     pub archive: crate::archive::agent::Activity,
     pub archives: Arc<crate::archive::registry::Archives>,
+    pub backup: crate::backup::agent::BackupAgent,
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
@@ -102,7 +103,8 @@ pub struct Server {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Server {
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+        config.store.hold_wal_for_backup = !config.backup.targets.is_empty();
         let config = Arc::new(config);
         let tls = Some(crate::tls::acceptor(&config.tls)?);
         let users = Directory::open(&config.users.file)?;
@@ -117,6 +119,15 @@ impl Server {
                 anyhow::anyhow!("cannot create {}: {e}", config.archive.root.display())
             })?;
         }
+        // Likewise backup targets inside the data directory; a target
+        // elsewhere that is missing (an unmounted share) is reported by
+        // each backup, never created on the wrong disk.
+        for t in &config.backup.targets {
+            if t.starts_with(&config.server.data_dir) {
+                std::fs::create_dir_all(t)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", t.display()))?;
+            }
+        }
         let app = Arc::new(App {
             throttle: Throttle::new(
                 config.limits.max_auth_failures,
@@ -128,6 +139,7 @@ impl Server {
             tls,
             started: Instant::now(),
             archive: Default::default(),
+            backup: Default::default(),
             archives: Arc::new(
                 crate::archive::registry::Archives::new(&config.archive).with_overrides({
                     let users = users.clone();
@@ -224,6 +236,54 @@ impl Server {
                             {
                                 tracing::warn!(error = %e, "scheduled archive run did not run");
                             }
+                        }
+                    },
+                )
+                .await;
+            });
+        }
+        {
+            let app = app.clone();
+            let schedule = app.config.backup.schedule();
+            let stop = token.clone();
+            tracker.spawn(async move {
+                let a = app.clone();
+                crate::scheduler::drive(
+                    "backup",
+                    schedule,
+                    stop,
+                    |next| a.backup.set_next(next),
+                    || {
+                        let app = app.clone();
+                        async move {
+                            let cfg = Arc::new(app.config.backup.clone());
+                            if let Err(e) = app.backup.run_once(app.store.clone(), cfg).await {
+                                tracing::warn!(error = %e, "scheduled backup did not complete");
+                            }
+                        }
+                    },
+                )
+                .await;
+            });
+        }
+        {
+            let app = app.clone();
+            let schedule = app.config.backup.drill_schedule();
+            let stop = token.clone();
+            tracker.spawn(async move {
+                let a = app.clone();
+                crate::scheduler::drive(
+                    "drill",
+                    schedule,
+                    stop,
+                    |next| a.backup.set_next_drill(next),
+                    || {
+                        let app = app.clone();
+                        async move {
+                            let _ = app
+                                .backup
+                                .drill_once(&app.config.backup, &app.config.server.data_dir, None)
+                                .await;
                         }
                     },
                 )

@@ -304,7 +304,7 @@ pub async fn select(
         }
         // Read at background priority: seekers walk every mailbox.
         let (reader, who, id) = (store.clone(), user.to_string(), info.id);
-        let Some((_, msgs)) = super::background::run(move || reader.snapshot_blocking(&who, id))
+        let Some((_, msgs)) = crate::background::run(move || reader.snapshot_blocking(&who, id))
             .await
             .map_err(AgentError::Worker)??
         else {
@@ -442,7 +442,7 @@ async fn move_batch(
     let (reader, user_name, wanted) = (store.clone(), user.to_string(), uids.to_vec());
     // Checking what is already archived and appending happen under one
     // lock, so two movers of the same user never archive a message twice.
-    let (n, bytes, pairs, done) = super::background::run(move || {
+    let (n, bytes, pairs, done) = crate::background::run(move || {
         let loaded = reader.fetch_blocking(&user_name, mb, &wanted, true)?;
         let done: Vec<u32> = loaded.iter().map(|(uid, ..)| *uid).collect();
         let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());

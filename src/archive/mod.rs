@@ -3,7 +3,6 @@
 //! production). `format` is the bytes, `file` one user's archive.
 
 pub mod agent;
-pub mod background;
 pub mod discovery;
 pub mod file;
 pub mod format;

@@ -187,6 +187,11 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// Bytes read so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The next block, `Ok(None)` after a valid trailer.
     pub fn next_block(&mut self) -> Result<Option<Block>, FormatError> {
         if self.done {
@@ -275,6 +280,83 @@ pub fn verify(input: impl Read) -> Result<u64, FormatError> {
         n += 1;
     }
     Ok(n)
+}
+
+/// Reads only some blocks of a backup (marks, logs), seeking past the
+/// others: for listing and for taking the logs out of later backups. Every
+/// block it returns has its CRC checked; the whole-file checksum is not
+/// (that is `verify`'s job), and `None` means the trailer was reached.
+pub struct Skimmer<R: Read + std::io::Seek> {
+    input: R,
+    offset: u64,
+    block: u64,
+}
+
+impl<R: Read + std::io::Seek> Skimmer<R> {
+    pub fn new(mut input: R) -> Result<Skimmer<R>, FormatError> {
+        // The header is checked the same way as by the full reader.
+        let mut h = [0u8; HEADER_LEN as usize];
+        input.read_exact(&mut h).map_err(|_| FormatError::Damaged {
+            block: 0,
+            offset: 0,
+            problem: "file shorter than its header".into(),
+        })?;
+        Reader::new(&h[..])?;
+        Ok(Skimmer {
+            input,
+            offset: HEADER_LEN,
+            block: 0,
+        })
+    }
+
+    /// The next block whose kind `want` accepts (others skipped unread).
+    pub fn next_block(&mut self, want: impl Fn(Kind) -> bool) -> Result<Option<Block>, FormatError> {
+        loop {
+            self.block += 1;
+            let damaged = |s: &Self, problem: String| FormatError::Damaged {
+                block: s.block,
+                offset: s.offset,
+                problem,
+            };
+            let mut head = [0u8; 5];
+            if self.input.read_exact(&mut head).is_err() {
+                return Err(damaged(self, "file ends before its trailer (truncated)".into()));
+            }
+            let Some(kind) = Kind::from_u8(head[0]) else {
+                return Err(damaged(self, format!("unknown block kind {}", head[0])));
+            };
+            let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes"));
+            if len > MAX_BLOCK {
+                return Err(damaged(self, format!("impossible block length {len}")));
+            }
+            let start = self.offset;
+            if kind == Kind::Trailer {
+                return Ok(None);
+            }
+            if !want(kind) {
+                self.input
+                    .seek(std::io::SeekFrom::Current(i64::from(len) + 4))?;
+                self.offset += BLOCK_OVERHEAD + u64::from(len);
+                continue;
+            }
+            let mut payload = vec![0u8; len as usize];
+            let mut crc = [0u8; 4];
+            if self.input.read_exact(&mut payload).is_err()
+                || self.input.read_exact(&mut crc).is_err()
+            {
+                return Err(damaged(self, "file ends inside a block (truncated)".into()));
+            }
+            if u32::from_le_bytes(crc) != crc32c::crc32c_append(crc32c::crc32c(&head), &payload) {
+                return Err(damaged(self, format!("{kind:?} block checksum mismatch")));
+            }
+            self.offset += BLOCK_OVERHEAD + u64::from(len);
+            return Ok(Some(Block {
+                kind,
+                payload,
+                offset: start,
+            }));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,14 +15,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use redb::Database;
+use redb::{Database, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::codec::Enc;
 use super::ops::{self, Op, Outcome};
 use super::recovery::{self, RecoveryReport};
-use super::schema::{self, K_APPLIED_LSN, K_CHECKPOINT_LSN};
+use super::record::{self, Record};
+use super::schema::{self, K_APPLIED_LSN, K_BACKUP_LSN, K_CHECKPOINT_LSN};
 use super::wal::{self, Wal};
 use crate::config::StoreConfig;
 
@@ -44,6 +45,8 @@ pub struct GroupStats {
     pub checkpoints: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub wal_segments: AtomicU64,
+    /// Highest LSN held by a backup (`u64::MAX`: backups not configured).
+    pub backup_lsn: AtomicU64,
 }
 
 struct Job {
@@ -54,6 +57,9 @@ struct Job {
 enum Msg {
     Op(Job),
     Checkpoint(oneshot::Sender<Result<u64, StoreError>>),
+    /// A backup now holds every record up to this LSN: log segments up to
+    /// it may go once a checkpoint covers them too.
+    BackedUp(u64, oneshot::Sender<Result<u64, StoreError>>),
     Shutdown,
 }
 
@@ -98,6 +104,14 @@ impl Group {
         let db = Arc::new(db);
         let stats = Arc::new(GroupStats::default());
         let applied = report.next_lsn - 1;
+        let backup_floor = if cfg.hold_wal_for_backup {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(schema::META)?;
+            meta.get(K_BACKUP_LSN)?.map(|v| v.value()).unwrap_or(0)
+        } else {
+            u64::MAX
+        };
+        stats.backup_lsn.store(backup_floor, Ordering::Relaxed);
         stats.applied_lsn.store(applied, Ordering::Relaxed);
         stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
         stats.wal_bytes.store(wal.total_bytes(), Ordering::Relaxed);
@@ -117,6 +131,7 @@ impl Group {
             since_checkpoint: 0,
             last_batch: 1,
             poisoned: AtomicBool::new(false),
+            backup_floor,
         };
         let thread = std::thread::Builder::new()
             .name(format!("tiermail-g{id:03}"))
@@ -151,6 +166,26 @@ impl Group {
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
+    /// Tells the writer that a backup holds every record up to `lsn`;
+    /// checkpoints and prunes the log segments both cover. Returns the
+    /// checkpointed LSN.
+    pub async fn backed_up(&self, lsn: u64) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::BackedUp(lsn, reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// As [`Group::backed_up`], for a blocking caller.
+    pub fn backed_up_blocking(&self, lsn: u64) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::BackedUp(lsn, reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
     /// Checkpoints and stops the writer; waits for it.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
@@ -172,6 +207,9 @@ struct Writer {
     since_checkpoint: u64,
     last_batch: usize,
     poisoned: AtomicBool,
+    /// Log records above this LSN are not in any backup yet and are kept
+    /// (`u64::MAX` when no backup targets are configured).
+    backup_floor: u64,
 }
 
 impl Writer {
@@ -241,6 +279,13 @@ impl Writer {
                 Some(Msg::Checkpoint(reply)) => {
                     let _ = reply.send(self.checkpoint());
                 }
+                Some(Msg::BackedUp(lsn, reply)) => {
+                    if self.backup_floor == u64::MAX || lsn > self.backup_floor {
+                        self.backup_floor = lsn;
+                    }
+                    self.stats.backup_lsn.store(self.backup_floor, Ordering::Relaxed);
+                    let _ = reply.send(self.checkpoint());
+                }
                 Some(Msg::Shutdown) => {
                     self.checkpoint_logged();
                     return;
@@ -287,8 +332,16 @@ impl Writer {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         let first_lsn = self.next_lsn;
-        let mut lsn = first_lsn;
+        // Every batch starts with the time it commits at, for
+        // point-in-time restore.
         let mut framed = Vec::new();
+        let mut e = Enc::new();
+        Record::Clock {
+            unix_ms: chrono::Utc::now().timestamp_millis(),
+        }
+        .encode_payload(&mut e);
+        wal::encode_record(&mut framed, record::T_CLOCK, first_lsn, &e.buf);
+        let mut lsn = first_lsn + 1;
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {
             match ops::plan(&txn, &job.op, now) {
@@ -306,7 +359,7 @@ impl Writer {
                 Err(e) => return Err(e),
             }
         }
-        if lsn == first_lsn {
+        if lsn == first_lsn + 1 {
             txn.abort()?;
             return Ok(results);
         }
@@ -343,14 +396,17 @@ impl Writer {
         let applied = self.next_lsn - 1;
         let txn = self.db.begin_write()?;
         schema::set_meta(&txn, K_CHECKPOINT_LSN, applied)?;
+        if self.backup_floor != u64::MAX {
+            schema::set_meta(&txn, K_BACKUP_LSN, self.backup_floor)?;
+        }
         txn.commit()?;
         self.last_checkpoint = Instant::now();
         self.since_checkpoint = 0;
         self.stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        // Until backups exist to need them, log segments covered by a
-        // checkpoint are no longer needed for recovery.
-        self.wal.prune(applied)?;
+        // A segment goes once recovery no longer needs it (the checkpoint
+        // covers it) and neither does the next backup (the last one does).
+        self.wal.prune(applied.min(self.backup_floor))?;
         self.stats
             .wal_bytes
             .store(self.wal.total_bytes(), Ordering::Relaxed);

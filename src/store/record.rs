@@ -17,6 +17,7 @@ pub const T_MAILBOX_DELETED: u8 = 7;
 pub const T_MAILBOX_RENAMED: u8 = 8;
 pub const T_SUBSCRIPTION: u8 = 9;
 pub const T_TAGGED: u8 = 10;
+pub const T_CLOCK: u8 = 11;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -82,6 +83,10 @@ pub enum Record {
         uids: Vec<u32>,
         tagged: bool,
     },
+    /// When the batch of records after it was committed (unix milliseconds).
+    /// Changes nothing; point-in-time restore stops at the first clock past
+    /// the chosen time.
+    Clock { unix_ms: i64 },
 }
 
 impl Record {
@@ -97,6 +102,7 @@ impl Record {
             Record::MailboxRenamed { .. } => T_MAILBOX_RENAMED,
             Record::Subscription { .. } => T_SUBSCRIPTION,
             Record::Tagged { .. } => T_TAGGED,
+            Record::Clock { .. } => T_CLOCK,
         }
     }
 
@@ -183,6 +189,9 @@ impl Record {
                 for uid in uids {
                     e.u32(*uid);
                 }
+            }
+            Record::Clock { unix_ms } => {
+                e.i64(*unix_ms);
             }
         }
     }
@@ -275,6 +284,7 @@ impl Record {
                     tagged,
                 }
             }
+            T_CLOCK => Record::Clock { unix_ms: d.i64()? },
             _ => return Err(DecodeError("unknown record type")),
         };
         d.end()?;

@@ -40,6 +40,15 @@ pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreErr
 
     for (i, (first, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
+        // A closed segment wholly at or below the applied LSN (kept for a
+        // backup) need not be read: the next one's name says where it ends.
+        if let Some((next_first, _)) = segments.get(i + 1)
+            && *next_first <= applied + 1
+            && expect.is_none_or(|e| e == *first)
+        {
+            expect = Some(*next_first);
+            continue;
+        }
         let end = wal::read_segment(path, |r| {
             let want = expect.unwrap_or(*first);
             if expect.is_none() && r.lsn > applied + 1 {

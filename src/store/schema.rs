@@ -45,6 +45,8 @@ pub const TABLES: &[&str] = &[
 pub const K_FORMAT: &str = "format_version";
 pub const K_APPLIED_LSN: &str = "applied_lsn";
 pub const K_CHECKPOINT_LSN: &str = "checkpoint_lsn";
+/// Highest LSN a completed backup holds: the log above it is kept.
+pub const K_BACKUP_LSN: &str = "backup_lsn";
 pub const K_NEXT_MAILBOX_ID: &str = "next_mailbox_id";
 pub const K_LAST_UIDVALIDITY: &str = "last_uidvalidity";
 pub const FORMAT_VERSION: u64 = 1;
@@ -335,6 +337,7 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                 txn.open_table(MAILBOX_IDS)?.insert(*id, new.as_str())?;
             }
         }
+        Record::Clock { .. } => {}
         Record::Tagged {
             mailbox_id,
             uids,

@@ -180,6 +180,40 @@ pub fn read_segment(
     }
 }
 
+/// Splits whole framed records off the front of `buf` (records copied out
+/// of a log, as backups hold them), checking each CRC; a partial record
+/// stays in `buf`. An error names the problem.
+pub fn take_framed(buf: &mut Vec<u8>, out: &mut Vec<RawRecord>) -> Result<(), String> {
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        if rest.len() < 13 {
+            break;
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
+        if len > MAX_PAYLOAD {
+            return Err(format!("impossible record length {len}"));
+        }
+        let total = RECORD_OVERHEAD + len as usize;
+        if rest.len() < total {
+            break;
+        }
+        let body = &rest[..total - 4];
+        let crc = u32::from_le_bytes(rest[total - 4..total].try_into().expect("4 bytes"));
+        if crc32c::crc32c(body) != crc {
+            return Err("record checksum mismatch".into());
+        }
+        out.push(RawRecord {
+            lsn: u64::from_le_bytes(rest[5..13].try_into().expect("8 bytes")),
+            kind: rest[4],
+            payload: rest[13..total - 4].to_vec(),
+        });
+        at += total;
+    }
+    buf.drain(..at);
+    Ok(())
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

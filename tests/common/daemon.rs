@@ -11,9 +11,17 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_tiermail");
 
 /// Writes `dir/tiermail.toml` with every path inside `dir`, every listener
-/// on port 0 and `extra` appended (whole sections), plus the test users.
+/// on port 0, backups in `dir/data/backups` run only on demand, and `extra`
+/// appended (whole sections), plus the test users.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let d = dir.display();
+    // Backups stay inside `dir` and run only when a test asks, unless the
+    // test brings its own [backup] section.
+    let backup = if extra.contains("[backup]") {
+        String::new()
+    } else {
+        format!("[backup]\nschedule = \"off\"\ndrill_schedule = \"off\"\ntargets = [\"{d}/data/backups\"]\n\n")
+    };
     let text = format!(
         "[server]\ndata_dir = \"{d}/data\"\nshutdown_grace_secs = 5\nlog = \"info\"\n\n\
          [users]\nfile = \"{d}/users.toml\"\n\n\
@@ -21,7 +29,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
          submissions_listen = \"127.0.0.1:0\"\nlmtp_listen = \"127.0.0.1:0\"\n\
          allow_plaintext_auth = true\n\n\
          [imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nallow_plaintext_auth = true\n\n\
-         [tls]\ncert = \"{d}/certs/tiermail.crt\"\nkey = \"{d}/certs/tiermail.key\"\n\n{extra}\n"
+         [tls]\ncert = \"{d}/certs/tiermail.crt\"\nkey = \"{d}/certs/tiermail.key\"\n\n{backup}{extra}\n"
     );
     let path = dir.join("tiermail.toml");
     std::fs::write(&path, text).unwrap();

@@ -1,7 +1,8 @@
-//! Threads for archive work that run at a lower scheduling priority than
-//! everything else, so that copying and checksumming gigabytes of mail
-//! yields the CPU to IMAP and SMTP sessions (on a 2-core machine the
-//! difference is an interactive FETCH at 0.2 ms or at several ms).
+//! Threads for bulk background work (archive moves, backups, drills) that
+//! run at a lower scheduling priority than everything else, so that copying
+//! and checksumming gigabytes of mail yields the CPU to IMAP and SMTP
+//! sessions (on a 2-core machine the difference is an interactive FETCH at
+//! 0.2 ms or at several ms).
 
 use std::sync::OnceLock;
 
@@ -10,7 +11,7 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// `nice` value of the archive threads (0 = normal, 19 = lowest).
+/// `nice` value of the background threads (0 = normal, 19 = lowest).
 const NICE: i32 = 10;
 
 fn pool() -> &'static Sender<Job> {
@@ -23,7 +24,7 @@ fn pool() -> &'static Sender<Job> {
             // If a thread cannot start, the others do the work; with none,
             // `run` reports the error.
             let _ = std::thread::Builder::new()
-                .name(format!("tiermail-archive-{i}"))
+                .name(format!("tiermail-bg-{i}"))
                 .spawn(move || {
                     // SAFETY: setpriority only changes this thread's
                     // scheduling priority (Linux applies PRIO_PROCESS with
@@ -42,7 +43,7 @@ fn pool() -> &'static Sender<Job> {
     })
 }
 
-/// Runs `f` on a low-priority archive thread and waits for its result;
+/// Runs `f` on a low-priority background thread and waits for its result;
 /// an error when the job could not run or did not finish.
 pub async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -53,7 +54,27 @@ pub async fn run<T: Send + 'static>(
     });
     pool()
         .send(job)
-        .map_err(|_| std::io::Error::other("archive threads are gone"))?;
+        .map_err(|_| std::io::Error::other("background threads are gone"))?;
     rx.await
-        .map_err(|_| std::io::Error::other("archive job failed without an answer"))
+        .map_err(|_| std::io::Error::other("background job failed without an answer"))
+}
+
+/// Runs a long job (a backup, a drill) on a low-priority thread of its own,
+/// so that it never holds up the shared pool, and waits for its result.
+pub async fn run_alone<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, std::io::Error> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("tiermail-{name}"))
+        .spawn(move || {
+            // SAFETY: as in `pool`, only this thread's priority changes.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
+            }
+            let _ = tx.send(f());
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other(format!("{name} job failed without an answer")))
 }

@@ -1,0 +1,689 @@
+//! Restore: rebuild storage groups from a backup file, then roll them
+//! forward. Image + patch gives each group as it was at the backup's end
+//! LSN; the surviving live WAL then brings it to the last acknowledged
+//! write, or the log files of later backups (and the live WAL) bring it to a
+//! chosen point in time, stopping at the first commit clock past it.
+//!
+//! Nothing is restored from a damaged file: groups are rebuilt under a
+//! temporary name, and only once the whole file has been read and its
+//! trailer checked (every block CRC, the block count and whole-file CRC)
+//! are they moved into place. The old database, when there is one and the
+//! caller said to replace it, is kept beside it under another name.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase};
+
+use super::BackupError;
+use super::format::{Kind, Reader, Skimmer};
+use super::image;
+use super::manifest::Manifest;
+use super::marks::{self, GroupEnd, GroupStart, Header};
+use crate::store::group::group_dir;
+use crate::store::record::Record;
+use crate::store::recovery;
+use crate::store::schema::{self, K_APPLIED_LSN, K_BACKUP_LSN, K_CHECKPOINT_LSN};
+use crate::store::wal::{self, RawRecord};
+
+/// Image rows gathered before one write transaction.
+const LOAD_BATCH_BYTES: usize = 64 << 20;
+/// Log records applied per write transaction.
+const REPLAY_BATCH: usize = 2_000;
+/// Largest key or value an image row may declare.
+const ROW_LIMIT: usize = 1 << 30;
+
+/// One group rebuilt from a backup (not yet rolled forward).
+#[derive(Debug)]
+pub struct Restored {
+    pub id: u32,
+    pub path: PathBuf,
+    pub image_lsn: u64,
+    pub end_lsn: u64,
+    pub end_ms: i64,
+    pub manifest: Manifest,
+}
+
+fn open_db(path: &Path) -> Result<Database, BackupError> {
+    Database::builder()
+        .set_cache_size(256 << 20)
+        .create(path)
+        .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))
+}
+
+fn damaged(file: &Path, offset: u64, problem: impl std::fmt::Display) -> BackupError {
+    BackupError::Restore(format!(
+        "{}: block at byte {offset}: {problem}",
+        file.display()
+    ))
+}
+
+/// Applies decoded log records in batches, checking that LSNs follow on.
+struct Replayer<'a> {
+    db: &'a Database,
+    applied: u64,
+    pending: Vec<Record>,
+    /// Stop before the first commit clock after this (unix ms).
+    until_ms: Option<i64>,
+    stopped: bool,
+    last_clock: Option<i64>,
+    replayed: u64,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(db: &'a Database, applied: u64, until_ms: Option<i64>) -> Self {
+        Replayer {
+            db,
+            applied,
+            pending: Vec::new(),
+            until_ms,
+            stopped: false,
+            last_clock: None,
+            replayed: 0,
+        }
+    }
+
+    /// Takes one record; `where_` names its source for error messages.
+    fn feed(&mut self, r: RawRecord, where_: &dyn Fn() -> String) -> Result<(), BackupError> {
+        if self.stopped || r.lsn <= self.applied {
+            return Ok(());
+        }
+        if r.lsn != self.applied + 1 {
+            return Err(BackupError::Restore(format!(
+                "{}: LSN {} where {} was expected: records are missing",
+                where_(),
+                r.lsn,
+                self.applied + 1
+            )));
+        }
+        let rec = Record::decode(r.kind, &r.payload)
+            .map_err(|e| BackupError::Restore(format!("{}: record {}: {e}", where_(), r.lsn)))?;
+        if let Record::Clock { unix_ms } = rec {
+            if self.until_ms.is_some_and(|u| unix_ms > u) {
+                self.stopped = true;
+                return Ok(());
+            }
+            self.last_clock = Some(unix_ms);
+        }
+        self.pending.push(rec);
+        self.applied = r.lsn;
+        if self.pending.len() >= REPLAY_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BackupError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(crate::store::StoreError::from)?;
+        for rec in &self.pending {
+            schema::apply(&txn, rec)?;
+        }
+        schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
+        txn.commit()?;
+        self.replayed += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Applies what is pending and makes the state durable at `applied`.
+    fn finish(mut self, backup_lsn: Option<u64>) -> Result<(u64, u64, Option<i64>), BackupError> {
+        self.flush()?;
+        let txn = self.db.begin_write()?;
+        schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
+        schema::set_meta(&txn, K_CHECKPOINT_LSN, self.applied)?;
+        if let Some(b) = backup_lsn {
+            schema::set_meta(&txn, K_BACKUP_LSN, b)?;
+        }
+        txn.commit()?;
+        Ok((self.applied, self.replayed, self.last_clock))
+    }
+}
+
+struct Current {
+    start: GroupStart,
+    db: Option<(Database, PathBuf)>,
+    table: Option<u8>,
+    rows: Vec<u8>,
+    pending: Vec<(Vec<u8>, Vec<u8>)>,
+    pending_bytes: usize,
+    records: Vec<u8>,
+    patch_lsn: u64,
+    log: Vec<u8>,
+    log_next: u64,
+    files: bool,
+}
+
+impl Current {
+    fn load_pending(&mut self) -> Result<(), BackupError> {
+        if let (Some((db, _)), Some(t)) = (&self.db, self.table)
+            && !self.pending.is_empty()
+        {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::None)
+                .map_err(crate::store::StoreError::from)?;
+            image::load_rows(&txn, t, &self.pending)?;
+            txn.commit()?;
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+}
+
+/// Reads a whole backup, rebuilding each group `select` gives a database
+/// path for (image + patch), and checks everything on the way. On any
+/// damage the databases made so far are removed and the spot is named.
+/// `progress` is told (bytes read, file size) now and then.
+pub fn materialize(
+    file: &Path,
+    select: &dyn Fn(u32) -> Option<PathBuf>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Header, Vec<Restored>), BackupError> {
+    let mut made: Vec<PathBuf> = Vec::new();
+    let result = materialize_inner(file, select, progress, &mut made);
+    if result.is_err() {
+        for p in made {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    result
+}
+
+fn materialize_inner(
+    file: &Path,
+    select: &dyn Fn(u32) -> Option<PathBuf>,
+    progress: &dyn Fn(u64, u64),
+    made: &mut Vec<PathBuf>,
+) -> Result<(Header, Vec<Restored>), BackupError> {
+    let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
+    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| BackupError::Restore(format!("{}: {e}", file.display())))?;
+    let mut header: Option<Header> = None;
+    let mut cur: Option<Current> = None;
+    let mut done = Vec::new();
+    let mut last_report = 0u64;
+    loop {
+        let block = match reader.next_block() {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(BackupError::Restore(format!("{}: {e}", file.display()))),
+        };
+        if reader.offset() - last_report >= 64 << 20 {
+            last_report = reader.offset();
+            progress(last_report, total);
+        }
+        let at = block.offset;
+        let bad = |p: String| damaged(file, at, p);
+        if header.is_none() && block.kind != Kind::Header {
+            return Err(bad("the file does not start with a header mark".into()));
+        }
+        match block.kind {
+            Kind::Header => {
+                if header.is_some() {
+                    return Err(bad("a second header mark".into()));
+                }
+                header = Some(Header::decode(&block.payload).map_err(|e| bad(e.to_string()))?);
+            }
+            Kind::GroupStart => {
+                if cur.is_some() {
+                    return Err(bad("a group starts before the last one ended".into()));
+                }
+                let start = GroupStart::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                let db = match select(start.id) {
+                    Some(path) => {
+                        let _ = std::fs::remove_file(&path);
+                        made.push(path.clone());
+                        let db = open_db(&path)?;
+                        let txn = db.begin_write()?;
+                        schema::create_tables(&txn)?;
+                        txn.commit()?;
+                        Some((db, path))
+                    }
+                    None => None,
+                };
+                cur = Some(Current {
+                    start,
+                    db,
+                    table: None,
+                    rows: Vec::new(),
+                    pending: Vec::new(),
+                    pending_bytes: 0,
+                    records: Vec::new(),
+                    patch_lsn: start.image_lsn,
+                    log: Vec::new(),
+                    log_next: start.log_from,
+                    files: false,
+                });
+            }
+            Kind::Image => {
+                let c = cur
+                    .as_mut()
+                    .ok_or_else(|| bad("image rows outside a group".into()))?;
+                if c.files || block.payload.is_empty() {
+                    return Err(bad("image rows after the group's files mark".into()));
+                }
+                if c.db.is_none() {
+                    continue;
+                }
+                let t = block.payload[0];
+                if c.table != Some(t) {
+                    if !c.rows.is_empty() {
+                        return Err(bad("an image row is cut off".into()));
+                    }
+                    c.load_pending()?;
+                    c.table = Some(t);
+                }
+                c.rows.extend_from_slice(&block.payload[1..]);
+                let before = c.pending.len();
+                image::take_rows(&mut c.rows, ROW_LIMIT, &mut c.pending).map_err(&bad)?;
+                c.pending_bytes += c.pending[before..]
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+                if c.pending_bytes >= LOAD_BATCH_BYTES {
+                    c.load_pending()?;
+                }
+            }
+            Kind::Files => {
+                let c = cur
+                    .as_mut()
+                    .ok_or_else(|| bad("a files mark outside a group".into()))?;
+                if !c.rows.is_empty() {
+                    return Err(bad("an image row is cut off".into()));
+                }
+                c.load_pending()?;
+                marks::decode_files(&block.payload).map_err(|e| bad(e.to_string()))?;
+                c.files = true;
+            }
+            Kind::Log => {
+                let c = cur
+                    .as_mut()
+                    .ok_or_else(|| bad("log records outside a group".into()))?;
+                if !c.files {
+                    return Err(bad("log records before the files mark".into()));
+                }
+                c.log.extend_from_slice(&block.payload);
+                let mut recs = Vec::new();
+                wal::take_framed(&mut c.log, &mut recs).map_err(&bad)?;
+                for r in recs {
+                    if r.lsn != c.log_next || r.lsn > c.start.image_lsn {
+                        return Err(bad(format!(
+                            "log record LSN {} where {} was expected",
+                            r.lsn, c.log_next
+                        )));
+                    }
+                    Record::decode(r.kind, &r.payload)
+                        .map_err(|e| bad(format!("log record {}: {e}", r.lsn)))?;
+                    c.log_next += 1;
+                }
+            }
+            Kind::Patch => {
+                let c = cur
+                    .as_mut()
+                    .ok_or_else(|| bad("patch records outside a group".into()))?;
+                if !c.files {
+                    return Err(bad("patch records before the files mark".into()));
+                }
+                c.records.extend_from_slice(&block.payload);
+                let mut recs = Vec::new();
+                wal::take_framed(&mut c.records, &mut recs).map_err(&bad)?;
+                match &c.db {
+                    Some((db, _)) => {
+                        let mut rp = Replayer::new(db, c.patch_lsn, None);
+                        for r in recs {
+                            rp.feed(r, &|| format!("{}: patch block at byte {at}", file.display()))?;
+                        }
+                        rp.flush()?;
+                        c.patch_lsn = rp.applied;
+                    }
+                    None => {
+                        for r in recs {
+                            if r.lsn != c.patch_lsn + 1 {
+                                return Err(bad(format!(
+                                    "patch record LSN {} where {} was expected",
+                                    r.lsn,
+                                    c.patch_lsn + 1
+                                )));
+                            }
+                            Record::decode(r.kind, &r.payload)
+                                .map_err(|e| bad(format!("patch record {}: {e}", r.lsn)))?;
+                            c.patch_lsn = r.lsn;
+                        }
+                    }
+                }
+            }
+            Kind::GroupEnd => {
+                let mut c = cur
+                    .take()
+                    .ok_or_else(|| bad("a group end outside a group".into()))?;
+                if !c.files || !c.records.is_empty() || !c.log.is_empty() {
+                    return Err(bad("the group ends inside its log".into()));
+                }
+                if c.start.log_from <= c.start.image_lsn && c.log_next != c.start.image_lsn + 1 {
+                    return Err(bad(format!(
+                        "the log files reach LSN {} but the image is at {}",
+                        c.log_next - 1,
+                        c.start.image_lsn
+                    )));
+                }
+                let end = GroupEnd::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                if c.patch_lsn != end.end_lsn {
+                    return Err(bad(format!(
+                        "the patch reaches LSN {} but the group ends at {}",
+                        c.patch_lsn, end.end_lsn
+                    )));
+                }
+                if let Some((db, path)) = c.db.take() {
+                    Replayer::new(&db, end.end_lsn, None).finish(Some(end.end_lsn))?;
+                    drop(db);
+                    done.push(Restored {
+                        id: c.start.id,
+                        path,
+                        image_lsn: c.start.image_lsn,
+                        end_lsn: end.end_lsn,
+                        end_ms: end.end_ms,
+                        manifest: end.manifest,
+                    });
+                }
+            }
+            Kind::Trailer => unreachable!("the reader consumes the trailer"),
+        }
+    }
+    if cur.is_some() {
+        return Err(damaged(file, reader.offset(), "the last group has no end mark"));
+    }
+    let header = header.ok_or_else(|| damaged(file, reader.offset(), "no header mark"))?;
+    progress(total, total);
+    Ok((header, done))
+}
+
+/// What `describe` finds in a backup without reading its bulk.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub header: Header,
+    /// Start mark and end mark of every group.
+    pub groups: Vec<(GroupStart, GroupEnd)>,
+}
+
+impl Described {
+    /// When the last group's state was taken (unix ms).
+    pub fn end_ms(&self) -> i64 {
+        self.groups.iter().map(|(_, e)| e.end_ms).max().unwrap_or(0)
+    }
+}
+
+/// Reads a backup's marks, seeking past images and logs.
+pub fn describe(file: &Path) -> Result<Described, BackupError> {
+    let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
+    let err = |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
+    let mut s = Skimmer::new(std::io::BufReader::new(f)).map_err(err)?;
+    let mut header = None;
+    let mut groups = Vec::new();
+    let mut start = None;
+    while let Some(b) = s
+        .next_block(|k| matches!(k, Kind::Header | Kind::GroupStart | Kind::GroupEnd))
+        .map_err(err)?
+    {
+        let bad = |e: crate::store::codec::DecodeError| damaged(file, b.offset, e);
+        match b.kind {
+            Kind::Header => header = Some(Header::decode(&b.payload).map_err(bad)?),
+            Kind::GroupStart => start = Some(GroupStart::decode(&b.payload).map_err(bad)?),
+            Kind::GroupEnd => {
+                let end = GroupEnd::decode(&b.payload).map_err(bad)?;
+                let st = start
+                    .take()
+                    .ok_or_else(|| damaged(file, b.offset, "a group end outside a group"))?;
+                groups.push((st, end));
+            }
+            _ => {}
+        }
+    }
+    Ok(Described {
+        header: header.ok_or_else(|| damaged(file, 0, "no header mark"))?,
+        groups,
+    })
+}
+
+/// Feeds the log and patch records of group `id` in a later backup.
+fn feed_backup_logs(file: &Path, id: u32, rp: &mut Replayer) -> Result<(), BackupError> {
+    let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
+    let err = |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
+    let mut s = Skimmer::new(std::io::BufReader::new(f)).map_err(err)?;
+    let mut in_group = false;
+    let mut buf = Vec::new();
+    while let Some(b) = s
+        .next_block(|k| matches!(k, Kind::GroupStart | Kind::GroupEnd | Kind::Log | Kind::Patch))
+        .map_err(err)?
+    {
+        match b.kind {
+            Kind::GroupStart => {
+                let st = GroupStart::decode(&b.payload).map_err(|e| damaged(file, b.offset, e))?;
+                in_group = st.id == id;
+            }
+            Kind::GroupEnd => in_group = false,
+            Kind::Log | Kind::Patch if in_group => {
+                buf.extend_from_slice(&b.payload);
+                let mut recs = Vec::new();
+                wal::take_framed(&mut buf, &mut recs).map_err(|e| damaged(file, b.offset, e))?;
+                let at = b.offset;
+                for r in recs {
+                    rp.feed(r, &|| format!("{}: block at byte {at}", file.display()))?;
+                }
+                if rp.stopped {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Feeds the records of a live WAL directory (a torn tail ends it).
+fn feed_live_wal(dir: &Path, rp: &mut Replayer) -> Result<(), BackupError> {
+    for (_, path) in wal::list_segments(dir)? {
+        if rp.stopped {
+            break;
+        }
+        let mut failed = None;
+        wal::read_segment(&path, |r| {
+            if failed.is_none()
+                && let Err(e) = rp.feed(r, &|| path.display().to_string())
+            {
+                failed = Some(e);
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// What `restore` asks for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub file: PathBuf,
+    /// Only this group (all groups of the backup when `None`).
+    pub group: Option<u32>,
+    /// Point in time: roll forward only to here, with the logs of these
+    /// later backups (oldest first) and then the live WAL.
+    pub until: Option<DateTime<Utc>>,
+    pub later: Vec<PathBuf>,
+    /// Replace groups that exist in the data directory.
+    pub force: bool,
+}
+
+/// One group's restore, for the report.
+#[derive(Debug, Clone)]
+pub struct GroupReport {
+    pub id: u32,
+    pub end_lsn: u64,
+    pub reached_lsn: u64,
+    pub replayed: u64,
+    pub reached_ms: Option<i64>,
+}
+
+/// Restores groups of `opts.file` into `opts.data_dir` and rolls them
+/// forward. The server must not be running on that data directory.
+pub fn restore(
+    opts: &Options,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Vec<GroupReport>, BackupError> {
+    let described = describe(&opts.file)?;
+    if let Some(g) = opts.group
+        && !described.groups.iter().any(|(s, _)| s.id == g)
+    {
+        return Err(BackupError::Restore(format!(
+            "{} holds no storage group {g}",
+            opts.file.display()
+        )));
+    }
+    let chosen: Vec<u32> = described
+        .groups
+        .iter()
+        .map(|(s, _)| s.id)
+        .filter(|id| opts.group.is_none_or(|g| g == *id))
+        .collect();
+    let mut live = Vec::new();
+    for id in &chosen {
+        let db = group_dir(&opts.data_dir, *id).join("store.redb");
+        if db.exists() {
+            live.push(db);
+        }
+    }
+    if !live.is_empty() && !opts.force {
+        return Err(BackupError::Restore(format!(
+            "the data directory already holds {}; restore with --force to replace it (the old files are kept beside it)",
+            live.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let temp = |id: u32| group_dir(&opts.data_dir, id).join("store.redb.restoring");
+    for id in &chosen {
+        let dir = group_dir(&opts.data_dir, *id);
+        std::fs::create_dir_all(dir.join("wal")).map_err(|e| BackupError::io(&dir, e))?;
+    }
+    let (_, restored) = materialize(
+        &opts.file,
+        &|id| chosen.contains(&id).then(|| temp(id)),
+        progress,
+    )?;
+    let mut reports = Vec::new();
+    let result = (|| {
+        for r in &restored {
+            let gdir = group_dir(&opts.data_dir, r.id);
+            let db = open_db(&r.path)?;
+            let report = match opts.until {
+                None => {
+                    let rec = recovery::recover(&db, &gdir.join("wal")).map_err(|e| {
+                        BackupError::Restore(format!(
+                            "group {}: rolling forward with the live log failed: {e}",
+                            r.id
+                        ))
+                    })?;
+                    GroupReport {
+                        id: r.id,
+                        end_lsn: r.end_lsn,
+                        reached_lsn: rec.next_lsn - 1,
+                        replayed: rec.replayed,
+                        reached_ms: None,
+                    }
+                }
+                Some(t) => {
+                    let mut rp = Replayer::new(&db, r.end_lsn, Some(t.timestamp_millis()));
+                    for later in &opts.later {
+                        feed_backup_logs(later, r.id, &mut rp)?;
+                    }
+                    feed_live_wal(&gdir.join("wal"), &mut rp)?;
+                    let (reached, replayed, clock) = rp.finish(None)?;
+                    GroupReport {
+                        id: r.id,
+                        end_lsn: r.end_lsn,
+                        reached_lsn: reached,
+                        replayed,
+                        reached_ms: clock,
+                    }
+                }
+            };
+            reports.push(report);
+        }
+        Ok::<(), BackupError>(())
+    })();
+    if let Err(e) = result {
+        for r in &restored {
+            let _ = std::fs::remove_file(&r.path);
+        }
+        return Err(e);
+    }
+    // Everything is rebuilt: move it into place.
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    for r in &restored {
+        let gdir = group_dir(&opts.data_dir, r.id);
+        let db = gdir.join("store.redb");
+        let io = |e| BackupError::io(&gdir, e);
+        if db.exists() {
+            std::fs::rename(&db, gdir.join(format!("store.redb.replaced-{stamp}"))).map_err(io)?;
+        }
+        if opts.until.is_some() {
+            // The live log goes on past the chosen time: it must not be
+            // replayed at the next start.
+            let wal_dir = gdir.join("wal");
+            if wal::list_segments(&wal_dir)?.is_empty() {
+                let _ = std::fs::remove_dir(&wal_dir);
+            } else {
+                std::fs::rename(&wal_dir, gdir.join(format!("wal.replaced-{stamp}"))).map_err(io)?;
+            }
+            std::fs::create_dir_all(&wal_dir).map_err(io)?;
+        }
+        std::fs::rename(&r.path, &db).map_err(io)?;
+        std::fs::File::open(&gdir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(reports)
+}
+
+/// The backups of `dir` to restore `until`: the newest one that ended by
+/// then, and every later one (for their logs), oldest first.
+pub fn point_in_time_chain(
+    dir: &Path,
+    until: DateTime<Utc>,
+) -> Result<(PathBuf, Vec<PathBuf>), BackupError> {
+    let all = super::target::backups(dir).map_err(|e| BackupError::io(dir, e))?;
+    let mut base = None;
+    for (i, p) in all.iter().enumerate() {
+        if describe(p)?.end_ms() <= until.timestamp_millis() {
+            base = Some(i);
+        }
+    }
+    let i = base.ok_or_else(|| {
+        BackupError::Restore(format!(
+            "no backup in {} ends before {}",
+            dir.display(),
+            until.format("%F %T UTC")
+        ))
+    })?;
+    Ok((all[i].clone(), all[i + 1..].to_vec()))
+}
+
+/// Reads the applied LSN of a database file (for checks and reports).
+pub fn applied_lsn(path: &Path) -> Result<u64, BackupError> {
+    let db = open_db(path)?;
+    let txn = db.begin_read()?;
+    Ok(txn
+        .open_table(schema::META)?
+        .get(K_APPLIED_LSN)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}

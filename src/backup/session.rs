@@ -1,0 +1,358 @@
+//! One backup, taken while the server serves. Per storage group: note the
+//! LSN the previous backup reached (the WAL above it is kept for us), take a
+//! redb read transaction and stream every table (the image, consistent at
+//! the LSN it saw, S); then note the LSN reached meanwhile (E) and digest
+//! that state per user; then stream the log records from the previous
+//! backup to S (log files, for point-in-time restore) and S to E (the patch
+//! file). Image + patch restores the group as it was at E. Writers are never
+//! stopped: the image is an MVCC snapshot and the log is only read.
+//!
+//! The WAL is append-only and its segments are kept until a backup holds
+//! them (`store::group`), so the records after S stay readable until this
+//! backup succeeds and tells each group how far it reached.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use redb::ReadableDatabase;
+
+use super::format::{Kind, MAX_BLOCK, Writer};
+use super::image;
+use super::manifest;
+use super::marks::{FileEntry, GroupEnd, GroupStart, Header, Role, encode_files};
+use super::target::{self, Mirrors, Outcome};
+use super::BackupError;
+use crate::config::BackupConfig;
+use crate::store::schema::{self, K_APPLIED_LSN, TABLES};
+use crate::store::wal;
+use crate::store::{Group, Store};
+
+/// Bytes gathered before a block is written (well under `MAX_BLOCK`).
+const CHUNK: usize = 1 << 20;
+
+/// Counters of a backup in progress, for `tiermail status`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub groups_done: AtomicU64,
+}
+
+/// What one backup did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub name: String,
+    pub bytes: u64,
+    pub secs: f64,
+    /// (group, image LSN, end LSN) of every group.
+    pub groups: Vec<(u32, u64, u64)>,
+    pub targets: Vec<Outcome>,
+}
+
+impl Report {
+    pub fn written(&self) -> Vec<&PathBuf> {
+        self.targets
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .collect()
+    }
+
+    pub fn failures(&self) -> Vec<&String> {
+        self.targets
+            .iter()
+            .filter_map(|o| o.result.as_ref().err())
+            .collect()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} ({} bytes, {} groups, {:.1}s, {:.1} MB/s) written to {} of {} targets",
+            self.name,
+            self.bytes,
+            self.groups.len(),
+            self.secs,
+            self.bytes as f64 / self.secs.max(1e-6) / 1e6,
+            self.written().len(),
+            self.targets.len()
+        );
+        for f in self.failures() {
+            s.push_str(&format!("; {f}"));
+        }
+        s
+    }
+}
+
+/// Gathers bytes and writes them out as blocks of one kind.
+struct Chunker<'a, W: std::io::Write> {
+    w: &'a mut Writer<W>,
+    kind: Kind,
+    prefix: Option<u8>,
+    buf: Vec<u8>,
+    progress: &'a Progress,
+}
+
+impl<'a, W: std::io::Write> Chunker<'a, W> {
+    fn new(w: &'a mut Writer<W>, kind: Kind, prefix: Option<u8>, progress: &'a Progress) -> Self {
+        let mut buf = Vec::with_capacity(CHUNK + 64);
+        buf.extend(prefix);
+        Chunker {
+            w,
+            kind,
+            prefix,
+            buf,
+            progress,
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), BackupError> {
+        let cap = MAX_BLOCK as usize;
+        while !bytes.is_empty() {
+            let room = cap - self.buf.len();
+            let n = room.min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buf.len() >= CHUNK {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BackupError> {
+        let header = usize::from(self.prefix.is_some());
+        if self.buf.len() > header {
+            self.w.block(self.kind, &self.buf)?;
+            self.progress
+                .bytes
+                .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+            self.buf.clear();
+            self.buf.extend(self.prefix);
+        }
+        Ok(())
+    }
+}
+
+/// Takes one backup of every group of `store` to every target of `cfg`.
+/// Blocking: run it on a background thread. Succeeds when at least one
+/// target holds a checked copy; the others' failures are in the report.
+pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Report, BackupError> {
+    if cfg.targets.is_empty() {
+        return Err(BackupError::NoTargets);
+    }
+    let started = Instant::now();
+    let now = chrono::Utc::now();
+    let name = target::backup_name(now);
+    let mirrors = Mirrors::open(&cfg.targets, &name).map_err(BackupError::Targets)?;
+    let mut w = Writer::new(mirrors)?;
+    let header = Header {
+        created_ms: now.timestamp_millis(),
+        host: hostname(),
+        groups: store
+            .groups()
+            .iter()
+            .map(|g| (g.id, "mail".to_string()))
+            .collect(),
+    };
+    w.block(Kind::Header, &header.encode())?;
+    let mut groups = Vec::new();
+    for g in store.groups() {
+        let (s, e) = backup_group(g, &mut w, progress)?;
+        groups.push((g.id, s, e));
+        progress.groups_done.fetch_add(1, Ordering::Relaxed);
+    }
+    let bytes = w.offset();
+    let mirrors = w.finish()?;
+    let targets = mirrors.finish();
+    let report = Report {
+        name,
+        bytes,
+        secs: started.elapsed().as_secs_f64(),
+        groups,
+        targets,
+    };
+    if report.written().is_empty() {
+        return Err(BackupError::Targets(
+            report
+                .failures()
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    // The backup holds every group up to its end LSN: the log below may go.
+    for (id, _, end) in &report.groups {
+        if let Some(g) = store.groups().iter().find(|g| g.id == *id) {
+            g.backed_up_blocking(*end)?;
+        }
+    }
+    for o in &report.targets {
+        if o.result.is_ok() {
+            match target::apply_retention(&o.dir, cfg.keep, cfg.max_age_days, now) {
+                Ok(gone) => {
+                    for p in gone {
+                        tracing::info!(file = %p.display(), "old backup removed (retention)");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target_dir = %o.dir.display(), error = %e, "backup retention failed")
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Streams one group; returns (image LSN, end LSN).
+fn backup_group<W: std::io::Write>(
+    g: &Group,
+    w: &mut Writer<W>,
+    progress: &Progress,
+) -> Result<(u64, u64), BackupError> {
+    let floor = match g.stats.backup_lsn.load(Ordering::Relaxed) {
+        u64::MAX => 0,
+        f => f,
+    };
+    let txn = g.db.begin_read()?;
+    image::check_tables(&txn)?;
+    let image_lsn = applied(&txn)?;
+    let segments = wal::list_segments(&g.dir.join("wal"))?;
+    let oldest = segments.first().map_or(image_lsn + 1, |(f, _)| *f);
+    let log_from = (floor + 1).max(oldest).min(image_lsn + 1);
+    w.block(
+        Kind::GroupStart,
+        &GroupStart {
+            id: g.id,
+            image_lsn,
+            log_from,
+        }
+        .encode(),
+    )?;
+    let mut body_crcs: HashMap<(u64, u32), u32> = HashMap::new();
+    for index in 0..TABLES.len() as u8 {
+        let mut c = Chunker::new(w, Kind::Image, Some(index), progress);
+        let mut row = Vec::new();
+        image::dump_table(&txn, index, &mut |k, v| {
+            if index == image::BODIES_TABLE && k.len() == 12 {
+                let mb = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
+                let uid = u32::from_le_bytes(k[8..].try_into().expect("4 bytes"));
+                body_crcs.insert((mb, uid), crc32c::crc32c(v));
+            }
+            row.clear();
+            image::encode_row(&mut row, k, v);
+            c.push(&row)
+                .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))
+        })?;
+        c.flush()?;
+    }
+    drop(txn);
+
+    // The end of this group's backup: everything applied by now.
+    let txn = g.db.begin_read()?;
+    let end_lsn = applied(&txn)?;
+    let end_ms = chrono::Utc::now().timestamp_millis();
+    let digests = manifest::compute(&txn, &body_crcs)?;
+    drop(txn);
+    drop(body_crcs);
+
+    // Which segments hold the log (log_from..=S) and patch (S+1..=E).
+    let segments = wal::list_segments(&g.dir.join("wal"))?;
+    let mut files = Vec::new();
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let last = segments.get(i + 1).map_or(u64::MAX, |(n, _)| n - 1);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (role, lo, hi) in [
+            (Role::Log, log_from, image_lsn),
+            (Role::Patch, image_lsn + 1, end_lsn),
+        ] {
+            let a = lo.max(*first);
+            let b = hi.min(last);
+            if a <= b {
+                files.push(FileEntry {
+                    role,
+                    name: name.clone(),
+                    first: a,
+                    last: b,
+                });
+            }
+        }
+    }
+    w.block(Kind::Files, &encode_files(&files))?;
+
+    // Stream the records in LSN order: log first, then patch.
+    let mut next = log_from;
+    for role in [Role::Log, Role::Patch] {
+        let (kind, hi) = match role {
+            Role::Log => (Kind::Log, image_lsn),
+            Role::Patch => (Kind::Patch, end_lsn),
+        };
+        let mut c = Chunker::new(w, kind, None, progress);
+        let mut framed = Vec::new();
+        for (_, path) in segments.iter() {
+            if next > hi {
+                break;
+            }
+            let mut failed = None;
+            wal::read_segment(path, |r| {
+                if r.lsn < next || r.lsn > hi || failed.is_some() {
+                    return Ok(());
+                }
+                if r.lsn != next {
+                    failed = Some(format!(
+                        "log of group {} jumps from LSN {} to {}",
+                        g.id,
+                        next - 1,
+                        r.lsn
+                    ));
+                    return Ok(());
+                }
+                framed.clear();
+                wal::encode_record(&mut framed, r.kind, r.lsn, &r.payload);
+                if let Err(e) = c.push(&framed) {
+                    failed = Some(e.to_string());
+                }
+                next += 1;
+                Ok(())
+            })?;
+            if let Some(e) = failed {
+                return Err(BackupError::Log(e));
+            }
+        }
+        c.flush()?;
+        if next != hi + 1 {
+            return Err(BackupError::Log(format!(
+                "group {}: log records {next}..={hi} are missing from {}",
+                g.id,
+                g.dir.join("wal").display()
+            )));
+        }
+    }
+    w.block(
+        Kind::GroupEnd,
+        &GroupEnd {
+            end_lsn,
+            end_ms,
+            manifest: digests,
+        }
+        .encode(),
+    )?;
+    Ok((image_lsn, end_lsn))
+}
+
+fn applied(txn: &redb::ReadTransaction) -> Result<u64, BackupError> {
+    Ok(txn
+        .open_table(schema::META)?
+        .get(K_APPLIED_LSN)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}

@@ -1,0 +1,274 @@
+//! Backup targets: the mirror directories every backup is written to at
+//! once. A backup is written under a temporary name in each target,
+//! fsynced, read back and checked, and only then renamed to its final name,
+//! so a target that fills up or disappears mid-way never holds a half
+//! file under a backup's name, and one failing target never stops the
+//! others. Also listing and retention of the backups in a target.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::format;
+
+pub const SUFFIX: &str = ".tmbak";
+const PARTIAL: &str = ".partial-";
+
+/// The file name of a backup started at `t` (sorts by time).
+pub fn backup_name(t: DateTime<Utc>) -> String {
+    format!("tiermail-{}{SUFFIX}", t.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// When a backup was started, from its file name.
+pub fn started_at(path: &Path) -> Option<DateTime<Utc>> {
+    let name = path.file_name()?.to_str()?;
+    let stamp = name.strip_prefix("tiermail-")?.strip_suffix(SUFFIX)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Why a target is unusable, or `None` when a backup can be written there.
+pub fn check(dir: &Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!("backup target {}: not a directory", dir.display())),
+        Err(e) => Some(format!("backup target {}: {e}", dir.display())),
+    }
+}
+
+struct Out {
+    dir: PathBuf,
+    temp: PathBuf,
+    file: Option<BufWriter<File>>,
+    error: Option<String>,
+}
+
+/// One backup being written to every target.
+pub struct Mirrors {
+    name: String,
+    outs: Vec<Out>,
+}
+
+/// How one target fared.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub result: Result<PathBuf, String>,
+}
+
+impl Mirrors {
+    /// Opens `name` for writing in every target; a target that cannot be
+    /// used is recorded as failed. An error when none can be.
+    pub fn open(targets: &[PathBuf], name: &str) -> Result<Mirrors, String> {
+        let mut outs = Vec::new();
+        for dir in targets {
+            let temp = dir.join(format!("{PARTIAL}{name}"));
+            let mut out = Out {
+                dir: dir.clone(),
+                temp: temp.clone(),
+                file: None,
+                error: check(dir),
+            };
+            if out.error.is_none() {
+                remove_partials(dir);
+                match OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .open(&temp)
+                {
+                    Ok(f) => out.file = Some(BufWriter::with_capacity(1 << 20, f)),
+                    Err(e) => {
+                        out.error = Some(format!("backup target {}: {e}", dir.display()))
+                    }
+                }
+            }
+            outs.push(out);
+        }
+        if outs.iter().all(|o| o.file.is_none()) {
+            let why: Vec<String> = outs.iter().filter_map(|o| o.error.clone()).collect();
+            return Err(if why.is_empty() {
+                "no backup targets configured (backup.targets)".into()
+            } else {
+                why.join("; ")
+            });
+        }
+        Ok(Mirrors {
+            name: name.to_string(),
+            outs,
+        })
+    }
+
+    fn fail(out: &mut Out, what: &str, e: impl std::fmt::Display) {
+        tracing::error!(target_dir = %out.dir.display(), error = %e, "backup target failed; the other targets go on");
+        out.file = None;
+        let _ = std::fs::remove_file(&out.temp);
+        out.error = Some(format!("backup target {}: {what}: {e}", out.dir.display()));
+    }
+
+    /// Flushes, fsyncs, reads back and checks, then renames into place in
+    /// every target still writing.
+    pub fn finish(mut self) -> Vec<Outcome> {
+        for out in &mut self.outs {
+            let Some(mut w) = out.file.take() else {
+                continue;
+            };
+            let synced = w
+                .flush()
+                .and_then(|()| w.get_ref().sync_all())
+                .map_err(|e| e.to_string());
+            drop(w);
+            if let Err(e) = synced {
+                Self::fail(out, "write", e);
+                continue;
+            }
+            let checked = File::open(&out.temp)
+                .map_err(|e| e.to_string())
+                .and_then(|f| format::verify(f).map_err(|e| e.to_string()));
+            if let Err(e) = checked {
+                Self::fail(out, "read-back check", e);
+                continue;
+            }
+            let dest = out.dir.join(&self.name);
+            let renamed = std::fs::rename(&out.temp, &dest)
+                .and_then(|()| File::open(&out.dir).and_then(|d| d.sync_all()));
+            if let Err(e) = renamed {
+                Self::fail(out, "rename", e);
+                continue;
+            }
+            out.file = None;
+            out.error = None;
+            out.temp = dest;
+        }
+        std::mem::take(&mut self.outs)
+            .into_iter()
+            .map(|o| Outcome {
+                dir: o.dir,
+                result: match o.error {
+                    Some(e) => Err(e),
+                    None => Ok(o.temp),
+                },
+            })
+            .collect()
+    }
+}
+
+impl Drop for Mirrors {
+    fn drop(&mut self) {
+        // An abandoned backup (an error before `finish`) leaves nothing.
+        for out in &mut self.outs {
+            if out.file.take().is_some() {
+                let _ = std::fs::remove_file(&out.temp);
+            }
+        }
+    }
+}
+
+impl Write for Mirrors {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut alive = 0;
+        for out in &mut self.outs {
+            if let Some(f) = &mut out.file {
+                match f.write_all(buf) {
+                    Ok(()) => alive += 1,
+                    Err(e) => Self::fail(out, "write", e),
+                }
+            }
+        }
+        if alive == 0 {
+            let why: Vec<String> = self.outs.iter().filter_map(|o| o.error.clone()).collect();
+            return Err(std::io::Error::other(why.join("; ")));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Removes temporary files that a crashed backup left in `dir`.
+fn remove_partials(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(PARTIAL) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The backups in `dir`, oldest first.
+pub fn backups(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| started_at(p).is_some())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Deletes backups beyond the newest `keep` and those older than
+/// `max_age_days` (0: no limit), never the newest. Returns what went.
+pub fn apply_retention(
+    dir: &Path,
+    keep: u32,
+    max_age_days: u32,
+    now: DateTime<Utc>,
+) -> std::io::Result<Vec<PathBuf>> {
+    let all = backups(dir)?;
+    let n = all.len();
+    let mut removed = Vec::new();
+    for (i, path) in all.into_iter().enumerate() {
+        let newer = n - 1 - i;
+        if newer == 0 {
+            break;
+        }
+        let too_old = max_age_days > 0
+            && started_at(&path)
+                .is_some_and(|t| now - t > chrono::Duration::days(i64::from(max_age_days)));
+        if newer >= keep as usize || too_old {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_time_and_parse_back() {
+        let t = DateTime::parse_from_rfc3339("2026-11-25T01:02:03.456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let n = backup_name(t);
+        assert_eq!(n, "tiermail-20261125T010203.456Z.tmbak");
+        assert_eq!(started_at(Path::new(&n)), Some(t));
+        assert!(started_at(Path::new(".partial-x.tmbak")).is_none());
+    }
+
+    #[test]
+    fn retention_by_count_and_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        for days in [40, 20, 3, 2, 1] {
+            let name = backup_name(now - chrono::Duration::days(days));
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        // Keep 4 and nothing older than 30 days: the 40-day one goes.
+        assert_eq!(apply_retention(dir.path(), 4, 30, now).unwrap().len(), 1);
+        // Keep 10, max 10 days: the 20-day one goes.
+        assert_eq!(apply_retention(dir.path(), 10, 10, now).unwrap().len(), 1);
+        // Keep 1: only the newest stays, even with an age limit of 1 day.
+        assert_eq!(apply_retention(dir.path(), 1, 0, now).unwrap().len(), 2);
+        assert_eq!(backups(dir.path()).unwrap().len(), 1);
+        let all_old = apply_retention(dir.path(), 1, 1, now + chrono::Duration::days(9));
+        assert!(all_old.unwrap().is_empty(), "the newest is never deleted");
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-user restore (the "recovery database" of other mail servers): one
+//! user's mail as a backup holds it is put back into a folder of the live
+//! store, `Restored/<original folder>`, with flags and dates kept, while
+//! the server serves. Only the user's group is rebuilt, in a scratch
+//! directory, and read from there; the copies are ordinary deliveries, so
+//! they are logged and acknowledged like any other write.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::ReadableDatabase;
+
+use super::BackupError;
+use super::restore;
+use crate::store::message::MessageMeta;
+use crate::store::schema::{self, MailboxInfo};
+use crate::store::{Delivery, Op, SEPARATOR, Store, StoreError};
+
+/// Messages read from the scratch database per step.
+const STEP: usize = 64;
+
+#[derive(Debug, Clone, Default)]
+pub struct UserRestoreReport {
+    pub folders: usize,
+    pub messages: u64,
+}
+
+/// Puts `user`'s mail from `file` under `folder` in the live store.
+pub async fn restore_user(
+    store: Arc<Store>,
+    file: PathBuf,
+    user: String,
+    folder: String,
+    scratch: PathBuf,
+) -> Result<UserRestoreReport, BackupError> {
+    if folder.is_empty() || folder.split(SEPARATOR).any(str::is_empty) {
+        return Err(BackupError::Restore(format!(
+            "`{folder}` is not a folder name"
+        )));
+    }
+    let id = store.group_of(&user).id;
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| BackupError::io(&scratch, e))?;
+    let result = copy(store, &file, &user, &folder, &scratch, id).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn copy(
+    store: Arc<Store>,
+    file: &Path,
+    user: &str,
+    folder: &str,
+    scratch: &Path,
+    id: u32,
+) -> Result<UserRestoreReport, BackupError> {
+    let path = scratch.join(format!("g{id:03}.redb"));
+    let (f, p) = (file.to_path_buf(), path.clone());
+    let (_, restored) = crate::background::run_alone("restore", move || {
+        restore::materialize(&f, &|g| (g == id).then(|| p.clone()), &|_, _| {})
+    })
+    .await
+    .map_err(|e| BackupError::Restore(e.to_string()))??;
+    let Some(r) = restored.first() else {
+        return Err(BackupError::Restore(format!(
+            "{} holds no storage group {id}",
+            file.display()
+        )));
+    };
+    if !r.manifest.contains_key(user) {
+        return Err(BackupError::Restore(format!(
+            "{} holds no mail of {user}",
+            file.display()
+        )));
+    }
+    let db = Arc::new(
+        redb::Database::open(&path)
+            .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))?,
+    );
+    let read = {
+        let db = db.clone();
+        let prefix = schema::mailbox_key(user, "");
+        move || -> Result<Vec<(String, u64, Vec<u32>)>, BackupError> {
+            let txn = db.begin_read()?;
+            let boxes = txn.open_table(schema::MAILBOXES)?;
+            let msgs = txn.open_table(schema::MESSAGES)?;
+            let mut v = Vec::new();
+            for row in boxes.range(prefix.as_str()..)? {
+                let (k, val) = row?;
+                let Some(name) = k.value().strip_prefix(prefix.as_str()).map(str::to_string)
+                else {
+                    break;
+                };
+                let info = MailboxInfo::from_bytes(val.value()).map_err(StoreError::from)?;
+                let mut uids = Vec::new();
+                for m in msgs.range((info.id, 0)..=(info.id, u32::MAX))? {
+                    uids.push(m?.0.value().1);
+                }
+                v.push((name, info.id, uids));
+            }
+            Ok(v)
+        }
+    };
+    let boxes = tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| BackupError::Restore(e.to_string()))??;
+    let mut report = UserRestoreReport::default();
+    store.ensure_user(user).await?;
+    for (name, mailbox_id, uids) in boxes {
+        let dest = format!("{folder}{SEPARATOR}{name}");
+        match store
+            .submit(
+                user,
+                Op::CreateMailbox {
+                    user: user.to_string(),
+                    name: dest.clone(),
+                },
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::MailboxExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        report.folders += 1;
+        for chunk in uids.chunks(STEP) {
+            let db = db.clone();
+            let chunk = chunk.to_vec();
+            let msgs = tokio::task::spawn_blocking(
+                move || -> Result<Vec<(MessageMeta, Vec<u8>)>, BackupError> {
+                    let txn = db.begin_read()?;
+                    let metas = txn.open_table(schema::MESSAGES)?;
+                    let bodies = txn.open_table(schema::BODIES)?;
+                    let mut v = Vec::new();
+                    for uid in chunk {
+                        let (Some(m), Some(b)) =
+                            (metas.get((mailbox_id, uid))?, bodies.get((mailbox_id, uid))?)
+                        else {
+                            continue;
+                        };
+                        let meta = MessageMeta::from_bytes(m.value()).map_err(StoreError::from)?;
+                        v.push((meta, b.value().to_vec()));
+                    }
+                    Ok(v)
+                },
+            )
+            .await
+            .map_err(|e| BackupError::Restore(e.to_string()))??;
+            for (meta, raw) in msgs {
+                store
+                    .deliver(Delivery {
+                        user: user.to_string(),
+                        mailbox: dest.clone(),
+                        raw: Arc::new(raw),
+                        internal_date: meta.internal_date,
+                        flags: meta.flags,
+                        summary: meta.summary,
+                    })
+                    .await?;
+                report.messages += 1;
+            }
+        }
+    }
+    Ok(report)
+}
