@@ -138,14 +138,13 @@ pub fn request(cfg: &Config, line: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket_path(cfg)).ok()?;
     // Archive runs, backups, drills and restores answer when they are done.
-    let wait = if line.starts_with("archive")
-        || line.starts_with("backup")
-        || line.starts_with("restore")
-    {
-        24 * 3600
-    } else {
-        30
-    };
+    let wait =
+        if line.starts_with("archive") || line.starts_with("backup") || line.starts_with("restore")
+        {
+            24 * 3600
+        } else {
+            30
+        };
     s.set_read_timeout(Some(Duration::from_secs(wait))).ok()?;
     s.write_all(format!("{line}\n").as_bytes()).ok()?;
     let mut out = String::new();
@@ -180,8 +179,7 @@ pub fn offline_status(cfg: &Config) -> Result<String, crate::store::StoreError> 
     s.push_str(&groups_table(store.status()));
     store.shutdown();
     s.push_str(
-        &crate::backup::agent::BackupAgent::default()
-            .status(&cfg.backup, &cfg.server.data_dir),
+        &crate::backup::agent::BackupAgent::default().status(&cfg.backup, &cfg.server.data_dir),
     );
     Ok(s)
 }

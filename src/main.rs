@@ -437,7 +437,10 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
                 Some(t) => vec![t],
                 None => config.backup.targets.clone(),
             };
-            anyhow::ensure!(!dirs.is_empty(), "no backup targets configured (backup.targets)");
+            anyhow::ensure!(
+                !dirs.is_empty(),
+                "no backup targets configured (backup.targets)"
+            );
             for dir in dirs {
                 println!("{}:", dir.display());
                 let files = match target::backups(&dir) {
@@ -460,9 +463,7 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
                             let lsns: Vec<String> = d
                                 .groups
                                 .iter()
-                                .map(|(s, e)| {
-                                    format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn)
-                                })
+                                .map(|(s, e)| format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn))
                                 .collect();
                             println!(
                                 "  {name}  {}  {size} bytes  {} groups  LSNs {}",
@@ -482,10 +483,8 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
             let blocks = format::verify(f)
                 .map_err(|e| anyhow::anyhow!("{}: DAMAGED: {e}", file.display()))?;
             // The container is sound; now every mark and log record.
-            let (header, groups) =
-                restore::materialize(&file, &|_| None, &|_, _| {}).map_err(|e| {
-                    anyhow::anyhow!("DAMAGED: {e}")
-                })?;
+            let (header, groups) = restore::materialize(&file, &|_| None, &|_, _| {})
+                .map_err(|e| anyhow::anyhow!("DAMAGED: {e}"))?;
             let _ = groups;
             println!(
                 "{}: ok: {blocks} blocks, {} storage groups, every checksum and mark checked",
@@ -496,7 +495,9 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Drill { file } => {
             let line = format!(
                 "backup drill {}",
-                file.as_ref().map(|f| f.display().to_string()).unwrap_or_default()
+                file.as_ref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default()
             );
             if let Some(answer) = tiermail::control::request(config, line.trim()) {
                 print!("{answer}");
@@ -564,8 +565,8 @@ fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
             Some(f) => f.clone(),
             None => newest()?,
         };
-        let file = std::fs::canonicalize(&file)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let file =
+            std::fs::canonicalize(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let req = format!("restore-user\t{user}\t{folder}\t{}", file.display());
         if let Some(answer) = tiermail::control::request(config, &req) {
             print!("{answer}");

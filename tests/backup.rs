@@ -221,7 +221,10 @@ async fn a_backup_under_load_restores_the_live_state() {
         let want = user_state(&live, user).await;
         let got = user_state(&restored, user).await;
         messages += want.values().map(Vec::len).sum::<usize>();
-        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
         for (name, msgs) in &want {
             assert_eq!(&got[name], msgs, "{user} {name}");
         }
@@ -234,19 +237,21 @@ async fn a_backup_under_load_restores_the_live_state() {
 async fn backup_with_patch(server: &TestServer) -> PathBuf {
     let stop = Arc::new(AtomicBool::new(false));
     let smtp = server.smtp();
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut c = common::Client::connect(smtp).await;
-            c.expect("EHLO load.test", "250").await;
-            let mut n = 50_000;
-            while !stop.load(Ordering::Relaxed) {
-                c.send_mail("load@remote.test", &[USERS[n % 3]], &message(n, 500))
-                    .await;
-                n += 1;
-            }
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = common::Client::connect(smtp).await;
+                c.expect("EHLO load.test", "250").await;
+                let mut n = 50_000 * (t + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    c.send_mail("load@remote.test", &[USERS[n % 3]], &message(n, 500))
+                        .await;
+                    n += 1;
+                }
+            })
         })
-    };
+        .collect();
     let target = &server.config.backup.targets[0];
     let mut found = None;
     for _ in 0..20 {
@@ -259,7 +264,9 @@ async fn backup_with_patch(server: &TestServer) -> PathBuf {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
     found.expect("a backup with a patch")
 }
 
@@ -271,7 +278,7 @@ fn tiermail_cli(server: &TestServer) -> std::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_backups_are_refused_with_the_spot_named() {
     let server = TestServer::start_with(|c| c.store.groups = 1).await;
-    smtp_deliver(server.smtp(), 0, 200, 4000).await;
+    smtp_deliver(server.smtp(), 0, 300, 20_000).await;
     let good = backup_with_patch(&server).await;
     let bytes = std::fs::read(&good).unwrap();
 
@@ -356,7 +363,11 @@ async fn the_log_is_kept_until_a_backup_holds_it() {
     smtp_deliver(server.smtp(), 0, 300, 20_000).await;
     let g = server.store().groups()[0].clone();
     g.checkpoint().await.unwrap();
-    let segments = || tiermail::store::wal::list_segments(&g.dir.join("wal")).unwrap().len();
+    let segments = || {
+        tiermail::store::wal::list_segments(&g.dir.join("wal"))
+            .unwrap()
+            .len()
+    };
     assert!(segments() > 3, "no backup yet: every segment kept");
     backup_now(&server).await;
     assert_eq!(segments(), 1, "backed up and checkpointed: pruned");
@@ -376,4 +387,331 @@ async fn the_log_is_kept_until_a_backup_holds_it() {
             .len(),
         1
     );
+}
+
+/// Runs the CLI; returns (success, stdout + stderr).
+fn cli(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = common::daemon::tiermail(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn cli_async(config: &Path, args: &[&str]) -> (bool, String) {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&config, &a)
+    })
+    .await
+    .unwrap()
+}
+
+async fn alice_inbox_offline(config: &Path) -> Vec<Vec<u8>> {
+    let cfg = Config::load(Some(config)).unwrap();
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let inbox = common::inbox_of(&store, "alice@example.test")
+        .await
+        .iter()
+        .map(|m| common::strip_trace(m).1.to_vec())
+        .collect();
+    store.shutdown();
+    inbox
+}
+
+async fn to_alice(addr: std::net::SocketAddr, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
+    let mut c = common::Client::connect(addr).await;
+    c.expect("EHLO load.test", "250").await;
+    let mut v = Vec::new();
+    for n in range {
+        let m = message(n, 800);
+        let r = c
+            .send_mail("load@remote.test", &["alice@example.test"], &m)
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+        v.push(m);
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_restore_between_two_backups() {
+    use common::daemon::{Daemon, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[store]\ngroups = 2\n");
+    let daemon = Daemon::start(&config);
+    let smtp = daemon.addr("smtp");
+    let a = to_alice(smtp, 0..10).await;
+    let (ok, out) = cli_async(&config, &["backup", "run"]).await;
+    assert!(ok, "{out}");
+    let b = to_alice(smtp, 10..20).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let until = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _c = to_alice(smtp, 20..30).await;
+    let (ok, out) = cli_async(&config, &["backup", "run"]).await;
+    assert!(ok, "{out}");
+    let _d = to_alice(smtp, 30..40).await;
+    assert!(daemon.terminate().success());
+
+    let t = until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (ok, out) = cli_async(&config, &["restore", "--until", &t]).await;
+    assert!(
+        !ok && out.contains("--force"),
+        "a live store is not replaced unasked: {out}"
+    );
+    let (ok, out) = cli_async(&config, &["restore", "--until", &t, "--force"]).await;
+    assert!(ok, "{out}");
+    let mut want: Vec<Vec<u8>> = a.into_iter().chain(b).collect();
+    assert_eq!(alice_inbox_offline(&config).await, want, "{out}");
+
+    // The restored store takes new mail after the point in time.
+    let daemon = Daemon::start(&config);
+    want.extend(to_alice(daemon.addr("smtp"), 100..103).await);
+    assert!(daemon.terminate().success());
+    assert_eq!(alice_inbox_offline(&config).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_mail_comes_back_into_a_restored_folder() {
+    use common::daemon::{Daemon, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let daemon = Daemon::start(&config);
+    let imap = daemon.addr("imap");
+    let mut c = Imap::login(imap, "alice@example.test").await;
+    let r = c.run("w1 CREATE Work").await;
+    assert!(r.contains("w1 OK"), "{r}");
+    let mut sent = Vec::new();
+    for (i, (mailbox, flags)) in [
+        ("INBOX", "\\Seen"),
+        ("INBOX", "\\Flagged"),
+        ("INBOX", ""),
+        ("Work", "\\Seen \\Answered"),
+        ("Work", "$Label1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let msg = message(i, 600);
+        c.send(
+            format!(
+                "a{i} APPEND {mailbox} ({flags}) \"01-Jan-2025 10:00:0{i} +0000\" {{{}+}}\r\n",
+                msg.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        c.send(&msg).await;
+        c.send(b"\r\n").await;
+        let r = c.until(&format!("a{i}")).await;
+        assert!(r.contains("OK"), "{r}");
+        sent.push((mailbox, flags, msg));
+    }
+    let mut bob = Imap::login(imap, "bob@example.test").await;
+    let r = bob.run("b1 STATUS INBOX (MESSAGES)").await;
+    assert!(r.contains("MESSAGES 0"), "{r}");
+    let (ok, out) = cli_async(&config, &["backup", "run"]).await;
+    assert!(ok, "{out}");
+
+    // The user loses everything.
+    let r = c.run("d1 SELECT INBOX").await;
+    assert!(r.contains("d1 OK"), "{r}");
+    let r = c.run("d2 STORE 1:* +FLAGS (\\Deleted)").await;
+    assert!(r.contains("d2 OK"), "{r}");
+    let r = c.run("d3 EXPUNGE").await;
+    assert!(r.contains("d3 OK"), "{r}");
+    let r = c.run("d4 DELETE Work").await;
+    assert!(r.contains("d4 OK"), "{r}");
+
+    let (ok, out) = cli_async(
+        &config,
+        &[
+            "restore",
+            "--user",
+            "alice@example.test",
+            "--into-folder",
+            "Restored",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("restored 5 messages"), "{out}");
+
+    let r = c.run("l1 LIST \"\" \"Restored*\"").await;
+    assert!(
+        r.contains("Restored/INBOX") && r.contains("Restored/Work"),
+        "{r}"
+    );
+    for folder in ["INBOX", "Work"] {
+        let r = c.run(&format!("s1 SELECT Restored/{folder}")).await;
+        assert!(r.contains("s1 OK"), "{r}");
+        let want: Vec<_> = sent.iter().filter(|(m, _, _)| *m == folder).collect();
+        assert!(r.contains(&format!("* {} EXISTS", want.len())), "{r}");
+        for (i, (_, flags, msg)) in want.iter().enumerate() {
+            let r = c
+                .run(&format!(
+                    "f1 FETCH {} (FLAGS INTERNALDATE BODY.PEEK[])",
+                    i + 1
+                ))
+                .await;
+            for f in flags.split_whitespace() {
+                assert!(r.contains(f), "{folder} {i} flag {f}: {r}");
+            }
+            assert!(r.contains("01-Jan-2025 10:00:0"), "{r}");
+            let text = String::from_utf8_lossy(msg);
+            assert!(r.contains(text.as_ref()), "{folder} {i}: {r}");
+        }
+    }
+    // Nobody else's mail moved.
+    let r = bob.run("b2 LIST \"\" \"*\"").await;
+    assert!(!r.contains("Restored"), "{r}");
+    drop(daemon);
+}
+
+/// Unmounts a test mount when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes() {
+    let targets = tempfile::tempdir().unwrap();
+    let good = targets.path().join("good");
+    let missing = targets.path().join("missing");
+    let full = targets.path().join("full");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&full).unwrap();
+    // A real full disk: a 256 KiB tmpfs.
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a small tmpfs needs root");
+    let _mount = Mount(full.clone());
+
+    let (g, m, f) = (good.clone(), missing.clone(), full.clone());
+    let server = TestServer::start_with(move |c| {
+        c.store.groups = 2;
+        c.backup.targets = vec![g, m, f];
+    })
+    .await;
+    smtp_deliver(server.smtp(), 0, 150, 8000).await;
+    let app = server.app();
+    let line = app
+        .backup
+        .run_once(app.store.clone(), Arc::new(server.config.backup.clone()))
+        .await
+        .expect("one good target is enough");
+    assert!(
+        line.contains("PARTIAL") && line.contains("1 of 3 targets"),
+        "{line}"
+    );
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    assert!(line.contains(&full.display().to_string()), "{line}");
+    let status = app
+        .backup
+        .status(&server.config.backup, &server.config.server.data_dir);
+    assert!(status.contains(&full.display().to_string()), "{status}");
+
+    let written = backups(&good);
+    assert_eq!(written.len(), 1);
+    format::verify(std::fs::File::open(&written[0]).unwrap()).unwrap();
+    assert!(
+        std::fs::metadata(&written[0]).unwrap().len() > 256 << 10,
+        "the backup is larger than the full target"
+    );
+    assert!(!missing.exists(), "a missing target is never created");
+    let left: Vec<_> = std::fs::read_dir(&full).unwrap().collect();
+    assert!(left.is_empty(), "nothing left on the full target: {left:?}");
+    // The server serves on.
+    smtp_deliver(server.smtp(), 1000, 3, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_drills_retention_and_status() {
+    use common::daemon::{Daemon, write_config};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[backup]\nschedule = \"off\"\ndrill_schedule = \"off\"\nmax_staleness = \"1h\"\n\
+             keep = 2\ntargets = [\"{d}/data/backups\"]\n"
+        ),
+    );
+    let daemon = Daemon::start(&config);
+    to_alice(daemon.addr("smtp"), 0..20).await;
+    let (_, status) = cli_async(&config, &["status"]).await;
+    assert!(status.contains("STALE: no backup"), "{status}");
+    assert!(status.contains("drill: never run"), "{status}");
+    for _ in 0..3 {
+        let (ok, out) = cli_async(&config, &["backup", "run"]).await;
+        assert!(ok, "{out}");
+    }
+    let target = dir.path().join("data/backups");
+    assert_eq!(backups(&target).len(), 2, "keep = 2");
+    let (ok, out) = cli_async(&config, &["backup", "drill"]).await;
+    assert!(
+        ok && out.contains("ok: ") && out.contains("20 messages"),
+        "{out}"
+    );
+    let (_, status) = cli_async(&config, &["status"]).await;
+    assert!(
+        status.contains("backup: last run") && status.contains(" ok: "),
+        "{status}"
+    );
+    assert!(status.contains("backup: lag: newest backup"), "{status}");
+    assert!(!status.contains("STALE"), "{status}");
+    assert!(
+        status.contains("drill: ") && status.contains("ok: "),
+        "{status}"
+    );
+    let (ok, list) = cli_async(&config, &["backup", "list"]).await;
+    assert!(ok && list.matches(".tmbak").count() == 2, "{list}");
+    assert!(list.contains("4 groups"), "{list}");
+    assert!(daemon.terminate().success());
+
+    // Continuous: the next backup starts when the last ends; a drill on
+    // its own schedule; both in status.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[backup]\nschedule = \"continuous\"\ndrill_schedule = \"every 1s\"\n\
+             keep = 3\ntargets = [\"{d}/data/backups\"]\n"
+        ),
+    );
+    let daemon = Daemon::start(&config);
+    let first = backups(&target).last().cloned();
+    let mut newer = 0;
+    for _ in 0..200 {
+        newer = backups(&target)
+            .iter()
+            .filter(|p| Some(*p) > first.as_ref())
+            .count();
+        if newer >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(newer >= 2, "continuous backups keep coming");
+    assert!(backups(&target).len() <= 3);
+    let (_, status) = cli_async(&config, &["status"]).await;
+    assert!(status.contains("backup: next run"), "{status}");
+    assert!(status.contains("drill: next run"), "{status}");
+    drop(daemon);
 }

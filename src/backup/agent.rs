@@ -52,18 +52,20 @@ fn claim<'a>(flag: &'a AtomicBool, what: &str) -> Result<Running<'a>, String> {
 
 impl BackupAgent {
     /// Takes one backup unless one is under way.
-    pub async fn run_once(&self, store: Arc<Store>, cfg: Arc<BackupConfig>) -> Result<String, String> {
+    pub async fn run_once(
+        &self,
+        store: Arc<Store>,
+        cfg: Arc<BackupConfig>,
+    ) -> Result<String, String> {
         let _guard = claim(&self.running, "backup")?;
         let progress = Arc::new(Progress::default());
         *lock(&self.current) = Some(progress.clone());
         let started = Utc::now();
         let p = progress.clone();
-        let result = crate::background::run_alone("backup", move || {
-            session::run(&store, &cfg, &p)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = crate::background::run_alone("backup", move || session::run(&store, &cfg, &p))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         *lock(&self.current) = None;
         let line = match &result {
             Ok(report) => {

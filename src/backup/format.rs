@@ -310,7 +310,10 @@ impl<R: Read + std::io::Seek> Skimmer<R> {
     }
 
     /// The next block whose kind `want` accepts (others skipped unread).
-    pub fn next_block(&mut self, want: impl Fn(Kind) -> bool) -> Result<Option<Block>, FormatError> {
+    pub fn next_block(
+        &mut self,
+        want: impl Fn(Kind) -> bool,
+    ) -> Result<Option<Block>, FormatError> {
         loop {
             self.block += 1;
             let damaged = |s: &Self, problem: String| FormatError::Damaged {
@@ -320,7 +323,10 @@ impl<R: Read + std::io::Seek> Skimmer<R> {
             };
             let mut head = [0u8; 5];
             if self.input.read_exact(&mut head).is_err() {
-                return Err(damaged(self, "file ends before its trailer (truncated)".into()));
+                return Err(damaged(
+                    self,
+                    "file ends before its trailer (truncated)".into(),
+                ));
             }
             let Some(kind) = Kind::from_u8(head[0]) else {
                 return Err(damaged(self, format!("unknown block kind {}", head[0])));

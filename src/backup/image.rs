@@ -18,6 +18,9 @@ use crate::store::schema::{
     BODIES, MAILBOX_IDS, MAILBOXES, MESSAGES, META, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };
 
+/// Receives each row's key and value bytes.
+pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Index in [`TABLES`] of the bodies table (whose rows are hashed for the
 /// manifest while they stream).
 pub const BODIES_TABLE: u8 = 5;
@@ -25,7 +28,7 @@ pub const BODIES_TABLE: u8 = 5;
 fn dump<K: Key + 'static, V: Value + 'static>(
     txn: &ReadTransaction,
     def: TableDefinition<K, V>,
-    sink: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    sink: &mut RowSink<'_>,
 ) -> Result<(), StoreError> {
     let table = txn.open_table(def)?;
     for row in table.iter()? {
@@ -53,7 +56,7 @@ fn load<K: Key + 'static, V: Value + 'static>(
 pub fn dump_table(
     txn: &ReadTransaction,
     index: u8,
-    sink: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    sink: &mut RowSink<'_>,
 ) -> Result<(), StoreError> {
     match index {
         0 => dump(txn, META, sink),
@@ -154,17 +157,21 @@ mod tests {
     /// changes it, old backups would restore wrongly, so it is pinned here.
     #[test]
     fn redb_encodings_are_pinned() {
-        let k = (0x0102_0304_0506_0708u64, 0x0a0b_0c0du32);
-        let b = <(u64, u32)>::as_bytes(&k);
-        let b: &[u8] = b.as_ref();
+        fn enc<'a, V: Value + 'a>(v: &V::SelfType<'a>) -> Vec<u8> {
+            V::as_bytes(v).as_ref().to_vec()
+        }
         let mut want = 0x0102_0304_0506_0708u64.to_le_bytes().to_vec();
         want.extend_from_slice(&0x0a0b_0c0du32.to_le_bytes());
-        assert_eq!(b, want.as_slice());
-        assert_eq!(<&str>::as_bytes(&"ab").as_ref(), b"ab");
-        assert_eq!(u64::as_bytes(&5u64).as_ref(), 5u64.to_le_bytes());
-        assert_eq!(i64::as_bytes(&-2i64).as_ref(), (-2i64).to_le_bytes());
-        assert_eq!(u8::as_bytes(&1u8).as_ref(), [1u8]);
-        assert!(<()>::as_bytes(&()).as_ref().is_empty());
+        assert_eq!(
+            enc::<(u64, u32)>(&(0x0102_0304_0506_0708, 0x0a0b_0c0d)),
+            want
+        );
+        assert_eq!(enc::<&str>(&"ab"), b"ab");
+        assert_eq!(enc::<&[u8]>(&&b"xy"[..]), b"xy");
+        assert_eq!(enc::<u64>(&5), 5u64.to_le_bytes());
+        assert_eq!(enc::<i64>(&-2), (-2i64).to_le_bytes());
+        assert_eq!(enc::<u8>(&1), [1u8]);
+        assert!(enc::<()>(&()).is_empty());
         assert_eq!(TABLES[BODIES_TABLE as usize], "bodies");
     }
 

@@ -337,7 +337,9 @@ fn materialize_inner(
                     Some((db, _)) => {
                         let mut rp = Replayer::new(db, c.patch_lsn, None);
                         for r in recs {
-                            rp.feed(r, &|| format!("{}: patch block at byte {at}", file.display()))?;
+                            rp.feed(r, &|| {
+                                format!("{}: patch block at byte {at}", file.display())
+                            })?;
                         }
                         rp.flush()?;
                         c.patch_lsn = rp.applied;
@@ -396,7 +398,11 @@ fn materialize_inner(
         }
     }
     if cur.is_some() {
-        return Err(damaged(file, reader.offset(), "the last group has no end mark"));
+        return Err(damaged(
+            file,
+            reader.offset(),
+            "the last group has no end mark",
+        ));
     }
     let header = header.ok_or_else(|| damaged(file, reader.offset(), "no header mark"))?;
     progress(total, total);
@@ -421,7 +427,8 @@ impl Described {
 /// Reads a backup's marks, seeking past images and logs.
 pub fn describe(file: &Path) -> Result<Described, BackupError> {
     let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
-    let err = |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
+    let err =
+        |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
     let mut s = Skimmer::new(std::io::BufReader::new(f)).map_err(err)?;
     let mut header = None;
     let mut groups = Vec::new();
@@ -453,12 +460,18 @@ pub fn describe(file: &Path) -> Result<Described, BackupError> {
 /// Feeds the log and patch records of group `id` in a later backup.
 fn feed_backup_logs(file: &Path, id: u32, rp: &mut Replayer) -> Result<(), BackupError> {
     let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
-    let err = |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
+    let err =
+        |e: super::format::FormatError| BackupError::Restore(format!("{}: {e}", file.display()));
     let mut s = Skimmer::new(std::io::BufReader::new(f)).map_err(err)?;
     let mut in_group = false;
     let mut buf = Vec::new();
     while let Some(b) = s
-        .next_block(|k| matches!(k, Kind::GroupStart | Kind::GroupEnd | Kind::Log | Kind::Patch))
+        .next_block(|k| {
+            matches!(
+                k,
+                Kind::GroupStart | Kind::GroupEnd | Kind::Log | Kind::Patch
+            )
+        })
         .map_err(err)?
     {
         match b.kind {
@@ -642,7 +655,8 @@ pub fn restore(
             if wal::list_segments(&wal_dir)?.is_empty() {
                 let _ = std::fs::remove_dir(&wal_dir);
             } else {
-                std::fs::rename(&wal_dir, gdir.join(format!("wal.replaced-{stamp}"))).map_err(io)?;
+                std::fs::rename(&wal_dir, gdir.join(format!("wal.replaced-{stamp}")))
+                    .map_err(io)?;
             }
             std::fs::create_dir_all(&wal_dir).map_err(io)?;
         }

@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use redb::ReadableDatabase;
 
+use super::BackupError;
 use super::format::{Kind, MAX_BLOCK, Writer};
 use super::image;
 use super::manifest;
 use super::marks::{FileEntry, GroupEnd, GroupStart, Header, Role, encode_files};
 use super::target::{self, Mirrors, Outcome};
-use super::BackupError;
 use crate::config::BackupConfig;
 use crate::store::schema::{self, K_APPLIED_LSN, TABLES};
 use crate::store::wal;

@@ -74,15 +74,9 @@ impl Mirrors {
             };
             if out.error.is_none() {
                 remove_partials(dir);
-                match OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .open(&temp)
-                {
+                match OpenOptions::new().create_new(true).write(true).open(&temp) {
                     Ok(f) => out.file = Some(BufWriter::with_capacity(1 << 20, f)),
-                    Err(e) => {
-                        out.error = Some(format!("backup target {}: {e}", dir.display()))
-                    }
+                    Err(e) => out.error = Some(format!("backup target {}: {e}", dir.display())),
                 }
             }
             outs.push(out);

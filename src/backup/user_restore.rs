@@ -87,8 +87,7 @@ async fn copy(
             let mut v = Vec::new();
             for row in boxes.range(prefix.as_str()..)? {
                 let (k, val) = row?;
-                let Some(name) = k.value().strip_prefix(prefix.as_str()).map(str::to_string)
-                else {
+                let Some(name) = k.value().strip_prefix(prefix.as_str()).map(str::to_string) else {
                     break;
                 };
                 let info = MailboxInfo::from_bytes(val.value()).map_err(StoreError::from)?;
@@ -132,9 +131,10 @@ async fn copy(
                     let bodies = txn.open_table(schema::BODIES)?;
                     let mut v = Vec::new();
                     for uid in chunk {
-                        let (Some(m), Some(b)) =
-                            (metas.get((mailbox_id, uid))?, bodies.get((mailbox_id, uid))?)
-                        else {
+                        let (Some(m), Some(b)) = (
+                            metas.get((mailbox_id, uid))?,
+                            bodies.get((mailbox_id, uid))?,
+                        ) else {
                             continue;
                         };
                         let meta = MessageMeta::from_bytes(m.value()).map_err(StoreError::from)?;

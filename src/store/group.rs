@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 use super::StoreError;
 use super::codec::Enc;
 use super::ops::{self, Op, Outcome};
-use super::recovery::{self, RecoveryReport};
 use super::record::{self, Record};
+use super::recovery::{self, RecoveryReport};
 use super::schema::{self, K_APPLIED_LSN, K_BACKUP_LSN, K_CHECKPOINT_LSN};
 use super::wal::{self, Wal};
 use crate::config::StoreConfig;
@@ -283,7 +283,9 @@ impl Writer {
                     if self.backup_floor == u64::MAX || lsn > self.backup_floor {
                         self.backup_floor = lsn;
                     }
-                    self.stats.backup_lsn.store(self.backup_floor, Ordering::Relaxed);
+                    self.stats
+                        .backup_lsn
+                        .store(self.backup_floor, Ordering::Relaxed);
                     let _ = reply.send(self.checkpoint());
                 }
                 Some(Msg::Shutdown) => {

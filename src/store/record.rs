@@ -86,7 +86,9 @@ pub enum Record {
     /// When the batch of records after it was committed (unix milliseconds).
     /// Changes nothing; point-in-time restore stops at the first clock past
     /// the chosen time.
-    Clock { unix_ms: i64 },
+    Clock {
+        unix_ms: i64,
+    },
 }
 
 impl Record {

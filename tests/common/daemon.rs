@@ -20,7 +20,9 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let backup = if extra.contains("[backup]") {
         String::new()
     } else {
-        format!("[backup]\nschedule = \"off\"\ndrill_schedule = \"off\"\ntargets = [\"{d}/data/backups\"]\n\n")
+        format!(
+            "[backup]\nschedule = \"off\"\ndrill_schedule = \"off\"\ntargets = [\"{d}/data/backups\"]\n\n"
+        )
     };
     let text = format!(
         "[server]\ndata_dir = \"{d}/data\"\nshutdown_grace_secs = 5\nlog = \"info\"\n\n\
