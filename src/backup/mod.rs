@@ -38,6 +38,8 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Restore(String),
+    #[error("the backup writer stopped")]
+    Pipe,
 }
 
 impl From<crate::store::wal::WalError> for BackupError {

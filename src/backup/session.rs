@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::ReadableDatabase;
 
@@ -30,7 +30,7 @@ use crate::store::wal;
 use crate::store::{Group, Store};
 
 /// Bytes gathered before a block is written (well under `MAX_BLOCK`).
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 256 << 10;
 
 /// Counters of a backup in progress, for `tiermail status`.
 #[derive(Debug, Default)]
@@ -83,17 +83,76 @@ impl Report {
     }
 }
 
+/// Keeps a backup out of the users' way: after each block written while
+/// sessions were reading or writing, the backup pauses for a few times as
+/// long as the block took, so that on a busy server it takes a small share
+/// of the CPU and disk (and on an idle one runs flat out). Scheduling
+/// priority alone does not do it: on small virtual machines a busy
+/// low-priority thread still doubles the latency of others.
+pub struct Pacer<'a> {
+    store: &'a Store,
+    seen: u64,
+    since: Instant,
+    /// Pause = this many times the work since the last pause.
+    factor: u32,
+}
+
+impl<'a> Pacer<'a> {
+    pub fn new(store: &'a Store) -> Pacer<'a> {
+        Pacer {
+            store,
+            seen: store.activity(),
+            since: Instant::now(),
+            factor: 8,
+        }
+    }
+
+    /// Called after each block handed to `sink`. While sessions are active
+    /// the two halves take turns (the writer drains before the reader goes
+    /// on) instead of taking both cores, then both pause.
+    fn pace(&mut self, sink: &Sink) {
+        let now = self.store.activity();
+        if now != self.seen {
+            while !sink.0.is_empty() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let worked = self.since.elapsed();
+            std::thread::sleep((worked * self.factor).max(Duration::from_millis(1)));
+            self.seen = self.store.activity();
+        }
+        self.since = Instant::now();
+    }
+}
+
+/// The reading half's end of the pipe to the writing thread, which
+/// checksums and writes the blocks: reading the store and writing the file
+/// overlap.
+struct Sink(crossbeam_channel::Sender<(Kind, Vec<u8>)>);
+
+impl Sink {
+    fn block(&self, kind: Kind, payload: Vec<u8>) -> Result<(), BackupError> {
+        self.0.send((kind, payload)).map_err(|_| BackupError::Pipe)
+    }
+}
+
 /// Gathers bytes and writes them out as blocks of one kind.
-struct Chunker<'a, W: std::io::Write> {
-    w: &'a mut Writer<W>,
+struct Chunker<'a, 'p> {
+    w: &'a Sink,
     kind: Kind,
     prefix: Option<u8>,
     buf: Vec<u8>,
     progress: &'a Progress,
+    pacer: &'a mut Pacer<'p>,
 }
 
-impl<'a, W: std::io::Write> Chunker<'a, W> {
-    fn new(w: &'a mut Writer<W>, kind: Kind, prefix: Option<u8>, progress: &'a Progress) -> Self {
+impl<'a, 'p> Chunker<'a, 'p> {
+    fn new(
+        w: &'a Sink,
+        kind: Kind,
+        prefix: Option<u8>,
+        progress: &'a Progress,
+        pacer: &'a mut Pacer<'p>,
+    ) -> Self {
         let mut buf = Vec::with_capacity(CHUNK + 64);
         buf.extend(prefix);
         Chunker {
@@ -102,6 +161,7 @@ impl<'a, W: std::io::Write> Chunker<'a, W> {
             prefix,
             buf,
             progress,
+            pacer,
         }
     }
 
@@ -122,12 +182,14 @@ impl<'a, W: std::io::Write> Chunker<'a, W> {
     fn flush(&mut self) -> Result<(), BackupError> {
         let header = usize::from(self.prefix.is_some());
         if self.buf.len() > header {
-            self.w.block(self.kind, &self.buf)?;
             self.progress
                 .bytes
                 .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-            self.buf.clear();
-            self.buf.extend(self.prefix);
+            let mut next = Vec::with_capacity(CHUNK + 64);
+            next.extend(self.prefix);
+            self.w
+                .block(self.kind, std::mem::replace(&mut self.buf, next))?;
+            self.pacer.pace(self.w);
         }
         Ok(())
     }
@@ -144,7 +206,6 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
     let now = chrono::Utc::now();
     let name = target::backup_name(now);
     let mirrors = Mirrors::open(&cfg.targets, &name).map_err(BackupError::Targets)?;
-    let mut w = Writer::new(mirrors)?;
     let header = Header {
         created_ms: now.timestamp_millis(),
         host: hostname(),
@@ -154,16 +215,47 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
             .map(|g| (g.id, "mail".to_string()))
             .collect(),
     };
-    w.block(Kind::Header, &header.encode())?;
-    let mut groups = Vec::new();
-    for g in store.groups() {
-        let (s, e) = backup_group(g, &mut w, progress)?;
-        groups.push((g.id, s, e));
-        progress.groups_done.fetch_add(1, Ordering::Relaxed);
-    }
-    let bytes = w.offset();
-    let mirrors = w.finish()?;
-    let targets = mirrors.finish();
+    let (tx, rx) = crossbeam_channel::bounded::<(Kind, Vec<u8>)>(8);
+    let (groups, bytes, targets) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(u64, Vec<Outcome>), BackupError> {
+            crate::background::idle_priority();
+            let mut w = Writer::new(mirrors)?;
+            // Only an explicit end (a Trailer kind from the reading half)
+            // finishes the file; a reading half that gave up leaves it
+            // unfinished, and dropping it removes the temporary files.
+            for (kind, payload) in rx {
+                if kind == Kind::Trailer {
+                    let bytes = w.offset();
+                    return Ok((bytes, w.finish()?.finish()));
+                }
+                w.block(kind, &payload)?;
+            }
+            Err(BackupError::Targets("the backup was abandoned".into()))
+        });
+        let sink = Sink(tx);
+        let produced = (|| {
+            sink.block(Kind::Header, header.encode())?;
+            let mut groups = Vec::new();
+            let mut pacer = Pacer::new(store);
+            for g in store.groups() {
+                let (s, e) = backup_group(g, &sink, progress, &mut pacer)?;
+                groups.push((g.id, s, e));
+                progress.groups_done.fetch_add(1, Ordering::Relaxed);
+            }
+            sink.block(Kind::Trailer, Vec::new())?;
+            Ok::<_, BackupError>(groups)
+        })();
+        drop(sink);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(BackupError::Targets("the backup writer panicked".into())));
+        match (produced, written) {
+            (Ok(groups), Ok((bytes, targets))) => Ok((groups, bytes, targets)),
+            // The reading half's error first; a broken pipe is the writer's.
+            (Err(e), _) if !matches!(e, BackupError::Pipe) => Err(e),
+            (_, Err(e)) | (Err(e), _) => Err(e),
+        }
+    })?;
     let report = Report {
         name,
         bytes,
@@ -211,10 +303,11 @@ fn hostname() -> String {
 }
 
 /// Streams one group; returns (image LSN, end LSN).
-fn backup_group<W: std::io::Write>(
+fn backup_group(
     g: &Group,
-    w: &mut Writer<W>,
+    w: &Sink,
     progress: &Progress,
+    pacer: &mut Pacer,
 ) -> Result<(u64, u64), BackupError> {
     let floor = match g.stats.backup_lsn.load(Ordering::Relaxed) {
         u64::MAX => 0,
@@ -223,12 +316,18 @@ fn backup_group<W: std::io::Write>(
     let txn = g.db.begin_read()?;
     image::check_tables(&txn)?;
     let image_lsn = applied(&txn)?;
+    // Log files continue the previous backup; the first backup of a group
+    // has none to continue (its image is where history starts).
     let segments = wal::list_segments(&g.dir.join("wal"))?;
     let oldest = segments.first().map_or(image_lsn + 1, |(f, _)| *f);
-    let log_from = (floor + 1).max(oldest).min(image_lsn + 1);
+    let log_from = if floor == 0 {
+        image_lsn + 1
+    } else {
+        (floor + 1).max(oldest).min(image_lsn + 1)
+    };
     w.block(
         Kind::GroupStart,
-        &GroupStart {
+        GroupStart {
             id: g.id,
             image_lsn,
             log_from,
@@ -237,18 +336,20 @@ fn backup_group<W: std::io::Write>(
     )?;
     let mut body_crcs: HashMap<(u64, u32), u32> = HashMap::new();
     for index in 0..TABLES.len() as u8 {
-        let mut c = Chunker::new(w, Kind::Image, Some(index), progress);
-        let mut row = Vec::new();
+        let mut c = Chunker::new(w, Kind::Image, Some(index), progress, pacer);
         image::dump_table(&txn, index, &mut |k, v| {
             if index == image::BODIES_TABLE && k.len() == 12 {
                 let mb = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
                 let uid = u32::from_le_bytes(k[8..].try_into().expect("4 bytes"));
                 body_crcs.insert((mb, uid), crc32c::crc32c(v));
             }
-            row.clear();
-            image::encode_row(&mut row, k, v);
-            c.push(&row)
-                .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))
+            // A row, written straight into the chunk (see `image::encode_row`).
+            let pushed = c
+                .push(&(k.len() as u32).to_le_bytes())
+                .and_then(|()| c.push(k))
+                .and_then(|()| c.push(&(v.len() as u32).to_le_bytes()))
+                .and_then(|()| c.push(v));
+            pushed.map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))
         })?;
         c.flush()?;
     }
@@ -287,7 +388,7 @@ fn backup_group<W: std::io::Write>(
             }
         }
     }
-    w.block(Kind::Files, &encode_files(&files))?;
+    w.block(Kind::Files, encode_files(&files))?;
 
     // Stream the records in LSN order: log first, then patch.
     let mut next = log_from;
@@ -296,7 +397,7 @@ fn backup_group<W: std::io::Write>(
             Role::Log => (Kind::Log, image_lsn),
             Role::Patch => (Kind::Patch, end_lsn),
         };
-        let mut c = Chunker::new(w, kind, None, progress);
+        let mut c = Chunker::new(w, kind, None, progress, pacer);
         let mut framed = Vec::new();
         for (_, path) in segments.iter() {
             if next > hi {
@@ -339,7 +440,7 @@ fn backup_group<W: std::io::Write>(
     }
     w.block(
         Kind::GroupEnd,
-        &GroupEnd {
+        GroupEnd {
             end_lsn,
             end_ms,
             manifest: digests,

@@ -132,6 +132,7 @@ impl Group {
             last_batch: 1,
             poisoned: AtomicBool::new(false),
             backup_floor,
+            checkpointed: applied,
         };
         let thread = std::thread::Builder::new()
             .name(format!("tiermail-g{id:03}"))
@@ -166,9 +167,9 @@ impl Group {
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
-    /// Tells the writer that a backup holds every record up to `lsn`;
-    /// checkpoints and prunes the log segments both cover. Returns the
-    /// checkpointed LSN.
+    /// Tells the writer that a backup holds every record up to `lsn`; the
+    /// log segments that it and the last checkpoint both cover are deleted.
+    /// Returns the checkpointed LSN.
     pub async fn backed_up(&self, lsn: u64) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -210,6 +211,8 @@ struct Writer {
     /// Log records above this LSN are not in any backup yet and are kept
     /// (`u64::MAX` when no backup targets are configured).
     backup_floor: u64,
+    /// LSN of the last checkpoint.
+    checkpointed: u64,
 }
 
 impl Writer {
@@ -280,13 +283,15 @@ impl Writer {
                     let _ = reply.send(self.checkpoint());
                 }
                 Some(Msg::BackedUp(lsn, reply)) => {
+                    // No checkpoint here (it would stall this writer once per
+                    // backup): the next regular one records the new floor.
                     if self.backup_floor == u64::MAX || lsn > self.backup_floor {
                         self.backup_floor = lsn;
                     }
                     self.stats
                         .backup_lsn
                         .store(self.backup_floor, Ordering::Relaxed);
-                    let _ = reply.send(self.checkpoint());
+                    let _ = reply.send(self.prune());
                 }
                 Some(Msg::Shutdown) => {
                     self.checkpoint_logged();
@@ -406,16 +411,23 @@ impl Writer {
         self.since_checkpoint = 0;
         self.stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        // A segment goes once recovery no longer needs it (the checkpoint
-        // covers it) and neither does the next backup (the last one does).
-        self.wal.prune(applied.min(self.backup_floor))?;
+        self.checkpointed = applied;
+        self.prune()?;
+        Ok(applied)
+    }
+
+    /// Deletes the log segments that neither recovery (the last checkpoint
+    /// covers them) nor the next backup (the last one holds them) needs;
+    /// returns the checkpointed LSN.
+    fn prune(&mut self) -> Result<u64, StoreError> {
+        self.wal.prune(self.checkpointed.min(self.backup_floor))?;
         self.stats
             .wal_bytes
             .store(self.wal.total_bytes(), Ordering::Relaxed);
         self.stats
             .wal_segments
             .store(self.wal.segment_count() as u64, Ordering::Relaxed);
-        Ok(applied)
+        Ok(self.checkpointed)
     }
 }
 

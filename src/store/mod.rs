@@ -130,6 +130,8 @@ pub struct GroupStatus {
     pub fsyncs: u64,
     pub applied_lsn: u64,
     pub checkpoint_lsn: u64,
+    /// Highest LSN held by a backup (`None`: backups not configured).
+    pub backup_lsn: Option<u64>,
     pub wal_bytes: u64,
     pub wal_segments: u64,
     pub db_bytes: u64,
@@ -143,6 +145,9 @@ pub struct Store {
     directory: RwLock<HashMap<String, u32>>,
     /// Per-user change counters that IMAP sessions wait on (IDLE, NOOP).
     watchers: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
+    /// Counts reads and writes that sessions ask for: background work
+    /// (backups) watches it to get out of their way.
+    activity: std::sync::atomic::AtomicU64,
 }
 
 /// A hash that never changes between versions or platforms.
@@ -186,6 +191,7 @@ impl Store {
             configured: cfg.groups,
             directory: RwLock::new(directory),
             watchers: Default::default(),
+            activity: Default::default(),
         }))
     }
 
@@ -221,6 +227,7 @@ impl Store {
     /// Runs a change of `user`'s mail; returns once it is in the fsynced log
     /// and visible to readers, after waking everyone watching the user.
     pub async fn submit(&self, user: &str, op: Op) -> Result<Outcome, StoreError> {
+        self.activity.fetch_add(1, Ordering::Relaxed);
         let group = self.group_of(user).clone();
         let out = group.submit(op).await?;
         self.directory
@@ -250,6 +257,11 @@ impl Store {
                 tx.send_modify(|v| *v += 1);
             }
         }
+    }
+
+    /// A counter that moves with every session read or write.
+    pub fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
     }
 
     /// Every user with mail in the store, sorted.
@@ -397,6 +409,7 @@ impl Store {
         user: &str,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.activity.fetch_add(1, Ordering::Relaxed);
         let group = self.group_of(user).clone();
         tokio::task::spawn_blocking(move || {
             let txn = group.db.begin_read()?;
@@ -481,6 +494,7 @@ impl Store {
                 fsyncs: s.fsyncs.load(Ordering::Relaxed),
                 applied_lsn: s.applied_lsn.load(Ordering::Relaxed),
                 checkpoint_lsn: s.checkpoint_lsn.load(Ordering::Relaxed),
+                backup_lsn: Some(s.backup_lsn.load(Ordering::Relaxed)).filter(|b| *b != u64::MAX),
                 wal_bytes: s.wal_bytes.load(Ordering::Relaxed),
                 wal_segments: s.wal_segments.load(Ordering::Relaxed),
                 db_bytes: std::fs::metadata(g.dir.join("store.redb"))
