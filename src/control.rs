@@ -178,9 +178,10 @@ pub fn offline_status(cfg: &Config) -> Result<String, crate::store::StoreError> 
     );
     s.push_str(&groups_table(store.status()));
     store.shutdown();
-    s.push_str(
-        &crate::backup::agent::BackupAgent::default().status(&cfg.backup, &cfg.server.data_dir),
-    );
+    s.push_str(&crate::backup::agent::offline_status(
+        &cfg.backup,
+        &cfg.server.data_dir,
+    ));
     Ok(s)
 }
 

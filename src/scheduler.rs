@@ -97,18 +97,20 @@ impl Schedule {
 }
 
 /// Runs `run` on `schedule` until `stop`; `set_next` is told each due time
-/// (for `tiermail status`).
+/// (for `tiermail status`). `last_start` is when the activity last ran
+/// before this start, if known (so a restart does not run it early).
 pub async fn drive<F, Fut>(
     name: &'static str,
     schedule: Schedule,
     stop: CancellationToken,
+    last_start: Option<DateTime<Utc>>,
     set_next: impl Fn(Option<DateTime<Utc>>),
     mut run: F,
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut last_start = None;
+    let mut last_start = last_start;
     loop {
         let now = Utc::now();
         let Some(due) = schedule.next(now, last_start) else {

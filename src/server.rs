@@ -224,6 +224,7 @@ impl Server {
                     "archive",
                     schedule,
                     stop,
+                    None,
                     |next| a.archive.set_next(next),
                     || {
                         let app = app.clone();
@@ -252,6 +253,9 @@ impl Server {
                     "backup",
                     schedule,
                     stop,
+                    // An `every` schedule counts from the newest backup.
+                    crate::backup::drill::latest(&app.config.backup.targets)
+                        .and_then(|p| crate::backup::target::started_at(&p)),
                     |next| a.backup.set_next(next),
                     || {
                         let app = app.clone();
@@ -276,6 +280,7 @@ impl Server {
                     "drill",
                     schedule,
                     stop,
+                    None,
                     |next| a.backup.set_next_drill(next),
                     || {
                         let app = app.clone();

@@ -158,12 +158,8 @@ impl BackupAgent {
             Some(t) => format!("backup: next run {}", t.format("%F %T UTC")),
             None => "backup: next run: none scheduled".into(),
         });
-        let drill = lock(&self.last_drill).clone().or_else(|| {
-            std::fs::read_to_string(data_dir.join(DRILL_STATE))
-                .ok()
-                .map(|s| s.trim().to_string())
-        });
-        lines.push(drill.unwrap_or_else(|| "drill: never run".into()));
+        let drill = lock(&self.last_drill).clone();
+        lines.push(drill.unwrap_or_else(|| saved_drill(data_dir)));
         lines.push(match *lock(&self.next_drill) {
             Some(t) => format!("drill: next run {}", t.format("%F %T UTC")),
             None => "drill: next run: none scheduled".into(),
@@ -172,6 +168,21 @@ impl BackupAgent {
         s.push('\n');
         s
     }
+}
+
+/// The last drill's line as saved in the data directory.
+fn saved_drill(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join(DRILL_STATE))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "drill: never run".into())
+}
+
+/// Status lines of a stopped server: the backup lag and the last drill.
+pub fn offline_status(cfg: &BackupConfig, data_dir: &Path) -> String {
+    if cfg.targets.is_empty() {
+        return "backup: off (no backup.targets configured)\n".into();
+    }
+    format!("{}\n{}\n", lag_line(cfg, Utc::now()), saved_drill(data_dir))
 }
 
 /// The backup lag: age of the newest good backup, flagged when it is older
