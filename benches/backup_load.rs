@@ -339,11 +339,19 @@ fn main() {
             &|_, _| {},
         )
         .unwrap();
+        let restored_bytes: u64 = std::fs::read_dir(alone.join("groups"))
+            .unwrap()
+            .flatten()
+            .filter_map(|g| std::fs::metadata(g.path().join("store.redb")).ok())
+            .map(|m| m.len())
+            .sum();
         println!(
-            "restore of {} ({:.0} MB) into an empty data directory: {:.1}s",
+            "restore of {} ({:.0} MB) into an empty data directory: {:.1}s; redb files {:.0} MB (live store: {:.0} MB)",
             file.file_name().unwrap().to_string_lossy(),
             mb(std::fs::metadata(&file).unwrap().len()),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            mb(restored_bytes),
+            mb(cp_bytes)
         );
         let t = Instant::now();
         let reports = restore::restore(
