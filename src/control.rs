@@ -105,7 +105,10 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                     let parts: Vec<&str> = other.split('\t').collect();
                     match parts[..] {
                         [_, user, folder, file] => {
-                            let scratch = app.config.server.data_dir.join("restore-scratch");
+                            let scratch = app.config.server.data_dir.join(format!(
+                                "restore-scratch-{}",
+                                chrono::Utc::now().timestamp_micros()
+                            ));
                             match crate::backup::user_restore::restore_user(
                                 app.store.clone(),
                                 PathBuf::from(file),

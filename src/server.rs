@@ -312,6 +312,7 @@ impl Server {
     /// checkpoints and closes the store.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.app.backup.cancel();
         self.token.cancel();
         self.tracker.close();
         let grace = Duration::from_secs(self.app.config.server.shutdown_grace_secs);

@@ -127,6 +127,14 @@ impl BackupAgent {
         }
     }
 
+    /// Stops a running backup at its next block (its temporary files are
+    /// removed; nothing is renamed into place).
+    pub fn cancel(&self) {
+        if let Some(p) = lock(&self.current).as_ref() {
+            p.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn set_next(&self, next: Option<DateTime<Utc>>) {
         *lock(&self.next) = next;
     }

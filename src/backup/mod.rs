@@ -40,6 +40,8 @@ pub enum BackupError {
     Restore(String),
     #[error("the backup writer stopped")]
     Pipe,
+    #[error("cancelled by the server's shutdown")]
+    Cancelled,
 }
 
 impl From<crate::store::wal::WalError> for BackupError {

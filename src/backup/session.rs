@@ -37,6 +37,8 @@ const CHUNK: usize = 256 << 10;
 pub struct Progress {
     pub bytes: AtomicU64,
     pub groups_done: AtomicU64,
+    /// Set to stop the backup at the next block (server shutdown).
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 /// What one backup did.
@@ -180,6 +182,9 @@ impl<'a, 'p> Chunker<'a, 'p> {
     }
 
     fn flush(&mut self) -> Result<(), BackupError> {
+        if self.progress.cancel.load(Ordering::Relaxed) {
+            return Err(BackupError::Cancelled);
+        }
         let header = usize::from(self.prefix.is_some());
         if self.buf.len() > header {
             self.progress

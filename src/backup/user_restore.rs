@@ -25,7 +25,8 @@ pub struct UserRestoreReport {
     pub messages: u64,
 }
 
-/// Puts `user`'s mail from `file` under `folder` in the live store.
+/// Puts `user`'s mail from `file` under `folder` in the live store;
+/// `scratch` is a directory of its own (created, then removed).
 pub async fn restore_user(
     store: Arc<Store>,
     file: PathBuf,
@@ -38,7 +39,17 @@ pub async fn restore_user(
             "`{folder}` is not a folder name"
         )));
     }
-    let id = store.group_of(&user).id;
+    // The group that held the user when the backup was taken (the group
+    // count may have changed since).
+    let described = restore::describe(&file)?;
+    let id = described
+        .groups
+        .iter()
+        .find(|(_, end)| end.manifest.contains_key(&user))
+        .map(|(start, _)| start.id)
+        .ok_or_else(|| {
+            BackupError::Restore(format!("{} holds no mail of {user}", file.display()))
+        })?;
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| BackupError::io(&scratch, e))?;
     let result = copy(store, &file, &user, &folder, &scratch, id).await;
