@@ -77,6 +77,10 @@ struct RestoreArgs {
     /// files are kept beside them).
     #[arg(long)]
     force: bool,
+    /// Restore into this data directory instead of the configured one
+    /// (e.g. to look at old mail with a second server).
+    #[arg(long, value_name = "DIR", conflicts_with = "user")]
+    data_dir: Option<PathBuf>,
     /// Restore only this user's mail, into a folder of the live store.
     #[arg(long, requires = "into_folder")]
     user: Option<String>,
@@ -591,11 +595,17 @@ fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    anyhow::ensure!(
-        tiermail::control::request(config, "status").is_none(),
-        "the server is running on {}: stop it before restoring into its data directory",
-        config.server.data_dir.display()
-    );
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.clone());
+    if data_dir == config.server.data_dir {
+        anyhow::ensure!(
+            tiermail::control::request(config, "status").is_none(),
+            "the server is running on {}: stop it before restoring into its data directory",
+            config.server.data_dir.display()
+        );
+    }
     let until = args.until.as_deref().map(parse_time).transpose()?;
     let (file, later) = match (until, &args.file) {
         (Some(_), Some(f)) => {
@@ -620,7 +630,7 @@ fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let last = std::cell::Cell::new(std::time::Instant::now());
     let opts = restore::Options {
-        data_dir: config.server.data_dir.clone(),
+        data_dir,
         file,
         group: args.group,
         until,

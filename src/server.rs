@@ -214,87 +214,38 @@ impl Server {
             ));
         }
         tracker.spawn(watch_users(app.clone(), token.clone()));
-        {
-            let app = app.clone();
-            let schedule = app.config.archive.schedule();
-            let stop = token.clone();
-            tracker.spawn(async move {
-                let a = app.clone();
-                crate::scheduler::drive(
-                    "archive",
-                    schedule,
-                    stop,
-                    None,
-                    |next| a.archive.set_next(next),
-                    || {
-                        let app = app.clone();
-                        async move {
-                            let cfg = Arc::new(app.config.archive.clone());
-                            if let Err(e) = app
-                                .archive
-                                .run_once(app.store.clone(), app.archives.clone(), cfg)
-                                .await
-                            {
-                                tracing::warn!(error = %e, "scheduled archive run did not run");
-                            }
-                        }
-                    },
-                )
-                .await;
-            });
-        }
-        {
-            let app = app.clone();
-            let schedule = app.config.backup.schedule();
-            let stop = token.clone();
-            tracker.spawn(async move {
-                let a = app.clone();
-                crate::scheduler::drive(
-                    "backup",
-                    schedule,
-                    stop,
-                    // An `every` schedule counts from the newest backup.
-                    crate::backup::drill::latest(&app.config.backup.targets)
-                        .and_then(|p| crate::backup::target::started_at(&p)),
-                    |next| a.backup.set_next(next),
-                    || {
-                        let app = app.clone();
-                        async move {
-                            let cfg = Arc::new(app.config.backup.clone());
-                            if let Err(e) = app.backup.run_once(app.store.clone(), cfg).await {
-                                tracing::warn!(error = %e, "scheduled backup did not complete");
-                            }
-                        }
-                    },
-                )
-                .await;
-            });
-        }
-        {
-            let app = app.clone();
-            let schedule = app.config.backup.drill_schedule();
-            let stop = token.clone();
-            tracker.spawn(async move {
-                let a = app.clone();
-                crate::scheduler::drive(
-                    "drill",
-                    schedule,
-                    stop,
-                    None,
-                    |next| a.backup.set_next_drill(next),
-                    || {
-                        let app = app.clone();
-                        async move {
-                            let _ = app
-                                .backup
-                                .drill_once(&app.config.backup, &app.config.server.data_dir, None)
-                                .await;
-                        }
-                    },
-                )
-                .await;
-            });
-        }
+        spawn_activity(
+            &tracker,
+            &token,
+            &app,
+            "archive",
+            app.config.archive.schedule(),
+            None,
+            |app, next| app.archive.set_next(next),
+            archive_activity,
+        );
+        spawn_activity(
+            &tracker,
+            &token,
+            &app,
+            "backup",
+            app.config.backup.schedule(),
+            // An `every` schedule counts from the newest backup.
+            crate::backup::drill::latest(&app.config.backup.targets)
+                .and_then(|p| crate::backup::target::started_at(&p)),
+            |app, next| app.backup.set_next(next),
+            backup_activity,
+        );
+        spawn_activity(
+            &tracker,
+            &token,
+            &app,
+            "drill",
+            app.config.backup.drill_schedule(),
+            None,
+            |app, next| app.backup.set_next_drill(next),
+            drill_activity,
+        );
         tracker.spawn(crate::control::serve(app.clone(), token.clone()));
         Ok(Server {
             app,
@@ -329,6 +280,61 @@ impl Server {
         let _ = std::fs::remove_file(crate::control::socket_path(&self.app.config));
         tracing::info!("stopped");
     }
+}
+
+/// Runs one background activity on its schedule until shutdown.
+#[allow(clippy::too_many_arguments)]
+fn spawn_activity<Fut>(
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+    app: &Arc<App>,
+    name: &'static str,
+    schedule: crate::scheduler::Schedule,
+    last_start: Option<chrono::DateTime<chrono::Utc>>,
+    set_next: fn(&App, Option<chrono::DateTime<chrono::Utc>>),
+    run: fn(Arc<App>) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let app = app.clone();
+    let stop = token.clone();
+    tracker.spawn(async move {
+        crate::scheduler::drive(
+            name,
+            schedule,
+            stop,
+            last_start,
+            |next| set_next(&app, next),
+            || run(app.clone()),
+        )
+        .await;
+    });
+}
+
+async fn archive_activity(app: Arc<App>) {
+    let cfg = Arc::new(app.config.archive.clone());
+    if let Err(e) = app
+        .archive
+        .run_once(app.store.clone(), app.archives.clone(), cfg)
+        .await
+    {
+        tracing::warn!(error = %e, "scheduled archive run did not run");
+    }
+}
+
+async fn backup_activity(app: Arc<App>) {
+    let cfg = Arc::new(app.config.backup.clone());
+    if let Err(e) = app.backup.run_once(app.store.clone(), cfg).await {
+        tracing::warn!(error = %e, "scheduled backup did not complete");
+    }
+}
+
+async fn drill_activity(app: Arc<App>) {
+    // The outcome is logged and kept for status by the agent.
+    let _ = app
+        .backup
+        .drill_once(&app.config.backup, &app.config.server.data_dir, None)
+        .await;
 }
 
 async fn accept_loop(

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::TestServer;
+use common::daemon::cli;
 use common::imap::Imap;
 use tiermail::backup::format::{self, Kind};
 use tiermail::backup::{manifest, restore, target};
@@ -319,19 +320,15 @@ async fn damaged_backups_are_refused_with_the_spot_named() {
         );
 
         let data = dir.path().join(format!("restore-{what}"));
-        let e = restore::restore(
-            &restore::Options {
-                data_dir: data.clone(),
-                file: path.clone(),
-                group: None,
-                until: None,
-                later: vec![],
-                force: false,
-            },
-            &|_, _| {},
-        )
-        .unwrap_err()
-        .to_string();
+        let out = tiermail_cli(&server)
+            .arg("restore")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: restore passed");
         assert!(e.contains(&format!("at byte {at}")), "{what}: {e}");
         assert!(
             !data.join("groups/g000/store.redb").exists()
@@ -387,22 +384,6 @@ async fn the_log_is_kept_until_a_backup_holds_it() {
             .len(),
         1
     );
-}
-
-/// Runs the CLI; returns (success, stdout + stderr).
-fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = common::daemon::tiermail(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 async fn cli_async(config: &Path, args: &[&str]) -> (bool, String) {

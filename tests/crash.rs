@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::daemon::{Daemon, write_config};
+use common::daemon::{Daemon, cli, write_config};
 use tiermail::config::Config;
 use tiermail::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -391,20 +391,6 @@ async fn imap_writes_acknowledged_before_sigkill_survive() {
     let r = c.run("w STATUS Work (MESSAGES)").await;
     assert!(r.contains("* STATUS Work (MESSAGES 1)"), "{r}");
     assert!(daemon.terminate().success());
-}
-
-/// Runs the `tiermail` CLI with `args`; returns (success, stdout + stderr).
-fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = common::daemon::tiermail(config)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,16 @@ pub fn compute(
     txn: &ReadTransaction,
     known: &HashMap<(u64, u32), u32>,
 ) -> Result<Manifest, StoreError> {
+    compute_paced(txn, known, &mut || {})
+}
+
+/// As [`compute`], calling `tick` every few hundred messages (a backup
+/// pauses there while sessions are active).
+pub fn compute_paced(
+    txn: &ReadTransaction,
+    known: &HashMap<(u64, u32), u32>,
+    tick: &mut dyn FnMut(),
+) -> Result<Manifest, StoreError> {
     let mut out = Manifest::new();
     for row in txn.open_table(schema::USERS)?.iter()? {
         out.insert(row?.0.value().to_string(), UserDigest::default());
@@ -64,6 +74,9 @@ pub fn compute(
             c = crc32c::crc32c_append(c, &body_crc.to_le_bytes());
             d.checksum = c;
             d.messages += 1;
+            if d.messages.is_multiple_of(256) {
+                tick();
+            }
         }
     }
     Ok(out)

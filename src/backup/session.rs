@@ -364,7 +364,7 @@ fn backup_group(
     let txn = g.db.begin_read()?;
     let end_lsn = applied(&txn)?;
     let end_ms = chrono::Utc::now().timestamp_millis();
-    let digests = manifest::compute(&txn, &body_crcs)?;
+    let digests = manifest::compute_paced(&txn, &body_crcs, &mut || pacer.pace(w))?;
     drop(txn);
     drop(body_crcs);
 

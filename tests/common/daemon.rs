@@ -48,6 +48,17 @@ pub fn tiermail(config: &Path) -> Command {
     c
 }
 
+/// Runs the `tiermail` CLI with `args`; returns (success, stdout + stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = tiermail(config).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub struct Daemon {
     pub child: Child,
     pub addrs: HashMap<String, SocketAddr>,
