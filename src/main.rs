@@ -467,7 +467,15 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
                             let lsns: Vec<String> = d
                                 .groups
                                 .iter()
-                                .map(|(s, e)| format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn))
+                                .map(|(s, e)| {
+                                    // The log reaches back to log_from; a
+                                    // first backup is its image alone.
+                                    if s.log_from <= s.image_lsn {
+                                        format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn)
+                                    } else {
+                                        format!("g{:03} ..{}", s.id, e.end_lsn)
+                                    }
+                                })
                                 .collect();
                             println!(
                                 "  {name}  {}  {size} bytes  {} groups  LSNs {}",
