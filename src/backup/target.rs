@@ -53,8 +53,8 @@ struct Out {
 /// would stall the log's fsyncs on the same disk (ext4 commits them
 /// together), the disk works while the backup reads, and the final fsync is
 /// short.
-const WRITEBACK_STEP: u64 = 1 << 20;
-const WRITEBACK_LAG: u64 = 8 << 20;
+const WRITEBACK_STEP: u64 = 256 << 10;
+const WRITEBACK_LAG: u64 = 4 << 20;
 
 impl Out {
     fn pace(&mut self) -> std::io::Result<()> {
