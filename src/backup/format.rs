@@ -87,13 +87,6 @@ impl<W: Write> Writer<W> {
         })
     }
 
-    fn put(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
-        self.out.write_all(bytes)?;
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
-        self.offset += bytes.len() as u64;
-        Ok(())
-    }
-
     /// Appends one block (payloads above `MAX_BLOCK` are the caller's to
     /// split).
     pub fn block(&mut self, kind: Kind, payload: &[u8]) -> Result<(), FormatError> {
@@ -107,9 +100,15 @@ impl<W: Write> Writer<W> {
         head[0] = kind as u8;
         head[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         let crc = crc32c::crc32c_append(crc32c::crc32c(&head), payload);
-        self.put(&head)?;
-        self.put(payload)?;
-        self.put(&crc.to_le_bytes())?;
+        // The whole-file CRC continues over the same bytes: combined from
+        // the block's CRC instead of a second pass over the payload.
+        let whole = crc32c::crc32c_combine(self.crc, crc, head.len() + payload.len());
+        let crc_bytes = crc.to_le_bytes();
+        self.crc = crc32c::crc32c_append(whole, &crc_bytes);
+        for part in [&head[..], payload, &crc_bytes[..]] {
+            self.out.write_all(part)?;
+            self.offset += part.len() as u64;
+        }
         self.blocks += 1;
         Ok(())
     }
