@@ -705,3 +705,51 @@ async fn scheduled_backups_drills_retention_and_status() {
     assert!(status.contains("drill: next run"), "{status}");
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_backup_leaves_nothing_behind() {
+    let server = TestServer::start_with(|c| c.store.groups = 1).await;
+    smtp_deliver(server.smtp(), 0, 300, 50_000).await;
+    let app = server.app();
+    let target = server.config.backup.targets[0].clone();
+    let mut cancelled = 0;
+    for _ in 0..5 {
+        let before = backups(&target).len();
+        let run = {
+            let (app, cfg) = (app.clone(), Arc::new(server.config.backup.clone()));
+            tokio::spawn(async move { app.backup.run_once(app.store.clone(), cfg).await })
+        };
+        // Cancel as soon as the backup is under way (what shutdown does).
+        let mut seen = false;
+        for _ in 0..2000 {
+            let st = app
+                .backup
+                .status(&server.config.backup, &server.config.server.data_dir);
+            if st.contains("backup: running") {
+                app.backup.cancel();
+                seen = true;
+                break;
+            }
+            if run.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let result = run.await.unwrap();
+        if seen && let Err(e) = &result {
+            assert!(e.contains("cancelled"), "{e}");
+            cancelled += 1;
+            assert_eq!(backups(&target).len(), before, "no new backup");
+        }
+        let partials: Vec<_> = std::fs::read_dir(&target)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "{partials:?}");
+        if cancelled > 0 {
+            break;
+        }
+    }
+    assert!(cancelled > 0, "no backup was caught running");
+}
