@@ -194,7 +194,7 @@ pub fn offline_status(cfg: &BackupConfig, data_dir: &Path) -> String {
 }
 
 /// The backup lag: age of the newest good backup, flagged when it is older
-/// than `max_staleness`. Only checked files ever get a backup's name.
+/// than `max_staleness`. Only complete, fsynced files ever get a backup's name.
 pub fn lag_line(cfg: &BackupConfig, now: DateTime<Utc>) -> String {
     let max = cfg.max_staleness();
     match drill::latest(&cfg.targets) {
