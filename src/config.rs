@@ -54,6 +54,7 @@ pub struct BackupConfig {
     pub keep: u32,
     pub max_age_days: u32,
     pub drill_schedule: String,
+    pub min_free_mib: u64,
 }
 
 impl BackupConfig {

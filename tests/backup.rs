@@ -589,6 +589,8 @@ async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes
     let server = TestServer::start_with(move |c| {
         c.store.groups = 2;
         c.backup.targets = vec![g, m, f];
+        // Let the small file system really fill up.
+        c.backup.min_free_mib = 0;
     })
     .await;
     smtp_deliver(server.smtp(), 0, 150, 8000).await;
@@ -621,6 +623,22 @@ async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes
     assert!(left.is_empty(), "nothing left on the full target: {left:?}");
     // The server serves on.
     smtp_deliver(server.smtp(), 1000, 3, 1000).await;
+
+    // A target never gets filled below the free-space reserve (the data
+    // disk must keep room for deliveries).
+    let mut cfg = server.config.backup.clone();
+    cfg.targets = vec![good.clone()];
+    cfg.min_free_mib = 1 << 40;
+    let e = app
+        .backup
+        .run_once(app.store.clone(), Arc::new(cfg))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("min_free_mib") && e.contains(&good.display().to_string()),
+        "{e}"
+    );
+    assert_eq!(backups(&good).len(), 1, "nothing new written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,7 +210,12 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
     let started = Instant::now();
     let now = chrono::Utc::now();
     let name = target::backup_name(now);
-    let mirrors = Mirrors::open(&cfg.targets, &name).map_err(BackupError::Targets)?;
+    let mirrors = Mirrors::open(
+        &cfg.targets,
+        &name,
+        cfg.min_free_mib.saturating_mul(1 << 20),
+    )
+    .map_err(BackupError::Targets)?;
     let header = Header {
         created_ms: now.timestamp_millis(),
         host: hostname(),

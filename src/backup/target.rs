@@ -46,6 +46,27 @@ struct Out {
     written: u64,
     kicked: u64,
     waited: u64,
+    /// Free space the target's file system keeps (when the target shares
+    /// it with the store, a full disk would stop deliveries), checked at the
+    /// start and every `FREE_CHECK_STEP` bytes.
+    min_free: u64,
+    checked: u64,
+}
+
+const FREE_CHECK_STEP: u64 = 64 << 20;
+
+/// Bytes available to unprivileged writers on the file system of `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized,
+    // writable statvfs that lives across the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Write-back is started every `WRITEBACK_STEP` bytes and waited for
@@ -57,7 +78,29 @@ const WRITEBACK_STEP: u64 = 256 << 10;
 const WRITEBACK_LAG: u64 = 4 << 20;
 
 impl Out {
+    fn check_free(&mut self) -> std::io::Result<()> {
+        self.checked = self.written;
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(&self.dir)?;
+        if free < self.min_free {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "only {} MiB free, backup.min_free_mib keeps {} MiB free",
+                    free >> 20,
+                    self.min_free >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn pace(&mut self) -> std::io::Result<()> {
+        if self.written - self.checked >= FREE_CHECK_STEP {
+            self.check_free()?;
+        }
         if self.written - self.kicked < WRITEBACK_STEP {
             return Ok(());
         }
@@ -110,7 +153,8 @@ pub struct Outcome {
 impl Mirrors {
     /// Opens `name` for writing in every target; a target that cannot be
     /// used is recorded as failed. An error when none can be.
-    pub fn open(targets: &[PathBuf], name: &str) -> Result<Mirrors, String> {
+    /// `min_free` bytes must stay free on every target's file system.
+    pub fn open(targets: &[PathBuf], name: &str, min_free: u64) -> Result<Mirrors, String> {
         let mut outs = Vec::new();
         for dir in targets {
             let temp = dir.join(format!("{PARTIAL}{name}"));
@@ -122,7 +166,14 @@ impl Mirrors {
                 written: 0,
                 kicked: 0,
                 waited: 0,
+                min_free,
+                checked: 0,
             };
+            if out.error.is_none()
+                && let Err(e) = out.check_free()
+            {
+                out.error = Some(format!("backup target {}: {e}", dir.display()));
+            }
             if out.error.is_none() {
                 remove_partials(dir);
                 match OpenOptions::new().create_new(true).write(true).open(&temp) {
