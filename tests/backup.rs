@@ -639,6 +639,17 @@ async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes
         "{e}"
     );
     assert_eq!(backups(&good).len(), 1, "nothing new written");
+
+    // A drill needs room for the rebuilt store, and never takes the last.
+    let data = &server.config.server.data_dir;
+    let mut cfg = server.config.backup.clone();
+    cfg.targets = vec![good.clone()];
+    cfg.min_free_mib = 1 << 40;
+    let e = app.backup.drill_once(&cfg, data, None).await.unwrap_err();
+    assert!(e.contains("not enough room"), "{e}");
+    cfg.min_free_mib = 0;
+    let ok = app.backup.drill_once(&cfg, data, None).await.unwrap();
+    assert!(ok.contains("ok: ") && ok.contains("150 messages"), "{ok}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

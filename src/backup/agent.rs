@@ -228,6 +228,23 @@ async fn run_drill(
         None => drill::latest(&cfg.targets).ok_or("no backup in any target to drill")?,
     };
     let scratch = data_dir.join("drill-scratch");
+    // A rebuilt store takes up to about twice the backup's size; the drill
+    // must not fill the data disk.
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let need = size
+        .saturating_mul(3)
+        .saturating_add(cfg.min_free_mib.saturating_mul(1 << 20));
+    if let Ok(free) = target::free_bytes(data_dir)
+        && free < need
+    {
+        return Err(format!(
+            "not enough room in {} for a drill of {} ({} MiB free, {} MiB needed)",
+            data_dir.display(),
+            file.display(),
+            free >> 20,
+            need >> 20
+        ));
+    }
     let report = crate::background::run_alone("drill", move || drill::drill(&file, &scratch))
         .await
         .map_err(|e| e.to_string())?

@@ -56,7 +56,7 @@ struct Out {
 const FREE_CHECK_STEP: u64 = 64 << 20;
 
 /// Bytes available to unprivileged writers on the file system of `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
