@@ -43,6 +43,8 @@ for r in rows:
         add(f"{n} idle IMAP connections: server PSS (MiB)", srv, res["after"]["pss_kib"] / 1024, "lower")
         per = (res["after"]["pss_kib"] - res["before"]["pss_kib"]) / n
         add("idle IMAP connection: PSS per connection (KiB)", srv, per, "lower")
+    elif "mb_per_s" in res:
+        add(w, srv, res["mb_per_s"], "higher")
     else:
         add(w, srv, res["msg_per_s"], "higher")
         if "p99_ms" in res:

@@ -198,6 +198,24 @@ echo "dovecot ALT storage now holds ${alt_kib} KiB"
 rate=$(python3 -c "print(round(16 * $AGED / ($t1 - $t0), 1))")
 record "archive move of aged mail (msg/s)" dovecot 1 "{\"msg_per_s\": $rate}"
 
+echo "== full backup of each server's mail (bytes written to the backup per second)"
+t0=$(date +%s.%N)
+"$TIERMAIL" --config "$WORK/t/tiermail.toml" backup run > "$WORK/t/backup-run.out"
+t1=$(date +%s.%N)
+cat "$WORK/t/backup-run.out"
+bytes=$(du -sb "$WORK/t/data/backups" | cut -f1)
+rate=$(python3 -c "print(round($bytes / 1e6 / ($t1 - $t0), 1))")
+record "full backup (MB/s)" tiermail 1 "{\"mb_per_s\": $rate, \"bytes\": $bytes}"
+mkdir -p "$WORK/d/backup"
+chown "$D_UID:$D_GID" "$WORK/d/backup"
+t0=$(date +%s.%N)
+doveadm -c "$WORK/d/dovecot.conf" backup -A "mdbox:$WORK/d/backup/%d/%n"
+t1=$(date +%s.%N)
+bytes=$(du -sb "$WORK/d/backup" | cut -f1)
+[ "$bytes" -gt 1000000 ] || { echo "doveadm backup wrote nothing" >&2; exit 1; }
+rate=$(python3 -c "print(round($bytes / 1e6 / ($t1 - $t0), 1))")
+record "full backup (MB/s)" dovecot 1 "{\"mb_per_s\": $rate, \"bytes\": $bytes}"
+
 echo "== $IDLE idle authenticated IMAP connections"
 for srv in tiermail dovecot; do
     before=$(memory "${PID[$srv]}")
