@@ -103,14 +103,6 @@ pub fn check_tables(txn: &ReadTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends one row in image encoding.
-pub fn encode_row(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(key);
-    buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    buf.extend_from_slice(value);
-}
-
 /// Splits whole rows off the front of `buf`, leaving a partial row there.
 /// A declared length above `limit` is damage, not a row.
 pub fn take_rows(
@@ -152,6 +144,14 @@ pub fn take_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends one row in image encoding.
+    fn encode_row(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        buf.extend_from_slice(value);
+    }
 
     /// The image stores redb's encoding of these types; if a redb upgrade
     /// changes it, old backups would restore wrongly, so it is pinned here.

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase};
+use redb::Database;
 
 use super::BackupError;
 use super::format::{Kind, Reader, Skimmer};
@@ -689,15 +689,4 @@ pub fn point_in_time_chain(
         ))
     })?;
     Ok((all[i].clone(), all[i + 1..].to_vec()))
-}
-
-/// Reads the applied LSN of a database file (for checks and reports).
-pub fn applied_lsn(path: &Path) -> Result<u64, BackupError> {
-    let db = open_db(path)?;
-    let txn = db.begin_read()?;
-    Ok(txn
-        .open_table(schema::META)?
-        .get(K_APPLIED_LSN)?
-        .map(|v| v.value())
-        .unwrap_or(0))
 }

@@ -353,7 +353,7 @@ fn backup_group(
                 let uid = u32::from_le_bytes(k[8..].try_into().expect("4 bytes"));
                 body_crcs.insert((mb, uid), crc32c::crc32c(v));
             }
-            // A row, written straight into the chunk (see `image::encode_row`).
+            // A row (`image` module docs), written straight into the chunk.
             let pushed = c
                 .push(&(k.len() as u32).to_le_bytes())
                 .and_then(|()| c.push(k))
