@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fetcher, p99};
 use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SIZES: [usize; 9] = [2048, 4096, 6144, 8192, 8192, 8192, 12288, 32768, 65536];
 
@@ -64,46 +65,6 @@ async fn fill(store: Arc<Store>, users: usize, total: usize) -> u64 {
     }
     while set.join_next().await.is_some() {}
     bytes
-}
-
-/// A client fetching one message body after another; latencies in ms.
-async fn reader(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 65536];
-    let mut read_until = async |s: &mut TcpStream, buf: &mut Vec<u8>, tag: &[u8]| loop {
-        if let Some(p) = buf.windows(tag.len()).position(|w| w == tag)
-            && let Some(e) = buf[p..].windows(2).position(|w| w == b"\r\n")
-        {
-            buf.drain(..p + e + 2);
-            return;
-        }
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    read_until(&mut s, &mut buf, b"* OK").await;
-    s.write_all(b"a LOGIN reader@example.test bench\r\nb SELECT INBOX\r\n")
-        .await
-        .unwrap();
-    read_until(&mut s, &mut buf, b"b OK").await;
-    let mut lat = Vec::new();
-    let mut i = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let t = Instant::now();
-        s.write_all(format!("f{i} FETCH {} BODY.PEEK[]\r\n", 1 + i % 50).as_bytes())
-            .await
-            .unwrap();
-        read_until(&mut s, &mut buf, format!("f{i} OK").as_bytes()).await;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    lat
-}
-
-fn p99(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * 0.99).round() as usize]
 }
 
 fn held(store: &Store) -> (u64, u64, u64) {
@@ -188,7 +149,7 @@ fn main() {
         let before = held(&store);
         let addr = server.bound.imap.unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let idle_reader = tokio::spawn(reader(addr, stop.clone()));
+        let idle_reader = tokio::spawn(fetcher(addr, stop.clone(), Duration::ZERO));
         tokio::time::sleep(Duration::from_secs(3)).await;
         stop.store(true, Ordering::Relaxed);
         let mut idle = idle_reader.await.unwrap();
@@ -202,7 +163,7 @@ fn main() {
                 .await
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let busy = tokio::spawn(reader(addr, stop.clone()));
+        let busy = tokio::spawn(fetcher(addr, stop.clone(), Duration::ZERO));
         let line = run.await.unwrap().expect("archive run");
         let secs = t.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);

@@ -23,11 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fetcher, p99, read_until};
 use tiermail::backup::restore;
 use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const USERS: usize = 50;
@@ -61,45 +64,6 @@ async fn fill(store: Arc<Store>, first: usize, until_bytes: u64, max: usize) -> 
     (n - first, bytes)
 }
 
-async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, tag: &[u8]) {
-    let mut chunk = vec![0u8; 65536];
-    loop {
-        if let Some(p) = buf.windows(tag.len()).position(|w| w == tag)
-            && let Some(e) = buf[p..].windows(2).position(|w| w == b"\r\n")
-        {
-            buf.drain(..p + e + 2);
-            return;
-        }
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// FETCH one body after another; latencies in ms.
-async fn fetcher(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, b"* OK").await;
-    s.write_all(b"a LOGIN reader@example.test bench\r\nb SELECT INBOX\r\n")
-        .await
-        .unwrap();
-    read_until(&mut s, &mut buf, b"b OK").await;
-    let mut lat = Vec::new();
-    let mut i = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let t = Instant::now();
-        s.write_all(format!("f{i} FETCH {} BODY.PEEK[]\r\n", 1 + i % 50).as_bytes())
-            .await
-            .unwrap();
-        read_until(&mut s, &mut buf, format!("f{i} OK").as_bytes()).await;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    lat
-}
-
 /// One SMTP session delivering 4 KB messages; latency of each (DATA to 250).
 async fn sender(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -125,11 +89,6 @@ async fn sender(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     lat
-}
-
-fn p99(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * 0.99).round() as usize]
 }
 
 fn mb(b: u64) -> f64 {
@@ -165,7 +124,11 @@ fn raw_copy(files: &[PathBuf], dest: &Path) -> (u64, f64) {
 /// The load of a latency window: a fetcher and a sender for `secs`.
 async fn latencies(server: &Server, secs: u64) -> (Vec<f64>, Vec<f64>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let f = tokio::spawn(fetcher(server.bound.imap.unwrap(), stop.clone()));
+    let f = tokio::spawn(fetcher(
+        server.bound.imap.unwrap(),
+        stop.clone(),
+        Duration::from_millis(2),
+    ));
     let s = tokio::spawn(sender(server.bound.smtp.unwrap(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
@@ -346,14 +309,7 @@ fn main() {
         let alone = dir.path().join("alone/data");
         let t = Instant::now();
         restore::restore(
-            &restore::Options {
-                data_dir: alone.clone(),
-                file: file.clone(),
-                group: None,
-                until: None,
-                later: vec![],
-                force: false,
-            },
+            &restore::Options::new(alone.clone(), file.clone()),
             &|_, _| {},
         )
         .unwrap();
@@ -373,14 +329,7 @@ fn main() {
         );
         let t = Instant::now();
         let reports = restore::restore(
-            &restore::Options {
-                data_dir: fresh_data.clone(),
-                file: file.clone(),
-                group: None,
-                until: None,
-                later: vec![],
-                force: false,
-            },
+            &restore::Options::new(fresh_data.clone(), file.clone()),
             &|_, _| {},
         )
         .unwrap();

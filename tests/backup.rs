@@ -201,14 +201,7 @@ async fn a_backup_under_load_restores_the_live_state() {
         }
     }
     let reports = restore::restore(
-        &restore::Options {
-            data_dir: fresh_data.clone(),
-            file: file.clone(),
-            group: None,
-            until: None,
-            later: vec![],
-            force: false,
-        },
+        &restore::Options::new(fresh_data.clone(), file.clone()),
         &|_, _| {},
     )
     .unwrap();
@@ -829,12 +822,9 @@ async fn messages_larger_than_a_block_cross_block_boundaries() {
         let data = dir.path().join("data");
         restore::restore(
             &restore::Options {
-                data_dir: data.clone(),
-                file,
-                group: None,
                 until,
                 later,
-                force: false,
+                ..restore::Options::new(&data, file)
             },
             &|_, _| {},
         )

@@ -535,6 +535,21 @@ pub struct Options {
     pub force: bool,
 }
 
+impl Options {
+    /// All of `file` into `data_dir`, rolled forward with the live log
+    /// found there; nothing existing is replaced.
+    pub fn new(data_dir: impl Into<PathBuf>, file: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            file: file.into(),
+            group: None,
+            until: None,
+            later: Vec::new(),
+            force: false,
+        }
+    }
+}
+
 /// One group's restore, for the report.
 #[derive(Debug, Clone)]
 pub struct GroupReport {
