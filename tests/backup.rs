@@ -225,6 +225,30 @@ async fn a_backup_under_load_restores_the_live_state() {
     }
     assert!(messages > 200, "{messages}");
     restored.shutdown();
+
+    // One group alone.
+    let one = tempfile::tempdir().unwrap();
+    let reports = restore::restore(
+        &restore::Options {
+            group: Some(1),
+            ..restore::Options::new(one.path(), &file)
+        },
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].id, 1);
+    assert!(one.path().join("groups/g001/store.redb").exists());
+    assert!(!one.path().join("groups/g000").exists());
+    let e = restore::restore(
+        &restore::Options {
+            group: Some(7),
+            ..restore::Options::new(one.path(), &file)
+        },
+        &|_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no storage group 7"), "{e}");
 }
 
 /// A backup whose patch holds records (writes run while it is taken).
