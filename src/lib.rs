@@ -6,6 +6,9 @@
 //! users directory (`auth`), TLS (`tls`) and shutdown together; `control`
 //! answers the CLI on a local socket. See docs/ARCHITECTURE.md for the map.
 
+// Input from the network or disk must never panic: no unwrap outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod archive;
 pub mod auth;
 pub mod background;

@@ -306,14 +306,15 @@ impl UserArchive {
                 Ok(Some((rec, total))) => {
                     let mut entry = Vec::new();
                     index_frame(&mut entry, &rec, n, off, total as u32);
-                    let (kind, payload, _) =
-                        unframe(&entry).expect("own frame").expect("non-empty");
-                    self.apply(kind, payload)
-                        .map_err(|problem| ArchiveError::Damaged {
-                            path: data_path.clone(),
-                            offset: off,
-                            problem,
-                        })?;
+                    let damaged = |problem: String| ArchiveError::Damaged {
+                        path: data_path.clone(),
+                        offset: off,
+                        problem,
+                    };
+                    let (kind, payload, _) = unframe(&entry)
+                        .map_err(|e| damaged(format!("rebuilt index entry: {e}")))?
+                        .ok_or_else(|| damaged("rebuilt index entry is empty".into()))?;
+                    self.apply(kind, payload).map_err(damaged)?;
                     idx.extend_from_slice(&entry);
                     off += total;
                 }

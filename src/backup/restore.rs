@@ -394,7 +394,8 @@ fn materialize_inner(
                     });
                 }
             }
-            Kind::Trailer => unreachable!("the reader consumes the trailer"),
+            // The reader checks and consumes the trailer itself.
+            Kind::Trailer => return Err(bad("a trailer before the end".into())),
         }
     }
     if cur.is_some() {

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::ReadableDatabase;
@@ -38,7 +39,7 @@ pub struct Progress {
     pub bytes: AtomicU64,
     pub groups_done: AtomicU64,
     /// Set to stop the backup at the next block (server shutdown).
-    pub cancel: std::sync::atomic::AtomicBool,
+    pub cancel: AtomicBool,
 }
 
 /// What one backup did.
@@ -115,7 +116,7 @@ impl<'a> Pacer<'a> {
     fn pace(&mut self, sink: &Sink) {
         let now = self.store.activity();
         if now != self.seen {
-            while !sink.0.is_empty() {
+            while !sink.tx.is_empty() && !sink.closed.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_micros(200));
             }
             let worked = self.since.elapsed();
@@ -129,11 +130,25 @@ impl<'a> Pacer<'a> {
 /// The reading half's end of the pipe to the writing thread, which
 /// checksums and writes the blocks: reading the store and writing the file
 /// overlap.
-struct Sink(crossbeam_channel::Sender<(Kind, Vec<u8>)>);
+struct Sink {
+    tx: crossbeam_channel::Sender<(Kind, Vec<u8>)>,
+    /// Set when the writing half has stopped (blocks left in the pipe then
+    /// stay there).
+    closed: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped, however the thread holding it ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Sink {
     fn block(&self, kind: Kind, payload: Vec<u8>) -> Result<(), BackupError> {
-        self.0.send((kind, payload)).map_err(|_| BackupError::Pipe)
+        self.tx.send((kind, payload)).map_err(|_| BackupError::Pipe)
     }
 }
 
@@ -227,7 +242,10 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
     };
     let (tx, rx) = crossbeam_channel::bounded::<(Kind, Vec<u8>)>(8);
     let (groups, bytes, targets) = std::thread::scope(|scope| {
+        let closed = Arc::new(AtomicBool::new(false));
+        let on_exit = SetOnDrop(closed.clone());
         let writer = scope.spawn(move || -> Result<(u64, Vec<Outcome>), BackupError> {
+            let _on_exit = on_exit;
             crate::background::idle_priority();
             let mut w = Writer::new(mirrors)?;
             // Only an explicit end (a Trailer kind from the reading half)
@@ -242,7 +260,7 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
             }
             Err(BackupError::Targets("the backup was abandoned".into()))
         });
-        let sink = Sink(tx);
+        let sink = Sink { tx, closed };
         let produced = (|| {
             sink.block(Kind::Header, header.encode())?;
             let mut groups = Vec::new();

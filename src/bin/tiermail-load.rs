@@ -8,6 +8,9 @@
 //!   tiermail-load imap --addr 127.0.0.1:1143 --clients 16 --seconds 10 --password pw
 //!   tiermail-load idle --addr 127.0.0.1:1143 --count 5000 --users 16 --password pw
 
+// Input from the network or disk must never panic: no unwrap outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -459,15 +459,7 @@ impl Session {
                             }
                         }
                     }
-                    self.ok(
-                        tag,
-                        None,
-                        if uid {
-                            "UID STORE completed"
-                        } else {
-                            "STORE completed"
-                        },
-                    )
+                    self.ok(tag, None, store_done(uid))
                 }
                 Err(why) => self.no(tag, Some(code("UNAVAILABLE")), &why),
             };
@@ -508,15 +500,7 @@ impl Session {
             self.fetch_flags_response(seq, u, &f, m, uid, condstore);
         }
         if modified.is_empty() {
-            self.ok(
-                tag,
-                None,
-                if uid {
-                    "UID STORE completed"
-                } else {
-                    "STORE completed"
-                },
-            );
+            self.ok(tag, None, store_done(uid));
         } else {
             let ids: Vec<u32> = if uid {
                 modified
@@ -918,5 +902,14 @@ impl Session {
                 "SEARCH completed"
             },
         );
+    }
+}
+
+/// The text of a STORE's tagged OK.
+fn store_done(uid: bool) -> &'static str {
+    if uid {
+        "UID STORE completed"
+    } else {
+        "STORE completed"
     }
 }

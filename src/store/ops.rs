@@ -370,8 +370,12 @@ fn plan_rename(
     if from == "INBOX" {
         // Create `to`, move every message into it; INBOX stays, empty.
         let (mut records, _) = plan_create(txn, user, to, now)?;
+        // plan_create ends with the mailbox itself; anything else is a bug
+        // that must fail this request, not the group's writer thread.
         let Some(Record::MailboxCreated { id: to_id, .. }) = records.last().cloned() else {
-            unreachable!("plan_create ends with the mailbox itself")
+            return Err(StoreError::Unavailable(format!(
+                "renaming INBOX to {to}: no mailbox was planned"
+            )));
         };
         let uids: Vec<u32> = txn
             .open_table(MESSAGES)?
