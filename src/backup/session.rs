@@ -427,9 +427,15 @@ fn backup_group(
         };
         let mut c = Chunker::new(w, kind, None, progress, pacer);
         let mut framed = Vec::new();
-        for (_, path) in segments.iter() {
+        for (i, (_, path)) in segments.iter().enumerate() {
             if next > hi {
                 break;
+            }
+            // A segment wholly below what is still wanted is not opened: it
+            // is already streamed, or held by the previous backup and free to
+            // be pruned by a checkpoint meanwhile.
+            if segments.get(i + 1).is_some_and(|(first, _)| *first <= next) {
+                continue;
             }
             let mut failed = None;
             wal::read_segment(path, |r| {
