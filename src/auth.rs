@@ -5,8 +5,17 @@
 //! rename) so a crash mid-edit never leaves a half file. The running server
 //! holds an immutable snapshot ([`Users`]) behind [`Directory`] and swaps it
 //! when the file changes; a file that fails to parse keeps the old snapshot
-//! and logs why. Password checks are CPU-heavy by design and run on the
-//! blocking pool, never on the async threads.
+//! and logs why.
+//!
+//! Password checks are CPU- and memory-heavy by design, which makes them
+//! the easiest thing to abuse: they run on the blocking pool, a few at a
+//! time and at most `limits.max_auth_checks_per_ip` per client address, in
+//! argon2 working memory taken from a fixed pool (allocating it per check
+//! left every blocking thread's allocator holding its own copy). A login
+//! for an unknown user is checked against a dummy hash of the same cost, so
+//! timing tells nothing. Failures are counted per IP and per account, and
+//! a success resets neither; each failure is logged in one line that
+//! fail2ban can match (see docs/admin.md).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHasher, phc::PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -200,13 +209,75 @@ pub fn test_params() -> Params {
     Params::new(256, 1, 1, None).expect("valid argon2 params")
 }
 
+#[cfg(test)]
 fn verify_hash(password: &str, phc: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
     match PasswordHash::new(phc) {
         Ok(hash) => Argon2::default()
             .verify_password(password.as_bytes(), &hash)
             .is_ok(),
         Err(_) => false,
     }
+}
+
+/// Largest argon2 memory cost accepted from a users file (4 GiB).
+const MAX_MEMORY_BLOCKS: usize = 4 << 20;
+
+/// Checks `password` against a PHC argon2 hash using `memory` as the
+/// working memory (grown once if the hash needs more).
+fn verify_with_memory(password: &str, phc: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version {
+        Some(v) => match Version::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        None => Version::default(),
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if blocks > MAX_MEMORY_BLOCKS {
+        return false;
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt.as_ref(),
+            &mut out,
+            &mut memory[..blocks],
+        )
+        .is_err()
+    {
+        return false;
+    }
+    // `Output` compares in constant time.
+    argon2::password_hash::phc::Output::new(&out).is_ok_and(|o| o == *expected)
+}
+
+/// What a login attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The canonical address of the account.
+    Ok(String),
+    /// Wrong user or password (told apart only in the log).
+    Invalid,
+    /// Too many failures lately from this address or for this account.
+    Throttled,
 }
 
 /// The live users snapshot plus the file it came from.
@@ -218,6 +289,11 @@ pub struct Directory {
     /// memory cost (19 MiB by default), so a burst of logins must queue
     /// rather than allocate per connection.
     hashing: tokio::sync::Semaphore,
+    /// Working memory for the checks, one buffer per permit of `hashing`,
+    /// allocated once and reused.
+    memory: Mutex<Vec<Vec<Block>>>,
+    /// A hash with the cost of the users' own, checked for unknown users.
+    dummy: RwLock<Arc<String>>,
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -225,17 +301,35 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
+/// A hash of a random password with the same parameters as the first
+/// user's (the argon2 defaults when there is none).
+fn dummy_hash(users: &Users) -> String {
+    let params = users
+        .by_address
+        .values()
+        .next()
+        .and_then(|u| PasswordHash::new(&u.password_hash).ok())
+        .and_then(|h| Params::try_from(&h).ok())
+        .unwrap_or_default();
+    let secret = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    hash_password_with(&secret, params)
+        .or_else(|_| hash_password_with(&secret, Params::default()))
+        .unwrap_or_default()
+}
+
 impl Directory {
     pub fn open(path: &Path) -> Result<Arc<Directory>, AuthError> {
         let stamp = file_stamp(path);
         let users = Users::load(path)?;
+        let dummy = dummy_hash(&users);
+        let checks = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Arc::new(Directory {
             path: path.to_path_buf(),
             current: RwLock::new(Arc::new(users)),
             stamp: Mutex::new(stamp),
-            hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            hashing: tokio::sync::Semaphore::new(checks),
+            memory: Mutex::new((0..checks).map(|_| Vec::new()).collect()),
+            dummy: RwLock::new(Arc::new(dummy)),
         }))
     }
 
@@ -251,7 +345,9 @@ impl Directory {
         let stamp = file_stamp(&self.path);
         let users = Users::load(&self.path)?;
         let n = users.len();
+        let dummy = dummy_hash(&users);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+        *self.dummy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dummy);
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
         Ok(n)
     }
@@ -271,65 +367,187 @@ impl Directory {
     }
 
     /// Verifies a login on the blocking pool. Returns the canonical address.
-    pub async fn verify(&self, login: &str, password: &str) -> Option<String> {
+    /// An unknown login costs the same as a known one.
+    pub async fn verify(self: &Arc<Self>, login: &str, password: &str) -> Option<String> {
         let users = self.snapshot();
-        let user = users.get(login)?.clone();
+        let (phc, known) = match users.get(login) {
+            Some(u) => (u.password_hash.clone(), true),
+            None => (
+                self.dummy
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_str()
+                    .to_string(),
+                false,
+            ),
+        };
         let password = password.to_string();
         let _permit = self.hashing.acquire().await.ok()?;
-        let ok = tokio::task::spawn_blocking(move || verify_hash(&password, &user.password_hash))
-            .await
-            .unwrap_or(false);
-        ok.then(|| login.to_ascii_lowercase())
+        let dir = self.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let mut memory = dir
+                .memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .unwrap_or_default();
+            let ok = verify_with_memory(&password, &phc, &mut memory);
+            dir.memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(memory);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        (ok && known).then(|| login.to_ascii_lowercase())
+    }
+
+    /// One login attempt with every rule around it: throttled addresses and
+    /// accounts are refused without a check, checks from one address take
+    /// turns, failures are counted and logged (`service` names the
+    /// protocol in the log line).
+    pub async fn login(
+        self: &Arc<Self>,
+        throttle: &Throttle,
+        service: &str,
+        ip: IpAddr,
+        login: &str,
+        password: &str,
+    ) -> Login {
+        let account = login.to_ascii_lowercase();
+        if throttle.is_blocked(ip, &account) {
+            log_failure(service, ip, login, "throttled");
+            return Login::Throttled;
+        }
+        let turn = throttle.turn(ip).await;
+        // Others from this address may have failed while this one waited.
+        if throttle.is_blocked(ip, &account) {
+            log_failure(service, ip, login, "throttled");
+            return Login::Throttled;
+        }
+        let result = self.verify(login, password).await;
+        drop(turn);
+        match result {
+            Some(address) => Login::Ok(address),
+            None => {
+                throttle.record_failure(ip, &account);
+                let why = if self.snapshot().get(login).is_some() {
+                    "bad-password"
+                } else {
+                    "unknown-user"
+                };
+                log_failure(service, ip, login, why);
+                Login::Invalid
+            }
+        }
     }
 }
 
-/// Failed logins per client IP in a sliding window.
-pub struct Throttle {
-    max_failures: u32,
-    window: Duration,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+/// The one log line of a failed login, stable for fail2ban:
+/// `authentication failed: service=imap rip=192.0.2.7 user="x" reason=bad-password`.
+fn log_failure(service: &str, ip: IpAddr, login: &str, reason: &str) {
+    // Debug formatting quotes the name and escapes anything a client
+    // could use to forge log lines.
+    let user: String = login.chars().take(256).collect();
+    tracing::warn!(
+        target: "tiermail::auth",
+        "authentication failed: service={service} rip={ip} user={user:?} reason={reason}"
+    );
 }
 
-impl Throttle {
-    pub fn new(max_failures: u32, window: Duration) -> Throttle {
-        Throttle {
-            max_failures,
+/// Failures in a sliding window, by key.
+struct Window<K> {
+    max: u32,
+    window: Duration,
+    map: Mutex<HashMap<K, (u32, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Window<K> {
+    fn new(max: u32, window: Duration) -> Window<K> {
+        Window {
+            max,
             window,
-            failures: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::new()),
         }
     }
 
-    /// True while `ip` has used up its failures in the current window.
-    pub fn is_blocked(&self, ip: IpAddr) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some((n, since)) if since.elapsed() < self.window => *n >= self.max_failures,
+    fn is_full(&self, key: &K) -> bool {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((n, since)) if since.elapsed() < self.window => *n >= self.max,
             Some(_) => {
-                map.remove(&ip);
+                map.remove(key);
                 false
             }
             None => false,
         }
     }
 
-    pub fn record_failure(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+    fn add(&self, key: &K) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
             let window = self.window;
             map.retain(|_, (_, since)| since.elapsed() < window);
         }
-        let e = map.entry(ip).or_insert((0, Instant::now()));
+        let e = map.entry(key.clone()).or_insert((0, Instant::now()));
         if e.1.elapsed() >= self.window {
             *e = (0, Instant::now());
         }
-        e.0 += 1;
+        e.0 = e.0.saturating_add(1);
+    }
+}
+
+/// Failed logins per client IP and per account, and the turns that
+/// password checks from one IP take.
+pub struct Throttle {
+    by_ip: Window<IpAddr>,
+    by_account: Window<String>,
+    checks_per_ip: usize,
+    turns: Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A password check's turn for its IP; the next one waits until it ends.
+pub struct Turn {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Throttle {
+    pub fn new(max_failures: u32, window: Duration, checks_per_ip: usize) -> Throttle {
+        Throttle {
+            by_ip: Window::new(max_failures, window),
+            by_account: Window::new(max_failures, window),
+            checks_per_ip: checks_per_ip.max(1),
+            turns: Mutex::new(HashMap::new()),
+        }
     }
 
-    pub fn record_success(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ip);
+    /// True while `ip` or `account` has used up its failures in the
+    /// current window.
+    pub fn is_blocked(&self, ip: IpAddr, account: &str) -> bool {
+        self.by_ip.is_full(&ip) || self.by_account.is_full(&account.to_string())
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, account: &str) {
+        self.by_ip.add(&ip);
+        self.by_account.add(&account.to_string());
+    }
+
+    /// Waits for a password-check turn of `ip`.
+    pub async fn turn(&self, ip: IpAddr) -> Turn {
+        let sem = {
+            let mut t = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget addresses nobody is checking for.
+            if t.len() > 10_000 {
+                t.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            t.entry(ip)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.checks_per_ip)))
+                .clone()
+        };
+        Turn {
+            _permit: sem.acquire_owned().await.ok(),
+        }
     }
 }
 
@@ -501,14 +719,38 @@ mod tests {
     }
 
     #[test]
-    fn throttle_blocks_after_failures() {
-        let t = Throttle::new(2, Duration::from_secs(60));
+    fn throttle_counts_ips_and_accounts_apart() {
+        let t = Throttle::new(2, Duration::from_secs(60), 1);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(!t.is_blocked(ip));
-        t.record_failure(ip);
-        t.record_failure(ip);
-        assert!(t.is_blocked(ip));
-        t.record_success(ip);
-        assert!(!t.is_blocked(ip));
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        assert!(!t.is_blocked(ip, "a@x.test"));
+        t.record_failure(ip, "a@x.test");
+        t.record_failure(ip, "b@x.test");
+        assert!(t.is_blocked(ip, "c@x.test"), "the address is used up");
+        assert!(!t.is_blocked(other, "c@x.test"));
+        t.record_failure(other, "a@x.test");
+        assert!(t.is_blocked(other, "a@x.test"), "the account is used up");
+        assert!(!t.is_blocked(other, "d@x.test"));
+    }
+
+    #[test]
+    fn pooled_verification_matches_the_crate() {
+        let h = hash_password_with("pw", test_params()).unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_with_memory("pw", &h, &mut memory));
+        assert!(!verify_with_memory("px", &h, &mut memory));
+        assert!(
+            verify_with_memory("pw", &h, &mut memory),
+            "memory is reused"
+        );
+        let d = hash_password_with("pw", Params::default()).unwrap();
+        assert!(verify_with_memory("pw", &d, &mut memory));
+        assert_eq!(memory.len(), Params::default().block_count());
+        assert!(!verify_with_memory(
+            "pw",
+            "$argon2id$v=19$garbage",
+            &mut memory
+        ));
+        assert!(verify_hash("pw", &h));
     }
 }

@@ -105,6 +105,7 @@ pub struct SmtpConfig {
     pub submissions_listen: String,
     pub lmtp_listen: String,
     pub allow_plaintext_auth: bool,
+    pub send_as_anyone: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,11 +232,20 @@ pub struct Limits {
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub max_line_length: usize,
+    pub max_command_size: usize,
     pub command_timeout_secs: u64,
     pub max_connections: usize,
+    pub max_unauthenticated_per_ip: usize,
+    pub max_inflight_mib: usize,
     pub max_errors: u32,
     pub max_auth_failures: u32,
     pub auth_throttle_secs: u64,
+    pub max_auth_checks_per_ip: usize,
+    pub max_mime_depth: usize,
+    pub max_mailboxes: usize,
+    pub max_mailbox_name: usize,
+    pub max_mailbox_depth: usize,
+    pub max_keywords: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,8 +425,62 @@ impl Config {
                 "must be at least 512 (RFC 5321)",
             ));
         }
+        if l.max_command_size < l.max_line_length {
+            return Err(invalid(
+                "limits.max_command_size",
+                "must be at least limits.max_line_length",
+            ));
+        }
+        if l.max_unauthenticated_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_unauthenticated_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if l.max_inflight_mib == 0 || l.max_inflight_mib > 1 << 30 {
+            return Err(invalid(
+                "limits.max_inflight_mib",
+                "must be between 1 and 1073741824",
+            ));
+        }
+        if l.max_inflight_mib.saturating_mul(1 << 20) < l.max_message_size {
+            return Err(invalid(
+                "limits.max_inflight_mib",
+                "must hold at least one message of limits.max_message_size",
+            ));
+        }
+        if l.max_auth_checks_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_auth_checks_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if l.max_mailboxes < 10 {
+            return Err(invalid(
+                "limits.max_mailboxes",
+                "must be at least 10 (the default folders need room)",
+            ));
+        }
+        if l.max_mailbox_name < 16 || l.max_mailbox_name > l.max_line_length {
+            return Err(invalid(
+                "limits.max_mailbox_name",
+                "must be between 16 and limits.max_line_length",
+            ));
+        }
+        if l.max_mailbox_depth == 0 {
+            return Err(invalid("limits.max_mailbox_depth", "must be at least 1"));
+        }
+        if l.max_keywords == 0 {
+            return Err(invalid("limits.max_keywords", "must be at least 1"));
+        }
         if l.command_timeout_secs == 0 {
             return Err(invalid("limits.command_timeout_secs", "must be at least 1"));
+        }
+        if !(2..=1000).contains(&l.max_mime_depth) {
+            return Err(invalid(
+                "limits.max_mime_depth",
+                "must be between 2 and 1000",
+            ));
         }
         if l.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));

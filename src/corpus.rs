@@ -185,6 +185,36 @@ pub fn message(seed: u64, n: u64, to: &str) -> Vec<u8> {
     msg.into_bytes()
 }
 
+/// A message of `depth` multiparts nested in each other (the poison message
+/// of a 3,000-level nesting is 210 KB), each level with a boundary of its own.
+pub fn nested_multipart(depth: usize) -> Vec<u8> {
+    let mut head = String::from(
+        "From: a@remote.test\r\nTo: alice@example.test\r\nSubject: nested\r\nMIME-Version: 1.0\r\n",
+    );
+    let mut tail = String::new();
+    for i in 0..depth {
+        head.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
+        tail = format!("\r\n--b{i}--\r\n{tail}");
+    }
+    head.push_str("Content-Type: text/plain\r\n\r\ninnermost\r\n");
+    head.push_str(&tail);
+    head.into_bytes()
+}
+
+/// A message of `depth` message/rfc822 parts nested in each other, the
+/// cheapest deep nesting (about 40 bytes a level).
+pub fn nested_rfc822(depth: usize) -> Vec<u8> {
+    let mut m =
+        String::from("From: a@remote.test\r\nTo: alice@example.test\r\nSubject: nested\r\n");
+    for _ in 0..depth {
+        m.push_str("Content-Type: message/rfc822\r\n\r\nSubject: x\r\n");
+    }
+    m.push_str("\r\ninnermost\r\n");
+    m.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod corpus;
 pub mod imap;
+pub mod inflight;
 pub mod net;
 pub mod scheduler;
 pub mod server;

@@ -32,6 +32,10 @@ pub struct App {
     pub archive: crate::archive::agent::Activity,
     pub archives: Arc<crate::archive::registry::Archives>,
     pub backup: crate::backup::agent::BackupAgent,
+    /// Unauthenticated connections per client IP.
+    pub peers: Arc<crate::net::PeerLimits>,
+    /// Memory for messages being received, over all sessions.
+    pub inflight: crate::inflight::Budget,
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
@@ -75,6 +79,24 @@ impl Service {
             Service::Imap(_) => b"* BYE Too many connections, try again later\r\n",
         }
     }
+
+    /// ...and a client whose address has too many connections not logged in.
+    fn busy_ip_reply(self) -> &'static [u8] {
+        match self {
+            Service::Smtp(_) => {
+                b"421 4.7.0 Too many connections from your address, try again later\r\n"
+            }
+            Service::Imap(_) => {
+                b"* BYE Too many connections from your address, try again later\r\n"
+            }
+        }
+    }
+
+    /// LMTP comes from a fronting MTA, which opens as many connections as
+    /// it delivers in parallel: it is not limited per address.
+    fn limited_per_ip(self) -> bool {
+        !matches!(self, Service::Smtp(Mode::Lmtp))
+    }
 }
 
 impl std::fmt::Display for Bound {
@@ -100,7 +122,7 @@ pub struct Server {
     tracker: TaskTracker,
 }
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Server {
     pub async fn start(mut config: Config) -> anyhow::Result<Server> {
@@ -132,12 +154,15 @@ impl Server {
             throttle: Throttle::new(
                 config.limits.max_auth_failures,
                 Duration::from_secs(config.limits.auth_throttle_secs),
+                config.limits.max_auth_checks_per_ip,
             ),
             config: config.clone(),
             store,
             users: users.clone(),
             tls,
             started: Instant::now(),
+            peers: crate::net::PeerLimits::new(config.limits.max_unauthenticated_per_ip),
+            inflight: crate::inflight::Budget::new(config.limits.max_inflight_mib),
             archive: Default::default(),
             backup: Default::default(),
             archives: Arc::new(
@@ -358,16 +383,24 @@ async fn accept_loop(
             _ = token.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracker.spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut tcp = tcp;
-                if !service.implicit_tls() {
-                    let _ = tcp.write_all(service.busy_reply()).await;
-                }
-                let _ = tcp.shutdown().await;
-            });
-            continue;
+        let slot = if service.limited_per_ip() {
+            app.peers.admit(peer.ip())
+        } else {
+            Some(crate::net::PeerSlot::exempt(peer.ip()))
+        };
+        let (permit, slot) = match (limit.clone().try_acquire_owned(), slot) {
+            (Ok(p), Some(s)) => (p, s),
+            (permit, slot) => {
+                let reply = if slot.is_none() {
+                    tracing::info!(%peer, listener = service.name(), "too many unauthenticated connections from this address");
+                    service.busy_ip_reply()
+                } else {
+                    service.busy_reply()
+                };
+                drop(permit);
+                tracker.spawn(refuse(tcp, service, reply));
+                continue;
+            }
         };
         let app = app.clone();
         let token = token.child_token();
@@ -387,12 +420,38 @@ async fn accept_loop(
             } else {
                 Conn::Plain(tcp)
             };
-            match service {
-                Service::Smtp(mode) => Session::new(app, mode, peer, conn, token).run().await,
-                Service::Imap(kind) => ImapSession::new(app, kind, peer, conn, token).run().await,
+            // A panic in one session ends that session alone: tokio keeps it
+            // inside the task, and the log says where it happened.
+            let session = tokio::spawn(async move {
+                match service {
+                    Service::Smtp(mode) => {
+                        Session::new(app, mode, peer, conn, slot, token).run().await
+                    }
+                    Service::Imap(kind) => {
+                        ImapSession::new(app, kind, peer, conn, slot, token)
+                            .run()
+                            .await
+                    }
+                }
+            });
+            if let Err(e) = session.await
+                && e.is_panic()
+            {
+                tracing::error!(%peer, listener = service.name(), "session panicked; other sessions are not affected");
             }
         });
     }
+}
+
+/// Tells a client over a limit so (except on implicit TLS, where nothing
+/// can be said before a handshake) and closes.
+async fn refuse(tcp: tokio::net::TcpStream, service: Service, reply: &'static [u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tcp;
+    if !service.implicit_tls() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(reply)).await;
+    }
+    let _ = tcp.shutdown().await;
 }
 
 /// Reloads the users file when it changes (polled each second) or on SIGHUP.

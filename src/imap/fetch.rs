@@ -19,13 +19,43 @@ use mail_parser::{Addr, HeaderValue, Message, MessagePart, MimeHeaders, PartType
 
 use super::{istr, nbytes, nstr};
 
-pub fn parse(raw: &[u8]) -> Message<'_> {
-    mail_parser::MessageParser::default()
-        .parse(raw)
-        .unwrap_or_else(|| Message {
-            raw_message: Cow::Borrowed(raw),
-            ..Default::default()
-        })
+/// A parsed message. mail-parser keeps each embedded message/rfc822 as a
+/// `Message` inside its parent, so dropping a deeply nested one the
+/// ordinary way recurses once per level (a 25 MB message can nest hundreds
+/// of thousands deep): this takes the tree apart iteratively instead.
+pub struct Parsed<'x>(Message<'x>);
+
+impl<'x> std::ops::Deref for Parsed<'x> {
+    type Target = Message<'x>;
+    fn deref(&self) -> &Message<'x> {
+        &self.0
+    }
+}
+
+impl Drop for Parsed<'_> {
+    fn drop(&mut self) {
+        let mut stack = vec![std::mem::take(&mut self.0)];
+        while let Some(mut m) = stack.pop() {
+            for part in &mut m.parts {
+                if matches!(part.body, PartType::Message(_))
+                    && let PartType::Message(inner) = std::mem::take(&mut part.body)
+                {
+                    stack.push(inner);
+                }
+            }
+        }
+    }
+}
+
+pub fn parse(raw: &[u8]) -> Parsed<'_> {
+    Parsed(
+        mail_parser::MessageParser::default()
+            .parse(raw)
+            .unwrap_or_else(|| Message {
+                raw_message: Cow::Borrowed(raw),
+                ..Default::default()
+            }),
+    )
 }
 
 fn raw_header<'a>(m: &'a Message<'_>, name: &str) -> Option<&'a str> {
@@ -181,11 +211,25 @@ fn header_bytes<'a>(raw: &'a [u8], p: &MessagePart<'_>) -> &'a [u8] {
     &raw[s..e]
 }
 
-/// BODYSTRUCTURE (with extension data) or BODY (without) of part `id`.
-pub fn structure(raw: &[u8], m: &Message<'_>, id: u32, ext: bool) -> BodyStructure<'static> {
+/// BODYSTRUCTURE (with extension data) or BODY (without) of part `id`,
+/// at most `depth` levels deep: a multipart or embedded message at the
+/// limit is described as one text/plain leaf of its raw body (as Dovecot
+/// does past its MIME limits), so nesting never costs more than `depth`
+/// stack frames here and in the encoder.
+pub fn structure(
+    raw: &[u8],
+    m: &Message<'_>,
+    id: u32,
+    ext: bool,
+    depth: usize,
+) -> BodyStructure<'static> {
     let Some(part) = m.part(id) else {
         return empty_text();
     };
+    let nested = matches!(part.body, PartType::Multipart(_) | PartType::Message(_));
+    if nested && depth <= 1 {
+        return leaf_text(body_bytes(raw, part), ext);
+    }
     let (ctype, csub) = match part.content_type() {
         Some(ct) => (
             ct.c_type.to_ascii_uppercase(),
@@ -203,7 +247,7 @@ pub fn structure(raw: &[u8], m: &Message<'_>, id: u32, ext: bool) -> BodyStructu
     if let PartType::Multipart(children) = &part.body {
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
-            .map(|c| structure(raw, m, *c, ext))
+            .map(|c| structure(raw, m, *c, ext, depth - 1))
             .collect();
         let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_text()));
         return BodyStructure::Multi {
@@ -238,7 +282,7 @@ pub fn structure(raw: &[u8], m: &Message<'_>, id: u32, ext: bool) -> BodyStructu
     let specific = match &part.body {
         PartType::Message(inner) if ctype == "MESSAGE" => SpecificFields::Message {
             envelope: Box::new(envelope(inner)),
-            body_structure: Box::new(structure(raw, inner, 0, ext)),
+            body_structure: Box::new(structure(raw, inner, 0, ext, depth - 1)),
             number_of_lines: lines(body),
         },
         _ if ctype == "TEXT" => SpecificFields::Text {
@@ -268,6 +312,11 @@ pub fn structure(raw: &[u8], m: &Message<'_>, id: u32, ext: bool) -> BodyStructu
 }
 
 fn empty_text() -> BodyStructure<'static> {
+    leaf_text(b"", false)
+}
+
+/// A text/plain part of exactly these bytes.
+fn leaf_text(body: &[u8], ext: bool) -> BodyStructure<'static> {
     BodyStructure::Single {
         body: Body {
             basic: BasicFields {
@@ -275,14 +324,17 @@ fn empty_text() -> BodyStructure<'static> {
                 id: NString(None),
                 description: NString(None),
                 content_transfer_encoding: istr("7BIT"),
-                size: 0,
+                size: body.len() as u32,
             },
             specific: SpecificFields::Text {
                 subtype: istr("PLAIN"),
-                number_of_lines: 0,
+                number_of_lines: lines(body),
             },
         },
-        extension_data: None,
+        extension_data: ext.then_some(SinglePartExtensionData {
+            md5: NString(None),
+            tail: None,
+        }),
     }
 }
 
@@ -451,6 +503,72 @@ Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nJVBERi0=\r\n--b1--\r\
             section(&m, Some(&fields)).unwrap(),
             b"Subject: parts\r\n\r\n"
         );
+    }
+
+    /// Parses, describes, encodes and drops `raw` on a thread with the
+    /// stack of a tokio worker (2 MiB): deep nesting must fit.
+    fn describe_on_small_stack(raw: Vec<u8>, depth: usize) -> Vec<u8> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let m = parse(&raw);
+                let b = structure(m.raw_message(), &m, 0, true, depth);
+                let mut out = Vec::new();
+                crate::imap::encode(
+                    &mut out,
+                    &imap_types::response::Response::Data(imap_types::response::Data::Fetch {
+                        seq: std::num::NonZeroU32::new(1).unwrap(),
+                        items: Vec1::from(imap_types::fetch::MessageDataItem::BodyStructure(b)),
+                    }),
+                );
+                let part = Section::Part(Part(
+                    Vec1::try_from(vec![std::num::NonZeroU32::new(1).unwrap(); 5000]).unwrap(),
+                ));
+                let _ = section(&m, Some(&part));
+                out
+            })
+            .unwrap()
+            .join()
+            .expect("no overflow, no panic")
+    }
+
+    /// Depth of a BODYSTRUCTURE response: the deepest run of parentheses.
+    fn paren_depth(b: &[u8]) -> usize {
+        let (mut d, mut max) = (0usize, 0usize);
+        for &c in b {
+            match c {
+                b'(' => {
+                    d += 1;
+                    max = max.max(d);
+                }
+                b')' => d = d.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn deep_multipart_nesting_is_cut_at_the_limit() {
+        let raw = crate::corpus::nested_multipart(3000);
+        assert!(raw.len() > 200_000, "{}", raw.len());
+        let out = describe_on_small_stack(raw, 64);
+        assert!(out.starts_with(b"* 1 FETCH (BODYSTRUCTURE ("));
+        // One level of parentheses per multipart, plus the leaf's own.
+        let d = paren_depth(&out);
+        assert!((60..=80).contains(&d), "depth {d}");
+        let shallow = describe_on_small_stack(crate::corpus::nested_multipart(3), 64);
+        let text = String::from_utf8_lossy(&shallow);
+        assert_eq!(text.matches("\"MIXED\"").count(), 3, "{text}");
+        assert!(text.contains("(\"TEXT\" \"PLAIN\""), "{text}");
+    }
+
+    #[test]
+    fn deep_rfc822_nesting_parses_describes_and_drops() {
+        let raw = crate::corpus::nested_rfc822(50_000);
+        let out = describe_on_small_stack(raw, 64);
+        assert!(out.starts_with(b"* 1 FETCH (BODYSTRUCTURE ("));
+        assert!(paren_depth(&out) < 64 * 4, "{}", paren_depth(&out));
     }
 
     #[test]

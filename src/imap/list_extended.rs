@@ -54,56 +54,68 @@ enum Tok {
     Group(Vec<Tok>),
 }
 
+/// Deepest nesting of parentheses an extended LIST can have:
+/// `RETURN (STATUS (MESSAGES))` needs two.
+const MAX_DEPTH: usize = 4;
+
+/// Splits the arguments into words and groups, without recursion: the
+/// nesting depth comes from the client, so it is bounded here and deeper
+/// input is simply not this shape.
 fn tokens(s: &str) -> Option<Vec<Tok>> {
-    fn group(
-        chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-        close: bool,
-    ) -> Option<Vec<Tok>> {
-        let mut out = Vec::new();
-        loop {
-            match chars.peek().copied() {
-                None => return (!close).then_some(out),
-                Some(' ') => {
-                    chars.next();
+    let mut stack: Vec<Vec<Tok>> = vec![Vec::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.peek().copied() {
+        match c {
+            ' ' => {
+                chars.next();
+            }
+            '(' => {
+                chars.next();
+                if stack.len() > MAX_DEPTH {
+                    return None;
                 }
-                Some(')') => {
-                    chars.next();
-                    return close.then_some(out);
+                stack.push(Vec::new());
+            }
+            ')' => {
+                chars.next();
+                if stack.len() < 2 {
+                    return None;
                 }
-                Some('(') => {
-                    chars.next();
-                    out.push(Tok::Group(group(chars, true)?));
-                }
-                Some('"') => {
-                    let mut w = String::from('"');
-                    chars.next();
-                    loop {
-                        let c = chars.next()?;
-                        w.push(c);
-                        match c {
-                            '\\' => w.push(chars.next()?),
-                            '"' => break,
-                            _ => {}
-                        }
+                let group = stack.pop()?;
+                stack.last_mut()?.push(Tok::Group(group));
+            }
+            '"' => {
+                let mut w = String::from('"');
+                chars.next();
+                loop {
+                    let c = chars.next()?;
+                    w.push(c);
+                    match c {
+                        '\\' => w.push(chars.next()?),
+                        '"' => break,
+                        _ => {}
                     }
-                    out.push(Tok::Word(w));
                 }
-                Some('{') => return None, // literals: not in this shape
-                Some(_) => {
-                    let mut w = String::new();
-                    while let Some(&c) = chars.peek() {
-                        if c == ' ' || c == '(' || c == ')' {
-                            break;
-                        }
-                        w.push(c);
-                        chars.next();
+                stack.last_mut()?.push(Tok::Word(w));
+            }
+            '{' => return None, // literals: not in this shape
+            _ => {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ' ' || c == '(' || c == ')' {
+                        break;
                     }
-                    out.push(Tok::Word(w));
+                    w.push(c);
+                    chars.next();
                 }
+                stack.last_mut()?.push(Tok::Word(w));
             }
         }
     }
-    group(&mut s.chars().peekable(), false)
+    if stack.len() != 1 {
+        return None;
+    }
+    stack.pop()
 }
 
 fn words(g: &[Tok]) -> Option<Vec<String>> {
@@ -279,5 +291,15 @@ mod tests {
         assert!(parse(b"a LIST \"\" *\r\n").unwrap().is_none(), "plain LIST");
         assert!(parse(b"a LIST (BOGUS) \"\" *\r\n").is_err());
         assert!(parse(b"a LIST \"\" * RETURN (FOO)\r\n").is_err());
+    }
+
+    #[test]
+    fn deep_or_unbalanced_nesting_is_not_this_shape() {
+        let deep = format!("a LIST {}\r\n", "(".repeat(100_000));
+        assert!(parse(deep.as_bytes()).unwrap().is_none());
+        let deep = format!("a LIST {}\"\" *{}\r\n", "(".repeat(6), ")".repeat(6));
+        assert!(parse(deep.as_bytes()).unwrap().is_none());
+        assert!(parse(b"a LIST (SUBSCRIBED)) \"\" *\r\n").unwrap().is_none());
+        assert!(parse(b"a LIST ((SUBSCRIBED) \"\" *\r\n").unwrap().is_none());
     }
 }

@@ -262,9 +262,12 @@ impl Session {
             boxes.iter().map(|(n, _)| n.clone()).collect()
         };
         let mut listed = Vec::new();
+        let full: Vec<names::ListPattern> = patterns
+            .iter()
+            .map(|p| names::ListPattern::new(&format!("{reference}{p}")))
+            .collect();
         for name in candidates {
-            let full: Vec<String> = patterns.iter().map(|p| format!("{reference}{p}")).collect();
-            if !full.iter().any(|p| names::matches(p, &name)) {
+            if !full.iter().any(|p| p.matches(&name)) {
                 continue;
             }
             let info = boxes.iter().find(|(n, _)| *n == name).map(|(_, i)| i);

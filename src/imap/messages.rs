@@ -297,6 +297,7 @@ impl Session {
             return Ok(());
         }
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
+        let mime_depth = self.app.config.limits.max_mime_depth;
         for batch in uids.chunks(batch_size) {
             let loaded = match self.load_messages(batch.to_vec(), needs_body).await {
                 Ok(l) => l,
@@ -336,10 +337,17 @@ impl Session {
                                 m,
                                 0,
                                 true,
+                                mime_depth,
                             ))
                         }),
                         MessageDataItemName::Body => parsed.as_ref().map(|m| {
-                            MessageDataItem::Body(fetch::structure(m.raw_message(), m, 0, false))
+                            MessageDataItem::Body(fetch::structure(
+                                m.raw_message(),
+                                m,
+                                0,
+                                false,
+                                mime_depth,
+                            ))
                         }),
                         MessageDataItemName::Rfc822 => body
                             .as_ref()
@@ -880,7 +888,7 @@ impl Session {
                     largest_uid,
                     now,
                 };
-                if search::matches(&key, &c, parsed.as_ref()) {
+                if search::matches(&key, &c, parsed.as_deref()) {
                     found.push(if uid { u } else { seq });
                     max_modseq = max_modseq.max(meta.modseq);
                 }

@@ -11,6 +11,7 @@
 
 pub mod archive_folder;
 pub mod fetch;
+pub mod framing;
 pub mod list_extended;
 pub mod mailboxes;
 pub mod messages;

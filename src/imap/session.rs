@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer};
+use imap_codec::fragmentizer::DecodeMessageError;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
 use imap_types::IntoStatic;
 use imap_types::auth::{AuthMechanism, AuthenticateData};
@@ -18,14 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{Event, Framer, Limits, Refusal};
 use super::view::View;
 use super::{code, encode, text};
 use crate::net::Conn;
 use crate::server::App;
 
-const READ_CHUNK: usize = 4096;
-/// Bytes of a command besides its literals.
-const COMMAND_OVERHEAD: u32 = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// Output is flushed once this much is queued (large FETCHes stream).
 pub const FLUSH_AT: usize = 256 * 1024;
 
@@ -56,13 +55,18 @@ pub struct Session {
     pub(super) app: Arc<App>,
     pub(super) peer: SocketAddr,
     conn: Conn,
+    /// Counts against the client's address until login.
+    slot: crate::net::PeerSlot,
     kind: Kind,
     token: CancellationToken,
-    frag: Fragmentizer,
+    framer: Framer,
     pub(super) out: Vec<u8>,
     waiting: Waiting,
-    /// A literal announcement was refused: the rest of the message is dropped.
-    refused: bool,
+    /// Why the literal being thrown away was refused: the reply once the
+    /// framer has skipped it.
+    refused: Option<(bool, &'static str, String)>,
+    /// Logging in must be done by then.
+    login_deadline: tokio::time::Instant,
     pub(super) user: Option<String>,
     pub(super) selected: Option<View>,
     pub(super) condstore: bool,
@@ -77,19 +81,24 @@ impl Session {
         kind: Kind,
         peer: SocketAddr,
         conn: Conn,
+        slot: crate::net::PeerSlot,
         token: CancellationToken,
     ) -> Session {
-        let frag = Self::fragmentizer(&app);
+        let framer = Framer::new(Self::limits(&app, false));
+        let login_deadline = tokio::time::Instant::now()
+            + Duration::from_secs(app.config.imap.unauthenticated_timeout_secs);
         Session {
             app,
             peer,
             conn,
+            slot,
             kind,
             token,
-            frag,
+            framer,
             out: Vec::new(),
             waiting: Waiting::Command,
-            refused: false,
+            refused: None,
+            login_deadline,
             user: None,
             selected: None,
             condstore: false,
@@ -99,13 +108,24 @@ impl Session {
         }
     }
 
-    fn fragmentizer(app: &App) -> Fragmentizer {
-        let max = u32::try_from(app.config.limits.max_message_size).unwrap_or(u32::MAX);
-        Fragmentizer::new(max.saturating_add(COMMAND_OVERHEAD))
-    }
-
-    fn max_literal(&self) -> u32 {
-        u32::try_from(self.app.config.limits.max_message_size).unwrap_or(u32::MAX)
+    /// What a command may be: before login a line of at most
+    /// `max_line_length` in all; after it, lines of that length, commands
+    /// of `max_command_size` and APPENDs of a message plus that.
+    fn limits(app: &App, authenticated: bool) -> Limits {
+        let l = &app.config.limits;
+        if authenticated {
+            Limits {
+                line: l.max_line_length,
+                command: l.max_command_size,
+                append: l.max_message_size.saturating_add(l.max_command_size),
+            }
+        } else {
+            Limits {
+                line: l.max_line_length,
+                command: l.max_line_length,
+                append: l.max_line_length,
+            }
+        }
     }
 
     pub async fn run(mut self) {
@@ -203,13 +223,30 @@ impl Session {
         Vec1::try_from(caps).expect("IMAP4rev1 is always there")
     }
 
-    fn timeout(&self) -> Duration {
-        let c = &self.app.config.imap;
-        Duration::from_secs(if self.user.is_some() {
-            c.idle_timeout_secs
+    /// When the session gives up waiting for the client, and what it
+    /// says then: logging in has one deadline from the connection on; a
+    /// command must arrive whole in time (see `Framer::deadline`);
+    /// between commands a logged-in client may idle for long.
+    fn deadline(&self) -> (tokio::time::Instant, &'static str) {
+        let c = &self.app.config;
+        let mut at = if self.user.is_some() {
+            (
+                tokio::time::Instant::now() + Duration::from_secs(c.imap.idle_timeout_secs),
+                "Autologout: idle for too long",
+            )
         } else {
-            c.unauthenticated_timeout_secs
-        })
+            (self.login_deadline, "Login timeout: log in sooner")
+        };
+        if let Some(d) = self.framer.deadline(
+            Duration::from_secs(c.limits.command_timeout_secs),
+            crate::net::BYTES_PER_EXTRA_SECOND,
+        ) {
+            let d = tokio::time::Instant::from_std(d);
+            if d < at.0 {
+                at = (d, "Command not completed in time");
+            }
+        }
+        at
     }
 
     async fn serve(&mut self) -> std::io::Result<()> {
@@ -220,7 +257,7 @@ impl Session {
         );
         let mut chunk = vec![0u8; READ_CHUNK];
         loop {
-            // Work through every complete message already received.
+            // Work through every complete command already received.
             loop {
                 match self.step().await {
                     Some(Flow::Continue) => {
@@ -236,23 +273,30 @@ impl Session {
                     Some(Flow::StartTls) => {
                         self.flush().await?;
                         // Anything pipelined in the clear after STARTTLS is dropped.
-                        self.frag = Self::fragmentizer(&self.app);
+                        self.framer.clear();
                         let Some(acceptor) = self.app.tls.clone() else {
                             return Ok(());
                         };
-                        self.conn.start_tls(&acceptor).await?;
+                        let handshake = tokio::time::timeout(
+                            crate::server::TLS_HANDSHAKE_TIMEOUT,
+                            self.conn.start_tls(&acceptor),
+                        );
+                        match handshake.await {
+                            Ok(r) => r?,
+                            Err(_) => return Ok(()),
+                        }
                     }
                     None => break,
                 }
             }
             self.flush().await?;
             let idle = matches!(self.waiting, Waiting::IdleDone(_));
-            let timeout = self.timeout();
+            let (deadline, why) = self.deadline();
             let n = tokio::select! {
-                r = tokio::time::timeout(timeout, self.conn.read(&mut chunk)) => match r {
+                r = tokio::time::timeout_at(deadline, self.conn.read(&mut chunk)) => match r {
                     Ok(r) => r?,
                     Err(_) => {
-                        self.bye("Autologout: idle for too long");
+                        self.bye(why);
                         return self.flush().await;
                     }
                 },
@@ -270,64 +314,106 @@ impl Session {
             if n == 0 {
                 return Ok(());
             }
-            self.frag.enqueue_bytes(&chunk[..n]);
+            self.framer.push(&chunk[..n]);
         }
     }
 
-    /// Advances the framing; runs a message once one is complete. `None`
-    /// when more input is needed.
+    /// Takes the next framing event and acts on it; `None` when more input
+    /// is needed (every byte received so far has been used).
     async fn step(&mut self) -> Option<Flow> {
-        let info = self.frag.progress()?;
-        if let FragmentInfo::Line {
-            announcement: Some(ann),
-            ..
-        } = info
-            && matches!(self.waiting, Waiting::Command)
-        {
-            if ann.length > self.max_literal() {
-                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
-                match ann.mode {
-                    LiteralMode::Sync => {
-                        // Refused before a byte of it is sent (RFC 7888).
-                        let msg = format!(
-                            "Literal of {} bytes exceeds the limit of {} bytes",
-                            ann.length,
-                            self.max_literal()
-                        );
-                        match &tag {
-                            Some(t) => self.no(t, Some(code("TOOBIG")), &msg),
-                            None => self.bad(None, Some(code("TOOBIG")), &msg),
-                        }
-                        self.frag.skip_message();
-                        return Some(Flow::Continue);
-                    }
-                    LiteralMode::NonSync => {
-                        // Already on its way: read and drop it.
-                        self.refused = true;
-                        self.frag.poison_message();
-                    }
+        match self.framer.next_event()? {
+            Event::Literal {
+                tag,
+                length,
+                mode,
+                append,
+                binary,
+            } => {
+                let _ = tag;
+                self.literal(length, mode, append, binary);
+                Some(Flow::Continue)
+            }
+            Event::Refused { tag, why } => {
+                let (no, c, msg) = match why {
+                    Refusal::Literal => self.refused.take().unwrap_or((
+                        false,
+                        "TOOBIG",
+                        "Literal refused".to_string(),
+                    )),
+                    Refusal::LineTooLong => (
+                        false,
+                        "TOOBIG",
+                        format!(
+                            "Line exceeds the limit of {} bytes",
+                            self.app.config.limits.max_line_length
+                        ),
+                    ),
+                    Refusal::CommandTooLong => (false, "TOOBIG", "Command too long".to_string()),
+                };
+                match (&tag, no) {
+                    (Some(t), true) => self.no(t, Some(code(c)), &msg),
+                    _ => self.bad(tag.as_ref(), Some(code(c)), &msg),
                 }
-            } else if ann.mode == LiteralMode::Sync
-                && let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data")
-            {
-                self.send(Response::CommandContinuationRequest(c));
+                if no {
+                    // A refusal before the data was sent still counts.
+                    self.errors += 1;
+                }
+                Some(Flow::Continue)
+            }
+            Event::Message => Some(self.message().await),
+        }
+    }
+
+    /// Decides on an announced literal: sends `+` for one that may come,
+    /// or has the framer refuse it (a synchronizing one is answered before
+    /// a byte of it is sent, RFC 7888).
+    fn literal(&mut self, length: u32, mode: LiteralMode, append: bool, binary: bool) {
+        let l = &self.app.config.limits;
+        let max = if append && self.user.is_some() {
+            l.max_message_size
+        } else if self.user.is_some() {
+            l.max_command_size
+        } else {
+            l.max_line_length
+        };
+        let refusal = if binary {
+            // BINARY is not offered, and literal8 is how NUL bytes would
+            // get in: one rule for NUL everywhere.
+            Some((
+                None,
+                "BINARY is not supported: send the message as a literal".to_string(),
+            ))
+        } else if length as usize > max {
+            Some((
+                Some("TOOBIG"),
+                format!("Literal of {length} bytes exceeds the limit of {max} bytes"),
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            None => {
+                self.framer.accept_literal();
+                if mode == LiteralMode::Sync
+                    && let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data")
+                {
+                    self.send(Response::CommandContinuationRequest(c));
+                }
+            }
+            Some((c, msg)) => {
+                // A synchronizing literal is refused with NO before it is
+                // sent; one already on its way is read, dropped, and BAD.
+                let no = mode == LiteralMode::Sync && c.is_some();
+                self.refused = Some((no, c.unwrap_or("CANNOT"), msg));
+                self.framer.refuse_literal();
             }
         }
-        if !self.frag.is_message_complete() {
-            return Some(Flow::Continue);
-        }
-        let flow = self.message().await;
-        if self.frag.message_bytes().len() > 64 * 1024 {
-            // Do not keep a big APPEND's buffers for an idle connection.
-            self.frag = Self::fragmentizer(&self.app);
-        }
-        Some(flow)
     }
 
     async fn message(&mut self) -> Flow {
         match std::mem::replace(&mut self.waiting, Waiting::Command) {
             Waiting::AuthData(tag) => {
-                let data = match self.frag.decode_message(&AuthenticateDataCodec::default()) {
+                let data = match self.framer.decode(&AuthenticateDataCodec::default()) {
                     Ok(AuthenticateData::Continue(d)) => d.declassify().to_vec(),
                     Ok(AuthenticateData::Cancel) => {
                         self.bad(Some(&tag), None, "Authentication cancelled");
@@ -342,7 +428,7 @@ impl Session {
                 Flow::Continue
             }
             Waiting::IdleDone(tag) => {
-                match self.frag.decode_message(&IdleDoneCodec::default()) {
+                match self.framer.decode(&IdleDoneCodec::default()) {
                     Ok(_) => {
                         self.report_changes(true).await;
                         self.ok(&tag, None, "IDLE terminated");
@@ -354,42 +440,34 @@ impl Session {
                 Flow::Continue
             }
             Waiting::Command => {
-                let refused = std::mem::take(&mut self.refused);
-                let decoded = self.frag.decode_message(&CommandCodec::default());
+                let decoded = self.framer.decode(&CommandCodec::default());
                 let command = match decoded {
                     Ok(c) => c.into_static(),
                     Err(DecodeMessageError::DecodingFailure(_)) if self.user.is_some() => {
                         // imap-codec does not know the extended LIST forms yet.
-                        match super::list_extended::parse(self.frag.message_bytes()) {
+                        match super::list_extended::parse(self.framer.message_bytes()) {
                             Ok(Some(l)) => {
                                 self.list_extended(l).await;
                                 return Flow::Continue;
                             }
                             Ok(None) => {
-                                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                                let tag = self.framer.tag();
                                 self.bad(tag.as_ref(), None, "Invalid command syntax");
                                 return Flow::Continue;
                             }
                             Err(e) => {
-                                let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                                let tag = self.framer.tag();
                                 self.bad(tag.as_ref(), None, &e.0);
                                 return Flow::Continue;
                             }
                         }
                     }
                     Err(e) => {
-                        let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                        let tag = self.framer.tag();
                         let (code_, msg) = match e {
                             DecodeMessageError::MessageTooLong { .. } => {
                                 (Some(code("TOOBIG")), "Command too long".to_string())
                             }
-                            DecodeMessageError::MessagePoisoned { .. } if refused => (
-                                Some(code("TOOBIG")),
-                                format!(
-                                    "Literal exceeds the limit of {} bytes",
-                                    self.max_literal()
-                                ),
-                            ),
                             _ => (None, "Invalid command syntax".to_string()),
                         };
                         self.bad(tag.as_ref(), code_, &msg);
@@ -571,26 +649,29 @@ impl Session {
 
     async fn login(&mut self, tag: &Tag<'static>, user: &str, pass: &str) {
         let ip = self.peer.ip();
-        if self.app.throttle.is_blocked(ip) {
-            self.no(
-                tag,
-                Some(code("UNAVAILABLE")),
-                "Too many failed logins from your address, try again later",
-            );
-            return;
-        }
-        let Some(address) = self.app.users.verify(user, pass).await else {
-            self.app.throttle.record_failure(ip);
-            tracing::warn!(peer = %self.peer, "imap login failed");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            self.no(
-                tag,
-                Some(code("AUTHENTICATIONFAILED")),
-                "Invalid credentials",
-            );
-            return;
+        let address = match self
+            .app
+            .users
+            .login(&self.app.throttle, "imap", ip, user, pass)
+            .await
+        {
+            crate::auth::Login::Ok(a) => a,
+            crate::auth::Login::Throttled => {
+                return self.no(
+                    tag,
+                    Some(code("UNAVAILABLE")),
+                    "Too many failed logins, try again later",
+                );
+            }
+            crate::auth::Login::Invalid => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                return self.no(
+                    tag,
+                    Some(code("AUTHENTICATIONFAILED")),
+                    "Invalid credentials",
+                );
+            }
         };
-        self.app.throttle.record_success(ip);
         if let Err(e) = self.app.store.ensure_user(&address).await {
             tracing::error!(user = %address, error = %e, "cannot open the user's mail");
             self.no(
@@ -602,7 +683,9 @@ impl Session {
         }
         tracing::info!(peer = %self.peer, user = %address, "imap login");
         self.changes = Some(self.app.store.watch(&address));
+        self.slot.authenticated();
         self.user = Some(address);
+        self.framer.set_limits(Self::limits(&self.app, true));
         let caps = self.capabilities();
         self.ok(tag, Some(Code::Capability(caps)), "Logged in");
     }

@@ -5,7 +5,11 @@
 //! commands are parsed by smtp-proto. Replies are queued and flushed only
 //! when the session needs more input, which is what PIPELINING asks for.
 //! Every protocol mistake is a reply, never an `Err`: `Err` means the socket
-//! is gone. Oversize input is read and thrown away, never buffered.
+//! is gone. Oversize input is read and thrown away, never buffered; sizes
+//! from the wire are parsed here with checked arithmetic before smtp-proto
+//! sees them, and a message's bytes are taken from the server-wide
+//! in-flight budget as they arrive. Each command must arrive whole within
+//! the command timeout (a trickling client is cut off).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Mode;
 use super::delivery::{self, Envelope, Recipient};
-use crate::net::Conn;
+use crate::inflight::Held;
+use crate::net::{CommandClock, Conn, PeerSlot};
 use crate::server::App;
 
 /// How a step over the buffered input ended.
@@ -35,18 +40,27 @@ enum Step {
     Close,
 }
 
+/// Why the bytes of a message are being dropped instead of kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropping {
+    /// Past `limits.max_message_size`.
+    TooBig,
+    /// The in-flight budget is spent.
+    NoMemory,
+}
+
 enum Stage {
     Command,
-    /// Inside DATA: `overflow` once the size limit was passed (bytes are dropped).
+    /// Inside DATA: once `dropping`, bytes are parsed for the end only.
     Data {
         rx: DataReceiver,
-        overflow: bool,
+        dropping: Option<Dropping>,
     },
     /// Inside a BDAT chunk.
     Bdat {
-        left: usize,
+        left: u64,
         last: bool,
-        overflow: bool,
+        dropping: Option<Dropping>,
     },
     AuthPlain,
     AuthLoginUser,
@@ -63,8 +77,10 @@ struct Transaction {
     body: Vec<u8>,
     /// A BDAT chunk was accepted: DATA may no longer be used.
     bdat: bool,
-    /// A chunk passed the size limit: the rest is discarded, LAST fails.
-    bdat_overflow: bool,
+    /// A chunk was dropped: the rest is discarded, LAST fails.
+    bdat_dropping: Option<Dropping>,
+    /// The bytes of `body`, taken from the in-flight budget.
+    held: Option<Held>,
 }
 
 pub struct Session {
@@ -72,7 +88,11 @@ pub struct Session {
     mode: Mode,
     peer: SocketAddr,
     conn: Conn,
+    /// Counts against the client's address until AUTH succeeds.
+    slot: PeerSlot,
     token: CancellationToken,
+    /// Times the command (or DATA, or chunk) being received.
+    clock: CommandClock,
     buf: Vec<u8>,
     out: Vec<u8>,
     stage: Stage,
@@ -92,6 +112,7 @@ impl Session {
         mode: Mode,
         peer: SocketAddr,
         conn: Conn,
+        slot: PeerSlot,
         token: CancellationToken,
     ) -> Session {
         Session {
@@ -99,7 +120,9 @@ impl Session {
             mode,
             peer,
             conn,
+            slot,
             token,
+            clock: CommandClock::default(),
             buf: Vec::new(),
             out: Vec::new(),
             stage: Stage::Command,
@@ -167,10 +190,18 @@ impl Session {
                         // Anything pipelined after STARTTLS was sent in the
                         // clear and must not be executed after the handshake.
                         self.buf.clear();
+                        self.clock.done(0);
                         let Some(acceptor) = self.app.tls.clone() else {
                             return Ok(());
                         };
-                        self.conn.start_tls(&acceptor).await?;
+                        let handshake = tokio::time::timeout(
+                            crate::server::TLS_HANDSHAKE_TIMEOUT,
+                            self.conn.start_tls(&acceptor),
+                        );
+                        match handshake.await {
+                            Ok(r) => r?,
+                            Err(_) => return Ok(()),
+                        }
                         self.helo = None;
                         self.esmtp = false;
                         self.txn = None;
@@ -178,11 +209,26 @@ impl Session {
                 }
             }
             self.flush().await?;
+            // Between commands the client may be silent for the timeout; a
+            // command, DATA or chunk under way must be whole by its deadline.
+            let (deadline, why) = match self
+                .clock
+                .deadline(timeout, crate::net::BYTES_PER_EXTRA_SECOND)
+            {
+                Some(d) => (
+                    tokio::time::Instant::from_std(d),
+                    "Command not completed in time, closing connection",
+                ),
+                None => (
+                    tokio::time::Instant::now() + timeout,
+                    "Idle timeout, closing connection",
+                ),
+            };
             let n = tokio::select! {
-                r = tokio::time::timeout(timeout, self.conn.read(&mut chunk)) => match r {
+                r = tokio::time::timeout_at(deadline, self.conn.read(&mut chunk)) => match r {
                     Ok(r) => r?,
                     Err(_) => {
-                        self.reply(421, "4.4.2", "Idle timeout, closing connection");
+                        self.reply(421, "4.4.2", why);
                         return self.flush().await;
                     }
                 },
@@ -195,6 +241,7 @@ impl Session {
                 // Peer closed: an unfinished DATA is simply dropped.
                 return Ok(());
             }
+            self.clock.received(n);
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
@@ -226,6 +273,7 @@ impl Session {
                     Some(p) => {
                         self.buf.drain(..=p);
                         self.discard_line = false;
+                        self.clock.done(self.buf.len());
                         continue;
                     }
                     None => {
@@ -242,10 +290,12 @@ impl Session {
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }
+                    self.clock.done(self.buf.len());
                     return Some(line);
                 }
                 Some(p) => {
                     self.buf.drain(..=p);
+                    self.clock.done(self.buf.len());
                     self.refuse(500, "5.5.2", "Line too long");
                     self.stage = Stage::Command;
                 }
@@ -268,6 +318,31 @@ impl Session {
         if line.contains(&0) {
             self.refuse(500, "5.5.2", "NUL byte in command");
             return Step::Continue;
+        }
+        // Sizes are read here, with checked arithmetic: smtp-proto
+        // saturates or truncates numbers too large for it.
+        match sizes(&line) {
+            Sizes::None => {}
+            Sizes::Bdat { size, last } => return self.bdat(size, last),
+            Sizes::BadBdat => {
+                self.refuse(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]");
+                return Step::Continue;
+            }
+            Sizes::MailSize(declared) => {
+                let max = self.app.config.limits.max_message_size as u64;
+                if declared.is_none_or(|d| d > max) {
+                    self.refuse(
+                        552,
+                        "5.3.4",
+                        &format!("Message size exceeds the limit of {max} bytes"),
+                    );
+                    return Step::Continue;
+                }
+                if declared.is_some_and(|d| d as usize > self.app.inflight.available()) {
+                    self.refuse(452, "4.3.1", "Insufficient system storage, try again later");
+                    return Step::Continue;
+                }
+            }
         }
         let mut framed = line.clone();
         framed.extend_from_slice(b"\r\n");
@@ -321,7 +396,7 @@ impl Session {
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => return self.data(),
-            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last),
+            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size as u64, is_last),
             Request::Rset => {
                 self.txn = None;
                 self.reply(250, "2.0.0", "Reset");
@@ -493,23 +568,23 @@ impl Session {
 
     async fn login(&mut self, user: &str, pass: &str) {
         let ip = self.peer.ip();
-        if self.app.throttle.is_blocked(ip) {
-            return self.refuse(
-                454,
-                "4.7.0",
-                "Too many failed logins from your address, try again later",
-            );
-        }
-        match self.app.users.verify(user, pass).await {
-            Some(address) => {
-                self.app.throttle.record_success(ip);
+        let service = self.mode.name();
+        match self
+            .app
+            .users
+            .login(&self.app.throttle, service, ip, user, pass)
+            .await
+        {
+            crate::auth::Login::Ok(address) => {
                 tracing::info!(peer = %self.peer, user = %address, "smtp login");
+                self.slot.authenticated();
                 self.user = Some(address);
                 self.reply(235, "2.7.0", "Authentication successful");
             }
-            None => {
-                self.app.throttle.record_failure(ip);
-                tracing::warn!(peer = %self.peer, "smtp login failed");
+            crate::auth::Login::Throttled => {
+                self.refuse(454, "4.7.0", "Too many failed logins, try again later")
+            }
+            crate::auth::Login::Invalid => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 self.refuse(535, "5.7.8", "Authentication credentials invalid");
             }
@@ -542,12 +617,13 @@ impl Session {
         if !self.esmtp && from.flags != 0 {
             return self.refuse(555, "5.5.4", "MAIL parameters need EHLO");
         }
-        let max = self.app.config.limits.max_message_size;
-        if from.size > max {
+        if let Some(user) = &self.user
+            && !self.may_send_as(user, &from.address)
+        {
             return self.refuse(
-                552,
-                "5.3.4",
-                &format!("Message size exceeds the limit of {max} bytes"),
+                553,
+                "5.7.1",
+                &format!("You may not send as <{}>", printable(&from.address)),
             );
         }
         self.txn = Some(Transaction {
@@ -621,65 +697,131 @@ impl Session {
                 // empty message and a dot-stuffed first line are read right.
                 let mut scratch = Vec::new();
                 rx.ingest(&mut b"\r\n".iter(), &mut scratch);
-                self.stage = Stage::Data {
-                    rx,
-                    overflow: false,
-                };
+                if let Some(t) = self.txn.as_mut() {
+                    t.held = Some(self.app.inflight.hold());
+                }
+                self.stage = Stage::Data { rx, dropping: None };
                 self.reply(354, "2.0.0", "Start mail input; end with <CRLF>.<CRLF>");
             }
         }
         Step::Continue
     }
 
+    /// Whether the authenticated `user` may use `from` as the sender: their
+    /// own address, one of their aliases, the null sender, or anything for
+    /// the users `smtp.send_as_anyone` names.
+    fn may_send_as(&self, user: &str, from: &str) -> bool {
+        if from.is_empty()
+            || self
+                .app
+                .config
+                .smtp
+                .send_as_anyone
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(user))
+        {
+            return true;
+        }
+        let users = self.app.users.snapshot();
+        users
+            .resolve(from)
+            .is_some_and(|owner| owner.address.eq_ignore_ascii_case(user))
+    }
+
+    /// Keeps `bytes` more of the message, or says why not.
+    fn keep(txn: &mut Transaction, max: usize, bytes: &[u8]) -> Option<Dropping> {
+        let Some(total) = txn
+            .body
+            .len()
+            .checked_add(bytes.len())
+            .filter(|t| *t <= max)
+        else {
+            return Some(Dropping::TooBig);
+        };
+        // DATA and BDAT give every transaction its holding first.
+        let Some(held) = txn.held.as_mut() else {
+            return Some(Dropping::NoMemory);
+        };
+        if !held.grow_to(total) {
+            return Some(Dropping::NoMemory);
+        }
+        txn.body.extend_from_slice(bytes);
+        None
+    }
+
     async fn step_data(&mut self) -> Step {
         let max = self.app.config.limits.max_message_size;
-        let Stage::Data { rx, overflow } = &mut self.stage else {
+        let Stage::Data { rx, dropping } = &mut self.stage else {
             return Step::NeedMore;
         };
         let Some(txn) = self.txn.as_mut() else {
             return Step::NeedMore;
         };
+        // Unstuffed bytes go to a scratch buffer first, so that a message
+        // being dropped never grows anything.
+        let mut scratch = Vec::with_capacity(self.buf.len().min(READ_CHUNK));
         let mut it = self.buf.iter();
-        let done = rx.ingest(&mut it, &mut txn.body);
+        let done = rx.ingest(&mut it, &mut scratch);
         let consumed = self.buf.len() - it.as_slice().len();
         self.buf.drain(..consumed);
-        if txn.body.len() > max {
-            *overflow = true;
-            txn.body.clear();
+        if dropping.is_none() {
+            *dropping = Self::keep(txn, max, &scratch);
+            if dropping.is_some() {
+                txn.body = Vec::new();
+                if let Some(h) = txn.held.as_mut() {
+                    h.release();
+                }
+            }
         }
         if !done {
             return Step::NeedMore;
         }
-        let overflow = *overflow;
+        let dropping = *dropping;
         self.stage = Stage::Command;
-        let txn = self.txn.take().expect("transaction present in DATA");
-        if overflow {
-            self.finish_refused(
-                &txn,
-                552,
-                "5.3.4",
-                &format!("Message exceeds the size limit of {max} bytes"),
-            );
-        } else {
-            self.finish(txn).await;
+        self.clock.done(self.buf.len());
+        let Some(txn) = self.txn.take() else {
+            return Step::Continue;
+        };
+        match dropping {
+            Some(why) => self.finish_dropped(&txn, why),
+            None => self.finish(txn).await,
         }
         Step::Continue
     }
 
-    fn bdat(&mut self, size: usize, last: bool) -> Step {
-        let max = self.app.config.limits.max_message_size;
-        let overflow = match &mut self.txn {
+    fn bdat(&mut self, size: u64, last: bool) -> Step {
+        let max = self.app.config.limits.max_message_size as u64;
+        if size > max.saturating_mul(2) {
+            // Reading it only to drop it would tie the session up for no use.
+            self.refuse(
+                552,
+                "5.3.4",
+                &format!("Chunk exceeds the message size limit of {max} bytes, closing connection"),
+            );
+            return Step::Close;
+        }
+        let budget = &self.app.inflight;
+        let dropping = match &mut self.txn {
             Some(t) if !t.rcpts.is_empty() => {
                 t.bdat = true;
-                t.bdat_overflow || t.body.len() + size > max
+                if t.held.is_none() {
+                    t.held = Some(budget.hold());
+                }
+                match t.bdat_dropping {
+                    Some(d) => Some(d),
+                    None if (t.body.len() as u64).saturating_add(size) > max => {
+                        Some(Dropping::TooBig)
+                    }
+                    None => None,
+                }
             }
             // The chunk must still be read off the wire; it is then refused.
-            _ => true,
+            _ => Some(Dropping::TooBig),
         };
         self.stage = Stage::Bdat {
             left: size,
             last,
-            overflow,
+            dropping,
         };
         Step::Continue
     }
@@ -689,22 +831,27 @@ impl Session {
         let Stage::Bdat {
             left,
             last,
-            overflow,
+            dropping,
         } = &mut self.stage
         else {
             return Step::NeedMore;
         };
-        let take = (*left).min(self.buf.len());
-        if !*overflow && let Some(t) = self.txn.as_mut() {
-            t.body.extend_from_slice(&self.buf[..take]);
+        let take = usize::try_from(*left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        if dropping.is_none()
+            && let Some(t) = self.txn.as_mut()
+        {
+            *dropping = Self::keep(t, max, &self.buf[..take]);
         }
         self.buf.drain(..take);
-        *left -= take;
+        *left -= take as u64;
         if *left > 0 {
             return Step::NeedMore;
         }
-        let (last, overflow) = (*last, *overflow);
+        let (last, dropping) = (*last, *dropping);
         self.stage = Stage::Command;
+        self.clock.done(self.buf.len());
         let usable = self
             .txn
             .as_ref()
@@ -719,35 +866,60 @@ impl Session {
             self.refuse(503, "5.5.1", text);
             return Step::Continue;
         }
-        if overflow && let Some(t) = self.txn.as_mut() {
-            t.bdat_overflow = true;
+        if let Some(why) = dropping
+            && let Some(t) = self.txn.as_mut()
+        {
+            t.bdat_dropping = Some(why);
             t.body = Vec::new();
+            if let Some(h) = t.held.as_mut() {
+                h.release();
+            }
         }
         if !last {
-            if overflow {
-                self.refuse(
-                    552,
-                    "5.3.4",
-                    &format!("Message exceeds the size limit of {max} bytes"),
-                );
-            } else {
-                let n = self.txn.as_ref().map(|t| t.body.len()).unwrap_or(0);
-                self.reply(250, "2.0.0", &format!("{n} bytes received"));
+            match dropping {
+                Some(why) => {
+                    let (code, esc, text) = self.dropped_reply(why);
+                    self.refuse(code, esc, &text);
+                }
+                None => {
+                    let n = self.txn.as_ref().map(|t| t.body.len()).unwrap_or(0);
+                    self.reply(250, "2.0.0", &format!("{n} bytes received"));
+                }
             }
             return Step::Continue;
         }
-        let txn = self.txn.take().expect("checked above");
-        if txn.bdat_overflow {
-            self.finish_refused(
-                &txn,
-                552,
-                "5.3.4",
-                &format!("Message exceeds the size limit of {max} bytes"),
-            );
-        } else {
-            self.finish(txn).await;
+        let Some(txn) = self.txn.take() else {
+            return Step::Continue;
+        };
+        match txn.bdat_dropping {
+            Some(why) => self.finish_dropped(&txn, why),
+            None => self.finish(txn).await,
         }
         Step::Continue
+    }
+
+    /// The reply for a message whose bytes were dropped.
+    fn dropped_reply(&self, why: Dropping) -> (u16, &'static str, String) {
+        match why {
+            Dropping::TooBig => (
+                552,
+                "5.3.4",
+                format!(
+                    "Message exceeds the size limit of {} bytes",
+                    self.app.config.limits.max_message_size
+                ),
+            ),
+            Dropping::NoMemory => (
+                452,
+                "4.3.1",
+                "Insufficient system storage, try again later".to_string(),
+            ),
+        }
+    }
+
+    fn finish_dropped(&mut self, txn: &Transaction, why: Dropping) {
+        let (code, esc, text) = self.dropped_reply(why);
+        self.finish_refused(txn, code, esc, &text);
     }
 
     /// The end of a message that will not be stored: one reply, or one per
@@ -776,19 +948,23 @@ impl Session {
             protocol: self.protocol_name(txn.utf8),
         };
         let results = delivery::deliver(&self.app, &env, &txn.body).await;
+        // The store's reasons are logged by `deliver`; the client is told
+        // only that it may try again.
         if self.mode == Mode::Lmtp {
             for (rcpt, r) in env.rcpts.iter().zip(&results) {
                 match r {
                     Ok(()) => self.reply(250, "2.1.5", &format!("<{}> delivered", rcpt.address)),
-                    Err(e) => self.reply(
+                    Err(_) => self.reply(
                         451,
                         "4.3.0",
-                        &format!("<{}> not delivered: {e}", rcpt.address),
+                        &format!(
+                            "<{}> not delivered: local storage error, try again later",
+                            rcpt.address
+                        ),
                     ),
                 }
             }
-        } else if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-            tracing::error!(error = %e, "delivery failed");
+        } else if results.iter().any(|r| r.is_err()) {
             self.reply(451, "4.3.0", "Local storage error, try again later");
         } else {
             self.reply(250, "2.0.0", "Message accepted for delivery");
@@ -815,4 +991,110 @@ impl Session {
 
 fn decode_b64(b: &[u8]) -> Option<String> {
     B64.decode(b).ok().and_then(|v| String::from_utf8(v).ok())
+}
+
+/// An address as it may appear in a reply: printable, short.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+/// The sizes a command line carries, read before smtp-proto parses it.
+#[derive(Debug, PartialEq, Eq)]
+enum Sizes {
+    /// Not BDAT, not MAIL with SIZE=.
+    None,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// BDAT whose chunk size is not a number that fits 64 bits.
+    BadBdat,
+    /// MAIL ... SIZE=n; `None` when n does not fit 64 bits (it is above
+    /// any limit).
+    MailSize(Option<u64>),
+}
+
+/// Digits as a number, or `None` (empty, a non-digit, or past u64).
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn sizes(line: &[u8]) -> Sizes {
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let Some(verb) = words.next() else {
+        return Sizes::None;
+    };
+    if verb.eq_ignore_ascii_case(b"BDAT") {
+        let size = words.next().and_then(number);
+        let last = words.next();
+        let rest = words.next();
+        return match (size, last, rest) {
+            (Some(size), None, None) => Sizes::Bdat { size, last: false },
+            (Some(size), Some(l), None) if l.eq_ignore_ascii_case(b"LAST") => {
+                Sizes::Bdat { size, last: true }
+            }
+            _ => Sizes::BadBdat,
+        };
+    }
+    if verb.len() >= 4 && verb[..4].eq_ignore_ascii_case(b"MAIL") {
+        for w in words {
+            if w.len() > 5 && w[..5].eq_ignore_ascii_case(b"SIZE=") {
+                let digits = &w[5..];
+                if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                    return Sizes::MailSize(number(digits));
+                }
+            }
+        }
+    }
+    Sizes::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_read_with_checked_arithmetic() {
+        assert_eq!(
+            sizes(b"BDAT 18446744073709551614 LAST"),
+            Sizes::Bdat {
+                size: 18446744073709551614,
+                last: true
+            }
+        );
+        assert_eq!(
+            sizes(b"BDAT 99999999999999999999999999 LAST"),
+            Sizes::BadBdat
+        );
+        assert_eq!(
+            sizes(b"bdat 5"),
+            Sizes::Bdat {
+                size: 5,
+                last: false
+            }
+        );
+        assert_eq!(sizes(b"BDAT lots"), Sizes::BadBdat);
+        assert_eq!(sizes(b"BDAT"), Sizes::BadBdat);
+        assert_eq!(sizes(b"BDAT 5 LAST extra"), Sizes::BadBdat);
+        assert_eq!(sizes(b"BDAT -5"), Sizes::BadBdat);
+        assert_eq!(
+            sizes(b"MAIL FROM:<a@b> SIZE=99999999999999999999999"),
+            Sizes::MailSize(None)
+        );
+        assert_eq!(
+            sizes(b"MAIL FROM:<a@b> size=1000"),
+            Sizes::MailSize(Some(1000))
+        );
+        assert_eq!(sizes(b"MAIL FROM:<a@b>"), Sizes::None);
+        assert_eq!(sizes(b"NOOP"), Sizes::None);
+    }
 }
