@@ -36,6 +36,8 @@ pub struct App {
     pub peers: Arc<crate::net::PeerLimits>,
     /// Memory for messages being received, over all sessions.
     pub inflight: crate::inflight::Budget,
+    /// Turns for CPU-heavy session work (see `imap::heavy`).
+    pub heavy: tokio::sync::Semaphore,
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
@@ -163,6 +165,11 @@ impl Server {
             started: Instant::now(),
             peers: crate::net::PeerLimits::new(config.limits.max_unauthenticated_per_ip),
             inflight: crate::inflight::Budget::new(config.limits.max_inflight_mib),
+            heavy: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1),
+            ),
             archive: Default::default(),
             backup: Default::default(),
             archives: Arc::new(

@@ -538,7 +538,7 @@ async fn archive_folders_are_read_write_and_honour_legal_hold_and_policies() {
     b.run("s SELECT Archive").await;
     b.run("d STORE 1 +FLAGS.SILENT (\\Deleted)").await;
     let r = b.run("e EXPUNGE").await;
-    assert!(r.starts_with("e NO [CANNOT] legal hold"), "{r}");
+    assert!(r.starts_with("e NO [CANNOT] Legal hold"), "{r}");
     let r = b.run("m MOVE 2 INBOX").await;
     assert!(r.starts_with("m NO [CANNOT] Legal hold"), "{r}");
     let r = b.run("c COPY 2 INBOX").await;

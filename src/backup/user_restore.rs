@@ -124,6 +124,8 @@ async fn copy(
                 Op::CreateMailbox {
                     user: user.to_string(),
                     name: dest.clone(),
+                    // A restore brings back what the user had.
+                    max_mailboxes: usize::MAX,
                 },
             )
             .await

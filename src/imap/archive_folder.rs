@@ -14,8 +14,17 @@ use super::session::Session;
 
 /// Why an archive folder cannot be shown.
 pub enum ArchiveProblem {
+    /// The detail (paths, OS errors) is for the log, never for the client.
     Unavailable(String),
     NoSuchFolder,
+}
+
+/// Why archived mail could not be deleted.
+pub enum DeleteRefused {
+    /// The user is on legal hold (the client is told so).
+    LegalHold,
+    /// The archive could not be written; the detail is for the log.
+    Unavailable(String),
 }
 
 impl Session {
@@ -171,18 +180,43 @@ impl Session {
 
     /// Deletes archived messages (EXPUNGE in an archive folder, or MOVE
     /// out). Refused for users on legal hold.
-    pub(super) async fn archive_delete(&mut self, auids: Vec<u32>) -> Result<(), String> {
+    pub(super) async fn archive_delete(&mut self, auids: Vec<u32>) -> Result<(), DeleteRefused> {
         if auids.is_empty() {
             return Ok(());
         }
         if self.archive_policy().on_hold(&self.user()) {
-            return Err("legal hold: archived mail of this user cannot be deleted".into());
+            return Err(DeleteRefused::LegalHold);
         }
         let records = auids
             .into_iter()
             .map(|auid| Record::Delete { auid })
             .collect();
-        self.archive_append(records).await
+        self.archive_append(records)
+            .await
+            .map_err(DeleteRefused::Unavailable)
+    }
+
+    /// Answers an archive failure: the detail goes to the log, the client
+    /// gets `NO [UNAVAILABLE]` and a short reason.
+    pub(super) fn archive_unavailable(&mut self, tag: &imap_types::core::Tag<'_>, detail: &str) {
+        tracing::warn!(user = %self.user(), error = %detail, "archive unavailable");
+        self.no(
+            tag,
+            Some(super::code("UNAVAILABLE")),
+            "The archive is unavailable right now; current folders work as usual",
+        );
+    }
+
+    /// Answers a refused delete of archived mail.
+    pub(super) fn delete_refused(&mut self, tag: &imap_types::core::Tag<'_>, why: DeleteRefused) {
+        match why {
+            DeleteRefused::LegalHold => self.no(
+                tag,
+                Some(super::code("CANNOT")),
+                "Legal hold: archived mail of this user cannot be deleted",
+            ),
+            DeleteRefused::Unavailable(detail) => self.archive_unavailable(tag, &detail),
+        }
     }
 
     /// Restores archived messages into a current mailbox (COPY or MOVE out

@@ -14,7 +14,7 @@ use imap_types::body::{
 };
 use imap_types::core::{IString, NString, Vec1};
 use imap_types::envelope::{Address, Envelope};
-use imap_types::fetch::{Part, Section};
+use imap_types::fetch::{MessageDataItem, MessageDataItemName, Part, Section};
 use mail_parser::{Addr, HeaderValue, Message, MessagePart, MimeHeaders, PartType};
 
 use super::{istr, nbytes, nstr};
@@ -474,6 +474,106 @@ pub fn partial(data: Vec<u8>, range: Option<(u32, std::num::NonZeroU32)>) -> Vec
 
 pub fn nstring(data: Vec<u8>) -> NString<'static> {
     nbytes(&data)
+}
+
+/// What a FETCH asks of every message.
+pub struct Want {
+    pub items: Vec<MessageDataItemName<'static>>,
+    pub mime_depth: usize,
+    /// CONDSTORE with CHANGEDSINCE: MODSEQ is added when not asked for.
+    pub modseq: bool,
+}
+
+/// One message as the session knows it, with what the store loaded.
+pub struct Loaded {
+    pub seq: u32,
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    pub meta: crate::store::MessageMeta,
+    pub body: Option<Vec<u8>>,
+}
+
+fn date_time(ts: i64) -> Option<imap_types::datetime::DateTime> {
+    let d = chrono::DateTime::from_timestamp(ts, 0)?.fixed_offset();
+    imap_types::datetime::DateTime::try_from(d).ok()
+}
+
+/// The `* n FETCH (...)` response for one message (no I/O: it may run on
+/// any thread).
+pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'static>> {
+    use std::num::{NonZeroU32, NonZeroU64};
+    let parsed = m.body.as_deref().map(parse);
+    let mut out = Vec::with_capacity(want.items.len() + 1);
+    for item in &want.items {
+        let v = match item {
+            MessageDataItemName::Uid => NonZeroU32::new(m.uid).map(MessageDataItem::Uid),
+            MessageDataItemName::Flags => {
+                Some(MessageDataItem::Flags(super::names::fetch_flags(&m.flags)))
+            }
+            MessageDataItemName::InternalDate => {
+                date_time(m.meta.internal_date).map(MessageDataItem::InternalDate)
+            }
+            MessageDataItemName::Rfc822Size => Some(MessageDataItem::Rfc822Size(m.meta.size)),
+            MessageDataItemName::ModSeq => NonZeroU64::new(m.modseq).map(MessageDataItem::ModSeq),
+            MessageDataItemName::Envelope => parsed
+                .as_ref()
+                .map(|p| MessageDataItem::Envelope(envelope(p))),
+            MessageDataItemName::BodyStructure => parsed.as_ref().map(|p| {
+                MessageDataItem::BodyStructure(structure(
+                    p.raw_message(),
+                    p,
+                    0,
+                    true,
+                    want.mime_depth,
+                ))
+            }),
+            MessageDataItemName::Body => parsed.as_ref().map(|p| {
+                MessageDataItem::Body(structure(p.raw_message(), p, 0, false, want.mime_depth))
+            }),
+            MessageDataItemName::Rfc822 => {
+                m.body.as_ref().map(|b| MessageDataItem::Rfc822(nbytes(b)))
+            }
+            MessageDataItemName::Rfc822Header => parsed.as_ref().map(|p| {
+                let h = section(p, Some(&Section::Header(None))).unwrap_or_default();
+                MessageDataItem::Rfc822Header(nstring(h))
+            }),
+            MessageDataItemName::Rfc822Text => parsed.as_ref().map(|p| {
+                let t = section(p, Some(&Section::Text(None))).unwrap_or_default();
+                MessageDataItem::Rfc822Text(nstring(t))
+            }),
+            MessageDataItemName::BodyExt {
+                section: sec,
+                partial: part,
+                ..
+            } => parsed.as_ref().map(|p| {
+                let data = section(p, sec.as_ref()).unwrap_or_default();
+                MessageDataItem::BodyExt {
+                    section: sec.clone(),
+                    origin: part.map(|(o, _)| o),
+                    data: nstring(partial(data, *part)),
+                }
+            }),
+            // Refused before any message is loaded (BINARY is not offered).
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => None,
+        };
+        if let Some(v) = v {
+            out.push(v);
+        }
+    }
+    if want.modseq
+        && !want
+            .items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::ModSeq))
+        && let Some(ms) = NonZeroU64::new(m.modseq)
+    {
+        out.push(MessageDataItem::ModSeq(ms));
+    }
+    Some(imap_types::response::Data::Fetch {
+        seq: NonZeroU32::new(m.seq)?,
+        items: Vec1::try_from(out).ok()?,
+    })
 }
 
 #[cfg(test)]

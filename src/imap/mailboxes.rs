@@ -29,7 +29,9 @@ impl Session {
             StoreError::HasChildren(_) => (Some(code("INUSE")), e.to_string()),
             StoreError::BadName(_) => (Some(code("CANNOT")), e.to_string()),
             StoreError::TooLarge(_) => (Some(code("TOOBIG")), e.to_string()),
-            StoreError::UidsExhausted(_) => (Some(code("LIMIT")), e.to_string()),
+            StoreError::UidsExhausted(_) | StoreError::Limit(_) => {
+                (Some(code("LIMIT")), e.to_string())
+            }
             _ => {
                 tracing::error!(error = %e, "store error");
                 (
@@ -43,14 +45,7 @@ impl Session {
 
     pub(super) fn archive_problem(&mut self, tag: &Tag<'_>, p: ArchiveProblem) {
         match p {
-            ArchiveProblem::Unavailable(why) => {
-                tracing::warn!(user = %self.user(), error = %why, "archive unavailable");
-                self.no(
-                    tag,
-                    Some(code("UNAVAILABLE")),
-                    "The archive is unavailable right now; current folders work as usual",
-                )
-            }
+            ArchiveProblem::Unavailable(why) => self.archive_unavailable(tag, &why),
             ArchiveProblem::NoSuchFolder => {
                 self.no(tag, Some(code("NONEXISTENT")), "No such archive folder")
             }
@@ -73,6 +68,12 @@ impl Session {
 
     pub(super) fn bad_name(&mut self, tag: &Tag<'_>, e: BadName) {
         self.no(tag, Some(code("CANNOT")), &e.0);
+    }
+
+    /// The configured length and depth limits for a new mailbox name.
+    pub(super) fn within_name_limits(&self, name: &str) -> Result<(), BadName> {
+        let l = &self.app.config.limits;
+        names::within_limits(name, l.max_mailbox_name, l.max_mailbox_depth)
     }
 
     pub(super) fn namespace(&mut self, tag: &Tag<'_>) {
@@ -422,10 +423,14 @@ impl Session {
         if let Err(e) = names::check_new(&name) {
             return self.bad_name(tag, e);
         }
+        if let Err(e) = self.within_name_limits(&name) {
+            return self.no(tag, Some(code("LIMIT")), &e.0);
+        }
         let user = self.user();
         let op = Op::CreateMailbox {
             user: user.clone(),
             name,
+            max_mailboxes: self.app.config.limits.max_mailboxes,
         };
         match self.app.store.submit(&user, op).await {
             Ok(_) => self.ok(tag, None, "CREATE completed"),
@@ -467,6 +472,31 @@ impl Session {
             return;
         }
         let user = self.user();
+        // The children move along: their new names must fit too.
+        match self.app.store.mailboxes(&user).await {
+            Ok(boxes) => {
+                let prefix = format!("{from}{SEPARATOR}");
+                let renamed = std::iter::once(to.clone()).chain(
+                    boxes
+                        .iter()
+                        .filter_map(|(n, _)| n.strip_prefix(&prefix))
+                        .map(|rest| format!("{to}{SEPARATOR}{rest}")),
+                );
+                for n in renamed {
+                    if let Err(e) = self.within_name_limits(&n) {
+                        return self.no(tag, Some(code("LIMIT")), &e.0);
+                    }
+                }
+                if from == "INBOX" && boxes.len() >= self.app.config.limits.max_mailboxes {
+                    return self.no(
+                        tag,
+                        Some(code("LIMIT")),
+                        "Renaming INBOX creates a mailbox: the mailbox limit is reached",
+                    );
+                }
+            }
+            Err(e) => return self.store_error(tag, e),
+        }
         let op = Op::RenameMailbox {
             user: user.clone(),
             from: from.clone(),

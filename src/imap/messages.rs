@@ -4,6 +4,7 @@
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 
+use imap_types::IntoStatic;
 use imap_types::command::{FetchModifier, StoreModifier};
 use imap_types::core::{Charset, Tag, Vec1};
 use imap_types::datetime::DateTime;
@@ -27,6 +28,9 @@ use crate::store::{Delivery, FlagAction, Op, Outcome, Summary};
 const FETCH_BATCH: usize = 64;
 /// ...and of one that needs only metadata.
 const META_BATCH: usize = 1024;
+/// A batch of messages with more bytes than this is parsed off the async
+/// threads.
+const HEAVY_BYTES: usize = 1 << 20;
 
 fn uid_set(uids: &[u32]) -> Option<UidSet> {
     let elems: Vec<UidElement> = ranges(uids)
@@ -79,13 +83,17 @@ fn seq_set(ids: &[u32]) -> Option<SequenceSet> {
     SequenceSet::try_from(text.as_str()).ok()
 }
 
-fn date_time(ts: i64) -> Option<DateTime> {
-    let d = chrono::DateTime::from_timestamp(ts, 0)?.fixed_offset();
-    DateTime::try_from(d).ok()
-}
-
 fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
     flags.iter().map(names::flag_to_string).collect()
+}
+
+/// The keywords (not system flags) among `flags`, lower-cased.
+fn keyword_set(flags: &[Flag<'_>]) -> std::collections::HashSet<String> {
+    flags
+        .iter()
+        .filter(|f| matches!(f, Flag::Keyword(_)))
+        .map(|f| names::flag_to_string(f).to_ascii_lowercase())
+        .collect()
 }
 
 impl Session {
@@ -106,8 +114,21 @@ impl Session {
         }
         let raw = match message {
             LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
-            LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
+            LiteralOrLiteral8::Literal8(_) => {
+                // The framer refuses literal8 before it gets here.
+                return self.bad(Some(tag), None, "BINARY is not supported");
+            }
         };
+        let keywords = keyword_set(&flags);
+        if !keywords.is_empty() {
+            let in_use = match self.keywords_in(&name).await {
+                Ok(k) => k,
+                Err(e) => return self.store_error(tag, e),
+            };
+            if let Err(msg) = self.keyword_room(in_use, keywords) {
+                return self.no(tag, Some(code("LIMIT")), &msg);
+            }
+        }
         if raw.len() > self.app.config.limits.max_message_size {
             return self.no(tag, Some(code("TOOBIG")), "Message exceeds the size limit");
         }
@@ -207,6 +228,15 @@ impl Session {
                     | MessageDataItemName::ModSeq
             )
         });
+        if items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            self.bad(Some(tag), None, "BINARY is not supported");
+            return Ok(());
+        }
         let sets_seen = items.iter().any(|i| match i {
             MessageDataItemName::BodyExt { peek, .. } => !peek,
             MessageDataItemName::Binary { peek, .. } => !peek,
@@ -297,102 +327,57 @@ impl Session {
             return Ok(());
         }
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
-        let mime_depth = self.app.config.limits.max_mime_depth;
+        let want = std::sync::Arc::new(fetch::Want {
+            items: items.into_iter().map(IntoStatic::into_static).collect(),
+            mime_depth: self.app.config.limits.max_mime_depth,
+            modseq: condstore && changed_since.is_some(),
+        });
         for batch in uids.chunks(batch_size) {
             let loaded = match self.load_messages(batch.to_vec(), needs_body).await {
                 Ok(l) => l,
                 Err(why) => {
-                    self.no(tag, Some(code("UNAVAILABLE")), &why);
+                    self.archive_unavailable(tag, &why);
                     return Ok(());
                 }
             };
+            let mut work = Vec::with_capacity(loaded.len());
+            let mut bytes = 0usize;
             for (uid, meta, body) in loaded {
                 let Some((seq, flags, modseq)) = self.selected.as_ref().and_then(|v| v.state(uid))
                 else {
                     continue;
                 };
-                let parsed = body.as_deref().map(fetch::parse);
-                let mut out = Vec::with_capacity(items.len() + 1);
-                for item in &items {
-                    let v = match item {
-                        MessageDataItemName::Uid => NonZeroU32::new(uid).map(MessageDataItem::Uid),
-                        MessageDataItemName::Flags => {
-                            Some(MessageDataItem::Flags(names::fetch_flags(&flags)))
-                        }
-                        MessageDataItemName::InternalDate => {
-                            date_time(meta.internal_date).map(MessageDataItem::InternalDate)
-                        }
-                        MessageDataItemName::Rfc822Size => {
-                            Some(MessageDataItem::Rfc822Size(meta.size))
-                        }
-                        MessageDataItemName::ModSeq => {
-                            NonZeroU64::new(modseq).map(MessageDataItem::ModSeq)
-                        }
-                        MessageDataItemName::Envelope => parsed
-                            .as_ref()
-                            .map(|m| MessageDataItem::Envelope(fetch::envelope(m))),
-                        MessageDataItemName::BodyStructure => parsed.as_ref().map(|m| {
-                            MessageDataItem::BodyStructure(fetch::structure(
-                                m.raw_message(),
-                                m,
-                                0,
-                                true,
-                                mime_depth,
-                            ))
-                        }),
-                        MessageDataItemName::Body => parsed.as_ref().map(|m| {
-                            MessageDataItem::Body(fetch::structure(
-                                m.raw_message(),
-                                m,
-                                0,
-                                false,
-                                mime_depth,
-                            ))
-                        }),
-                        MessageDataItemName::Rfc822 => body
-                            .as_ref()
-                            .map(|b| MessageDataItem::Rfc822(fetch::nstring(b.clone()))),
-                        MessageDataItemName::Rfc822Header => parsed.as_ref().map(|m| {
-                            let h =
-                                fetch::section(m, Some(&imap_types::fetch::Section::Header(None)))
-                                    .unwrap_or_default();
-                            MessageDataItem::Rfc822Header(fetch::nstring(h))
-                        }),
-                        MessageDataItemName::Rfc822Text => parsed.as_ref().map(|m| {
-                            let t =
-                                fetch::section(m, Some(&imap_types::fetch::Section::Text(None)))
-                                    .unwrap_or_default();
-                            MessageDataItem::Rfc822Text(fetch::nstring(t))
-                        }),
-                        MessageDataItemName::BodyExt {
-                            section, partial, ..
-                        } => parsed.as_ref().map(|m| {
-                            let data = fetch::section(m, section.as_ref()).unwrap_or_default();
-                            MessageDataItem::BodyExt {
-                                section: section.clone(),
-                                origin: partial.map(|(o, _)| o),
-                                data: fetch::nstring(fetch::partial(data, *partial)),
-                            }
-                        }),
-                        MessageDataItemName::Binary { .. }
-                        | MessageDataItemName::BinarySize { .. } => None,
-                    };
-                    if let Some(v) = v {
-                        out.push(v);
+                bytes = bytes.saturating_add(body.as_ref().map_or(0, Vec::len));
+                work.push(fetch::Loaded {
+                    seq,
+                    uid,
+                    flags,
+                    modseq,
+                    meta,
+                    body,
+                });
+            }
+            let want = want.clone();
+            let build = move || -> Vec<Data<'static>> {
+                work.iter()
+                    .filter_map(|m| fetch::response(&want, m))
+                    .collect()
+            };
+            // Parsing is cheap for everyday mail; large messages are parsed
+            // off the async threads.
+            let responses = if bytes > HEAVY_BYTES {
+                match super::heavy(&self.app, build).await {
+                    Some(r) => r,
+                    None => {
+                        self.no(tag, Some(code("UNAVAILABLE")), "Fetch failed, try again");
+                        return Ok(());
                     }
                 }
-                if condstore
-                    && !items
-                        .iter()
-                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
-                    && changed_since.is_some()
-                    && let Some(m) = NonZeroU64::new(modseq)
-                {
-                    out.push(MessageDataItem::ModSeq(m));
-                }
-                if let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(out)) {
-                    self.data(Data::Fetch { seq, items });
-                }
+            } else {
+                build()
+            };
+            for d in responses {
+                self.data(d);
             }
             if self.out.len() >= FLUSH_AT {
                 self.flush().await?;
@@ -413,6 +398,49 @@ impl Session {
                 v.highestmodseq = v.highestmodseq.max(*modseq);
             }
         }
+    }
+
+    /// Keywords in use in the mailbox `name` of the user.
+    async fn keywords_in(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::HashSet<String>, crate::store::StoreError> {
+        if let Some(v) = self.selected.as_ref().filter(|v| v.name == name) {
+            return Ok(v.keywords());
+        }
+        let user = self.user();
+        let Some(info) = self.app.store.mailbox(&user, name).await? else {
+            // APPEND answers TRYCREATE itself.
+            return Ok(Default::default());
+        };
+        let msgs = self
+            .app
+            .store
+            .snapshot(&user, info.id)
+            .await?
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        Ok(msgs
+            .iter()
+            .flat_map(|m| m.flags.iter())
+            .filter(|f| !f.starts_with('\\'))
+            .map(|f| f.to_ascii_lowercase())
+            .collect())
+    }
+
+    /// Whether `new` keywords fit beside those `in_use` in one mailbox
+    /// (which bounds every message of it too).
+    fn keyword_room(
+        &self,
+        mut in_use: std::collections::HashSet<String>,
+        new: std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        let max = self.app.config.limits.max_keywords;
+        in_use.extend(new);
+        if in_use.len() > max {
+            return Err(format!("At most {max} keywords may be used in one mailbox"));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -436,6 +464,14 @@ impl Session {
         if view.read_only {
             return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
         }
+        let new = keyword_set(&flags);
+        if !new.is_empty()
+            && kind != StoreType::Remove
+            && let Err(msg) = self.keyword_room(view.keywords(), new)
+        {
+            return self.no(tag, Some(code("LIMIT")), &msg);
+        }
+        let view = self.selected.as_ref().expect("selected checked by caller");
         let mut unchanged_since = None;
         for m in &modifiers {
             let StoreModifier::UnchangedSince(u) = m;
@@ -469,7 +505,7 @@ impl Session {
                     }
                     self.ok(tag, None, store_done(uid))
                 }
-                Err(why) => self.no(tag, Some(code("UNAVAILABLE")), &why),
+                Err(why) => self.archive_unavailable(tag, &why),
             };
         }
         let user = self.user();
@@ -645,7 +681,7 @@ impl Session {
         let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
         // Restored (fsynced) first, then the archive copy goes.
         if remove && let Err(why) = self.archive_delete(src).await {
-            return self.no(tag, Some(code("CANNOT")), &why);
+            return self.delete_refused(tag, why);
         }
         self.copied(tag, copyuid(validity, &pairs), remove, verb, "Restored")
             .await
@@ -710,7 +746,7 @@ impl Session {
                 .map(|e| e.uid)
                 .collect();
             if let Err(why) = self.archive_delete(doomed).await {
-                return self.no(tag, Some(code("CANNOT")), &why);
+                return self.delete_refused(tag, why);
             }
             self.report_changes(true).await;
             return self.ok(
@@ -842,11 +878,15 @@ impl Session {
         } else {
             SearchKey::And(criteria)
         };
-        let with_modseq = search::mentions_modseq(&key);
+        let program = match search::Program::new(&key, self.app.config.limits.max_line_length) {
+            Ok(p) => std::sync::Arc::new(p),
+            Err(e) => return self.bad(Some(tag), None, &e.to_string()),
+        };
+        let with_modseq = program.mentions_modseq();
         if with_modseq {
             self.condstore = true;
         }
-        let needs_body = search::needs_body(&key);
+        let needs_body = program.needs_body();
         let view = self.selected.as_ref().expect("selected checked by caller");
         let live: Vec<(u32, u32)> = view
             .entries
@@ -857,7 +897,6 @@ impl Session {
             .collect();
         let largest_seq = view.len();
         let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
-        let now = chrono::Utc::now().timestamp();
         let mut found: Vec<u32> = Vec::new();
         let mut max_modseq = 0u64;
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
@@ -865,10 +904,13 @@ impl Session {
             let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
             let loaded = match self.load_messages(uids, needs_body).await {
                 Ok(l) => l,
-                Err(why) => return self.no(tag, Some(code("UNAVAILABLE")), &why),
+                Err(why) => return self.archive_unavailable(tag, &why),
             };
+            // `loaded` keeps the order asked for, without expunged ones.
+            let mut seqs = batch.iter();
+            let mut work = Vec::with_capacity(loaded.len());
             for (u, meta, body) in loaded {
-                let Some(&(seq, _)) = batch.iter().find(|(_, x)| *x == u) else {
+                let Some(&(seq, _)) = seqs.find(|(_, x)| *x == u) else {
                     continue;
                 };
                 let flags = self
@@ -877,21 +919,42 @@ impl Session {
                     .and_then(|v| v.entry_ref(u))
                     .map(|e| e.flags())
                     .unwrap_or_default();
-                let parsed = body.as_deref().map(fetch::parse);
-                let c = search::Candidate {
-                    seq,
-                    uid: u,
-                    flags: &flags,
-                    meta: &meta,
-                    raw: body.as_deref(),
-                    largest_seq,
-                    largest_uid,
-                    now,
-                };
-                if search::matches(&key, &c, parsed.as_deref()) {
-                    found.push(if uid { u } else { seq });
-                    max_modseq = max_modseq.max(meta.modseq);
+                work.push((seq, u, flags, meta, body));
+            }
+            let program = program.clone();
+            let eval = move || -> Vec<(u32, u32, u64)> {
+                let mut hits = Vec::new();
+                for (seq, u, flags, meta, body) in &work {
+                    let parsed = body.as_deref().map(fetch::parse);
+                    let c = search::Candidate {
+                        seq: *seq,
+                        uid: *u,
+                        flags,
+                        meta,
+                        largest_seq,
+                        largest_uid,
+                    };
+                    if program.matches(&c, parsed.as_deref()) {
+                        hits.push((*seq, *u, meta.modseq));
+                    }
                 }
+                hits
+            };
+            let hits = if needs_body {
+                // Text search reads every byte: off the async threads, one
+                // search per spare core, so other sessions keep being served.
+                match super::heavy(&self.app, eval).await {
+                    Some(h) => h,
+                    None => {
+                        return self.no(tag, Some(code("UNAVAILABLE")), "Search failed, try again");
+                    }
+                }
+            } else {
+                eval()
+            };
+            for (seq, u, modseq) in hits {
+                found.push(if uid { u } else { seq });
+                max_modseq = max_modseq.max(modseq);
             }
         }
         let ids: Vec<NonZeroU32> = found.into_iter().filter_map(NonZeroU32::new).collect();

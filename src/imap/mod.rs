@@ -25,6 +25,18 @@ use imap_codec::encode::Encoder;
 use imap_types::core::{Atom, IString, NString};
 use imap_types::response::{Code, CodeOther, Response};
 
+/// Runs CPU-heavy work (text search, parsing large messages) on the
+/// blocking pool, at most one job per spare core at a time, so that a few
+/// clients asking for expensive work never starve the async threads that
+/// serve everyone else. `None` if the job panicked.
+pub async fn heavy<T: Send + 'static>(
+    app: &crate::server::App,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let _permit = app.heavy.acquire().await.ok()?;
+    tokio::task::spawn_blocking(job).await.ok()
+}
+
 /// Encodes one response.
 pub fn encode(out: &mut Vec<u8>, response: &Response<'_>) {
     out.extend_from_slice(&ResponseCodec::default().encode(response).dump());

@@ -26,6 +26,7 @@ pub fn from_imap(m: &Mailbox<'_>) -> Result<String, BadName> {
                     "mailbox names must be printable ASCII (modified UTF-7)".into(),
                 ));
             }
+            check_mutf7(s)?;
             // "INBOX/Sub" keeps a canonical INBOX prefix.
             if let Some(rest) = s.get(..6)
                 && rest.eq_ignore_ascii_case("INBOX/")
@@ -35,6 +36,77 @@ pub fn from_imap(m: &Mailbox<'_>) -> Result<String, BadName> {
             Ok(s.to_string())
         }
     }
+}
+
+/// Checks RFC 3501 §5.1.3 modified UTF-7: `&-` is `&`; `&...-` is
+/// modified base64 of UTF-16 that encodes no printable ASCII, with whole
+/// code units, valid surrogate pairs and zero padding bits.
+pub fn check_mutf7(s: &str) -> Result<(), BadName> {
+    let bad = |why: &str| BadName(format!("invalid modified UTF-7 mailbox name: {why}"));
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut last_shift_end = None;
+    while i < b.len() {
+        if b[i] != b'&' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let Some(len) = b[start..].iter().position(|&c| c == b'-') else {
+            return Err(bad("`&` without a closing `-`"));
+        };
+        let enc = &b[start..start + len];
+        i = start + len + 1;
+        if enc.is_empty() {
+            continue; // "&-" is "&"
+        }
+        if last_shift_end == Some(start - 1) {
+            return Err(bad("two encoded runs next to each other"));
+        }
+        last_shift_end = Some(i);
+        let mut bits = 0u32;
+        let mut nbits = 0u32;
+        let mut units = Vec::new();
+        for &c in enc {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b',' => 63,
+                _ => return Err(bad("a character outside modified base64")),
+            };
+            bits = (bits << 6) | u32::from(v);
+            nbits += 6;
+            if nbits >= 16 {
+                nbits -= 16;
+                units.push(((bits >> nbits) & 0xffff) as u16);
+            }
+        }
+        if nbits >= 6 || bits & ((1 << nbits) - 1) != 0 || units.is_empty() {
+            return Err(bad("base64 that is not whole UTF-16"));
+        }
+        let text = String::from_utf16(&units).map_err(|_| bad("an unpaired UTF-16 surrogate"))?;
+        if text.chars().any(|c| (' '..='~').contains(&c)) {
+            return Err(bad("printable ASCII must not be encoded"));
+        }
+    }
+    Ok(())
+}
+
+/// Within the configured length (bytes) and depth (levels) limits.
+pub fn within_limits(name: &str, max_len: usize, max_depth: usize) -> Result<(), BadName> {
+    if name.len() > max_len {
+        return Err(BadName(format!(
+            "mailbox names are limited to {max_len} bytes"
+        )));
+    }
+    if name.split(SEPARATOR).count() > max_depth {
+        return Err(BadName(format!(
+            "mailbox names are limited to {max_depth} hierarchy levels"
+        )));
+    }
+    Ok(())
 }
 
 /// A name for a new mailbox: no empty levels, no wildcards.
@@ -318,6 +390,40 @@ mod tests {
         assert!(!matches(&pattern, &name));
         let big = "a".repeat(4000);
         assert!(!matches(&("*a".repeat(2000) + "b"), &big));
+    }
+
+    #[test]
+    fn modified_utf7() {
+        for ok in [
+            "INBOX",
+            "Entw&APw-rfe",
+            "&-",
+            "a&-b",
+            "&ZeVnLIqe-",
+            "&2D3eAA-",
+            "x&AOk-y&AOk-",
+        ] {
+            assert!(check_mutf7(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "&",          // unterminated
+            "&AGE-",      // "a" encoded
+            "&AOk",       // no closing dash
+            "&AO-",       // not whole UTF-16
+            "&AOl-",      // padding bits set
+            "&2D0-",      // lone high surrogate
+            "&AOk-&AOk-", // two runs side by side
+            "&A!k-",      // not base64
+        ] {
+            assert!(check_mutf7(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_limits() {
+        assert!(within_limits("a/b/c", 10, 3).is_ok());
+        assert!(within_limits("a/b/c/d", 10, 3).is_err());
+        assert!(within_limits(&"x".repeat(11), 10, 3).is_err());
     }
 
     #[test]

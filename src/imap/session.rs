@@ -63,8 +63,10 @@ pub struct Session {
     pub(super) out: Vec<u8>,
     waiting: Waiting,
     /// Why the literal being thrown away was refused: the reply once the
-    /// framer has skipped it.
+    /// framer has skipped it (NO or BAD, response code, text).
     refused: Option<(bool, &'static str, String)>,
+    /// The bytes of the APPEND being received, from the in-flight budget.
+    append_held: Option<crate::inflight::Held>,
     /// Logging in must be done by then.
     login_deadline: tokio::time::Instant,
     pub(super) user: Option<String>,
@@ -98,6 +100,7 @@ impl Session {
             out: Vec::new(),
             waiting: Waiting::Command,
             refused: None,
+            append_held: None,
             login_deadline,
             user: None,
             selected: None,
@@ -354,13 +357,19 @@ impl Session {
                     (Some(t), true) => self.no(t, Some(code(c)), &msg),
                     _ => self.bad(tag.as_ref(), Some(code(c)), &msg),
                 }
-                if no {
-                    // A refusal before the data was sent still counts.
+                if no && c != "LIMIT" {
+                    // A refusal before the data was sent still counts (a
+                    // busy server is not the client's error).
                     self.errors += 1;
                 }
                 Some(Flow::Continue)
             }
-            Event::Message => Some(self.message().await),
+            Event::Message => {
+                let flow = self.message().await;
+                // The APPEND is stored (or refused): its budget goes back.
+                self.append_held = None;
+                Some(flow)
+            }
         }
     }
 
@@ -376,35 +385,50 @@ impl Session {
         } else {
             l.max_line_length
         };
+        let sync = mode == LiteralMode::Sync;
+        // A refusal is NO when the command was fine but cannot be served,
+        // BAD when the command itself is wrong.
         let refusal = if binary {
             // BINARY is not offered, and literal8 is how NUL bytes would
             // get in: one rule for NUL everywhere.
             Some((
-                None,
+                false,
+                "CANNOT",
                 "BINARY is not supported: send the message as a literal".to_string(),
             ))
         } else if length as usize > max {
+            // Refused before it is sent (NO), or read and dropped (BAD).
             Some((
-                Some("TOOBIG"),
+                sync,
+                "TOOBIG",
                 format!("Literal of {length} bytes exceeds the limit of {max} bytes"),
             ))
+        } else if append && self.user.is_some() {
+            let mut held = self.app.inflight.hold();
+            if held.grow_to(length as usize) {
+                self.append_held = Some(held);
+                None
+            } else {
+                Some((
+                    true,
+                    "LIMIT",
+                    "Server busy receiving other messages, try again later".to_string(),
+                ))
+            }
         } else {
             None
         };
         match refusal {
             None => {
                 self.framer.accept_literal();
-                if mode == LiteralMode::Sync
+                if sync
                     && let Ok(c) = CommandContinuationRequest::basic(None, "Ready for literal data")
                 {
                     self.send(Response::CommandContinuationRequest(c));
                 }
             }
-            Some((c, msg)) => {
-                // A synchronizing literal is refused with NO before it is
-                // sent; one already on its way is read, dropped, and BAD.
-                let no = mode == LiteralMode::Sync && c.is_some();
-                self.refused = Some((no, c.unwrap_or("CANNOT"), msg));
+            Some(r) => {
+                self.refused = Some(r);
                 self.framer.refuse_literal();
             }
         }

@@ -149,6 +149,17 @@ impl View {
         self.entries.len() as u32
     }
 
+    /// Every keyword in use in the mailbox, lower-cased.
+    pub fn keywords(&self) -> std::collections::HashSet<String> {
+        let mut set = std::collections::HashSet::new();
+        for e in &self.entries {
+            if let Some(k) = &e.keywords {
+                set.extend(k.iter().map(|x| x.to_ascii_lowercase()));
+            }
+        }
+        set
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

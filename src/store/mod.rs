@@ -60,6 +60,8 @@ pub enum StoreError {
     TooLarge(usize),
     #[error("mailbox {0} has used up its UIDs")]
     UidsExhausted(String),
+    #[error("limit reached: {0}")]
+    Limit(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store is shutting down")]
@@ -84,6 +86,7 @@ impl StoreError {
                 | StoreError::BadName(_)
                 | StoreError::TooLarge(_)
                 | StoreError::UidsExhausted(_)
+                | StoreError::Limit(_)
         )
     }
 }

@@ -43,6 +43,8 @@ pub enum Op {
     CreateMailbox {
         user: String,
         name: String,
+        /// Refused (`StoreError::Limit`) if the user would have more.
+        max_mailboxes: usize,
     },
     DeleteMailbox {
         user: String,
@@ -136,7 +138,11 @@ pub fn plan(
             }
             Ok((records, Outcome::Done))
         }
-        Op::CreateMailbox { user, name } => plan_create(txn, user, name, now),
+        Op::CreateMailbox {
+            user,
+            name,
+            max_mailboxes,
+        } => plan_create(txn, user, name, *max_mailboxes, now),
         Op::DeleteMailbox { user, name } => plan_delete(txn, user, name),
         Op::RenameMailbox { user, from, to } => plan_rename(txn, user, from, to, now),
         Op::Subscribe {
@@ -275,6 +281,7 @@ fn plan_create(
     txn: &WriteTransaction,
     user: &str,
     name: &str,
+    max_mailboxes: usize,
     now: i64,
 ) -> Result<(Vec<Record>, Outcome), StoreError> {
     let mut records = Vec::new();
@@ -303,6 +310,16 @@ fn plan_create(
         }
     }
     names.push(name.to_string());
+    let existing = if records.is_empty() {
+        count_mailboxes(txn, user)?
+    } else {
+        DEFAULT_MAILBOXES.len()
+    };
+    if existing.saturating_add(names.len()) > max_mailboxes {
+        return Err(StoreError::Limit(format!(
+            "at most {max_mailboxes} mailboxes per user"
+        )));
+    }
     let created_in_batch = records.len();
     let mut id = schema::get_meta(txn, schema::K_NEXT_MAILBOX_ID)?.max(1);
     let mut uidvalidity = next_uidvalidity(txn, now)?;
@@ -323,6 +340,21 @@ fn plan_create(
         uidvalidity += 1;
     }
     Ok((records, Outcome::Done))
+}
+
+/// How many mailboxes `user` has.
+fn count_mailboxes(txn: &WriteTransaction, user: &str) -> Result<usize, StoreError> {
+    let prefix = schema::mailbox_key(user, "");
+    let t = txn.open_table(MAILBOXES)?;
+    let mut n = 0;
+    for row in t.range(prefix.as_str()..)? {
+        let (k, _) = row?;
+        if !k.value().starts_with(prefix.as_str()) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn plan_delete(
@@ -369,7 +401,7 @@ fn plan_rename(
     }
     if from == "INBOX" {
         // Create `to`, move every message into it; INBOX stays, empty.
-        let (mut records, _) = plan_create(txn, user, to, now)?;
+        let (mut records, _) = plan_create(txn, user, to, usize::MAX, now)?;
         // plan_create ends with the mailbox itself; anything else is a bug
         // that must fail this request, not the group's writer thread.
         let Some(Record::MailboxCreated { id: to_id, .. }) = records.last().cloned() else {
@@ -407,7 +439,7 @@ fn plan_rename(
     if let Some((parent, _)) = to.rsplit_once(SEPARATOR)
         && info_by_name(txn, user, parent)?.is_none()
     {
-        let (r, _) = plan_create(txn, user, parent, now)?;
+        let (r, _) = plan_create(txn, user, parent, usize::MAX, now)?;
         records.extend(r);
     }
     records.push(Record::MailboxRenamed {
