@@ -268,6 +268,22 @@ impl Config {
         Self::load_with_env(path, true)
     }
 
+    /// The defaults with `text` (a configuration file's contents) on top,
+    /// validated; no environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?;
+        let mut cfg: Config = built.try_deserialize()?;
+        cfg.validate()?;
+        cfg.store.hold_wal_for_backup = !cfg.backup.targets.is_empty();
+        Ok(cfg)
+    }
+
     /// As [`Config::load`]; `use_env = false` ignores `TIERMAIL_*` (tests).
     pub fn load_with_env(path: Option<&Path>, use_env: bool) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(

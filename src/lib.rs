@@ -16,6 +16,8 @@ pub mod backup;
 pub mod config;
 pub mod control;
 pub mod corpus;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 pub mod inflight;
 pub mod net;

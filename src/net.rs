@@ -20,6 +20,9 @@ use tokio_rustls::server::TlsStream;
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-process stream (fuzzing and tests drive sessions over it); it
+    /// cannot upgrade to TLS.
+    Memory(tokio::io::DuplexStream),
     /// Only while an upgrade is under way.
     Upgrading,
 }
@@ -61,6 +64,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Memory(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -75,6 +79,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Memory(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -82,6 +87,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Memory(s) => Pin::new(s).poll_flush(cx),
             Conn::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -89,6 +95,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Memory(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Upgrading => Poll::Ready(Err(gone())),
         }
     }

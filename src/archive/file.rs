@@ -118,7 +118,7 @@ pub fn data_name(n: u32) -> String {
     format!("{n:06}.tma")
 }
 
-fn index_name(n: u32) -> String {
+pub fn index_name(n: u32) -> String {
     format!("{n:06}.tmi")
 }
 

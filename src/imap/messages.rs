@@ -266,7 +266,15 @@ impl Session {
                         .is_some_and(|e| !e.has("\\Seen"))
                 })
                 .collect();
-            if !unseen.is_empty() {
+            let in_archive = self.selected.as_ref().is_some_and(|v| v.archive.is_some());
+            if !unseen.is_empty() && in_archive {
+                // Archived mail keeps its flags in the archive file.
+                let seen = ["\\Seen".to_string()];
+                if let Err(why) = self.archive_store(&unseen, FlagAction::Add, &seen).await {
+                    self.archive_unavailable(tag, &why);
+                    return Ok(());
+                }
+            } else if !unseen.is_empty() {
                 let op = Op::Store {
                     mailbox_id,
                     uids: unseen,

@@ -108,10 +108,20 @@ pub enum SegmentEnd {
 /// Streams the records of one segment into `f`, stopping at the first damage.
 pub fn read_segment(
     path: &Path,
-    mut f: impl FnMut(RawRecord) -> Result<(), WalError>,
+    f: impl FnMut(RawRecord) -> Result<(), WalError>,
 ) -> Result<SegmentEnd, WalError> {
     let file = File::open(path).map_err(io_err(path))?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    read_records(path, BufReader::with_capacity(1 << 20, file), f)
+}
+
+/// As [`read_segment`], from any reader (`path` names it in errors). Memory
+/// for a record grows with the bytes actually read, so a corrupt length
+/// field never allocates more than the segment holds.
+pub fn read_records(
+    path: &Path,
+    mut r: impl Read,
+    mut f: impl FnMut(RawRecord) -> Result<(), WalError>,
+) -> Result<SegmentEnd, WalError> {
     let mut h = [0u8; HEADER_LEN as usize];
     if let Err(e) = r.read_exact(&mut h) {
         return Ok(SegmentEnd::Damaged {
@@ -153,8 +163,13 @@ pub fn read_segment(
                 problem: format!("impossible record length {len}"),
             });
         }
-        let mut rest = vec![0u8; len as usize + 4];
-        if read_full(&mut r, &mut rest).map_err(io_err(path))? != rest.len() {
+        let want = len as usize + 4;
+        let mut rest = Vec::with_capacity(want.min(1 << 20));
+        (&mut r)
+            .take(want as u64)
+            .read_to_end(&mut rest)
+            .map_err(io_err(path))?;
+        if rest.len() != want {
             return Ok(SegmentEnd::Damaged {
                 offset,
                 problem: "torn record".into(),

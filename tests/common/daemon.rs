@@ -31,10 +31,21 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
          submissions_listen = \"127.0.0.1:0\"\nlmtp_listen = \"127.0.0.1:0\"\n\
          allow_plaintext_auth = true\n\n\
          [imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nallow_plaintext_auth = true\n\n\
-         [tls]\ncert = \"{d}/certs/tiermail.crt\"\nkey = \"{d}/certs/tiermail.key\"\n\n{backup}{extra}\n"
+         [tls]\ncert = \"{d}/certs/tiermail.crt\"\nkey = \"{d}/certs/tiermail.key\"\n\n{backup}"
     );
+    // `extra` may add keys to the sections written here ([smtp], [imap]...).
+    let mut base: toml::Table = text.parse().unwrap();
+    let extra: toml::Table = extra.parse().expect("extra configuration is TOML");
+    for (section, value) in extra {
+        match (base.get_mut(&section), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => b.extend(e),
+            (_, v) => {
+                base.insert(section, v);
+            }
+        }
+    }
     let path = dir.join("tiermail.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&base).unwrap()).unwrap();
     if !dir.join("users.toml").exists() {
         super::write_users(&dir.join("users.toml"));
     }
@@ -69,12 +80,22 @@ impl Daemon {
     /// Starts `tiermail serve` and waits for its ready line. Its log (stderr)
     /// goes to `dir/serve-N.log`.
     pub fn start(config: &Path) -> Daemon {
+        Self::start_env(config, &[])
+    }
+
+    /// As `start`, with `TIERMAIL_*` overrides in the environment (keys of
+    /// sections the written config already has).
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let dir = config.parent().unwrap();
         let n = (0..)
             .find(|n| !dir.join(format!("serve-{n}.log")).exists())
             .unwrap();
         let log = dir.join(format!("serve-{n}.log"));
-        let mut child = tiermail(config)
+        let mut cmd = tiermail(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -9,6 +9,13 @@ use tokio::net::TcpStream;
 
 use super::PASSWORD;
 
+/// A TCP connection from `ip` (any 127.0.0.0/8 address works on Linux).
+pub async fn tcp_from(ip: &str, addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
 /// A raw IMAP connection that reads responses (literals included).
 pub struct Imap {
     s: Box<dyn super::Stream>,
@@ -19,6 +26,12 @@ impl Imap {
     pub async fn connect(addr: SocketAddr) -> Imap {
         let s = TcpStream::connect(addr).await.unwrap();
         Imap::greeted(Box::new(s)).await
+    }
+
+    /// Connects from a chosen loopback source address (per-IP limits count
+    /// addresses, so a test can play several clients).
+    pub async fn connect_from(ip: &str, addr: SocketAddr) -> Imap {
+        Imap::greeted(Box::new(tcp_from(ip, addr).await)).await
     }
 
     /// Implicit TLS (the test certificate is not checked).
@@ -53,6 +66,24 @@ impl Imap {
 
     pub async fn send(&mut self, b: &[u8]) {
         self.s.write_all(b).await.unwrap();
+    }
+
+    /// Like `send`, but a connection the server closed is not a failure.
+    pub async fn try_send(&mut self, b: &[u8]) -> bool {
+        self.s.write_all(b).await.is_ok()
+    }
+
+    /// Whether the server closed the connection (within 20 s), reading and
+    /// dropping whatever it still sent.
+    pub async fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// One response line; a line ending in `{n}` takes its literal and the
