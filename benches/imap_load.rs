@@ -196,7 +196,8 @@ fn start_server(dir: &Path, users: usize) -> Server {
          [smtp]\nlisten = \"127.0.0.1:0\"\nsubmission_listen = \"\"\nsubmissions_listen = \"\"\nlmtp_listen = \"\"\n\
          [imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"\"\nallow_plaintext_auth = true\n\
          [tls]\ncert = \"{d}/c.crt\"\nkey = \"{d}/c.key\"\n\
-         [limits]\nmax_connections = 20000\nmax_auth_failures = 1000000\n"
+         [limits]\nmax_connections = 20000\nmax_auth_failures = 1000000\n\
+         max_unauthenticated_per_ip = 20000\nmax_auth_checks_per_ip = 64\n"
     );
     std::fs::write(dir.join("t.toml"), cfg).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tiermail"))

@@ -180,6 +180,8 @@ async fn run(groups: Option<u32>, sessions: usize, size: usize, total: usize, fs
     let mut cfg = Config::for_testing(dir.path());
     cfg.server.log = "warn".into();
     cfg.limits.max_message_size = 1 << 20;
+    // The load generator plays every client from one address.
+    cfg.limits.max_unauthenticated_per_ip = 10_000;
     if let Some(g) = groups {
         cfg.store.groups = g;
     }

@@ -612,9 +612,13 @@ fn run_session(
         let out = tokio::time::timeout(Duration::from_secs(20), work)
             .await
             .unwrap_or_else(|_| panic!("the session did not end after its client hung up"));
-        let _ = tokio::time::timeout(Duration::from_secs(20), session)
-            .await
-            .unwrap_or_else(|_| panic!("the session task did not finish"));
+        match tokio::time::timeout(Duration::from_secs(20), session).await {
+            Err(_) => panic!("the session task did not finish"),
+            // A panic in a session is a bug even though it ends only that
+            // session: report it as the fuzzer's crash.
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(_) => {}
+        }
         out
     })
 }

@@ -1106,3 +1106,33 @@ async fn sweeps_of_depth_length_and_count() {
     })
     .await
 }
+
+// Found by fuzzing (`mime`): mail-parser's own accessors index a part list
+// that is empty for an empty message, so BODY[] or SEARCH of one killed
+// the session. Empty and header-less messages are served like any other.
+#[tokio::test]
+async fn empty_and_unparsable_messages_are_served() {
+    within(300, async {
+        let mut s = Server::start("");
+        let mut c = login(s.imap(), "alice@example.test").await;
+        for (i, m) in ["", "\r\n", "no header at all", ":\r\n\r\n"].iter().enumerate() {
+            let r = c
+                .run(&format!("a{i} APPEND INBOX {{{}+}}\r\n{m}", m.len()))
+                .await;
+            assert!(r.contains(&format!("a{i} OK [APPENDUID ")), "{r}");
+        }
+        c.run("s SELECT INBOX").await;
+        let r = c
+            .run("f FETCH 1:* (BODY.PEEK[] BODY.PEEK[1] BODY.PEEK[HEADER] BODY.PEEK[TEXT] ENVELOPE BODYSTRUCTURE RFC822.SIZE)")
+            .await;
+        assert!(r.ends_with("f OK FETCH completed\r\n"), "{r}");
+        assert!(r.starts_with("* 1 FETCH ("), "{r}");
+        let r = c.run("q SEARCH OR BODY x TEXT \"no header\"").await;
+        assert_eq!(r, "* SEARCH 3\r\nq OK SEARCH completed\r\n");
+        let r = c.run("h SEARCH HEADER subject \"\"").await;
+        assert_eq!(r, "* SEARCH\r\nh OK SEARCH completed\r\n");
+        s.alive_and_serving().await;
+        assert_eq!(s.inbox_count("alice@example.test").await, 4);
+    })
+    .await
+}

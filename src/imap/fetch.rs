@@ -19,22 +19,36 @@ use mail_parser::{Addr, HeaderValue, Message, MessagePart, MimeHeaders, PartType
 
 use super::{istr, nbytes, nstr};
 
-/// A parsed message. mail-parser keeps each embedded message/rfc822 as a
-/// `Message` inside its parent, so dropping a deeply nested one the
-/// ordinary way recurses once per level (a 25 MB message can nest hundreds
-/// of thousands deep): this takes the tree apart iteratively instead.
-pub struct Parsed<'x>(Message<'x>);
+/// A parsed message with the exact bytes it was parsed from.
+///
+/// mail-parser keeps each embedded message/rfc822 as a `Message` inside its
+/// parent, so dropping a deeply nested one the ordinary way recurses once
+/// per level (a 25 MB message can nest hundreds of thousands deep): this
+/// takes the tree apart iteratively instead. The bytes are kept apart
+/// because `Message::raw_message` and `root_part` index a part list that is
+/// empty for input mail-parser cannot parse (an empty message).
+pub struct Parsed<'x> {
+    message: Message<'x>,
+    raw: &'x [u8],
+}
+
+impl<'x> Parsed<'x> {
+    /// Every byte of the message, as stored.
+    pub fn raw(&self) -> &'x [u8] {
+        self.raw
+    }
+}
 
 impl<'x> std::ops::Deref for Parsed<'x> {
     type Target = Message<'x>;
     fn deref(&self) -> &Message<'x> {
-        &self.0
+        &self.message
     }
 }
 
 impl Drop for Parsed<'_> {
     fn drop(&mut self) {
-        let mut stack = vec![std::mem::take(&mut self.0)];
+        let mut stack = vec![std::mem::take(&mut self.message)];
         while let Some(mut m) = stack.pop() {
             for part in &mut m.parts {
                 if matches!(part.body, PartType::Message(_))
@@ -47,15 +61,28 @@ impl Drop for Parsed<'_> {
     }
 }
 
+/// Parses a stored message. Bytes mail-parser finds no message in (an
+/// empty one, say) become one text part without headers, so that every
+/// accessor has the root part it indexes.
 pub fn parse(raw: &[u8]) -> Parsed<'_> {
-    Parsed(
-        mail_parser::MessageParser::default()
-            .parse(raw)
-            .unwrap_or_else(|| Message {
-                raw_message: Cow::Borrowed(raw),
-                ..Default::default()
-            }),
-    )
+    let message = match mail_parser::MessageParser::default().parse(raw) {
+        Some(m) if !m.parts.is_empty() => m,
+        _ => Message {
+            parts: vec![MessagePart {
+                headers: Vec::new(),
+                is_encoding_problem: false,
+                body: PartType::Text(String::from_utf8_lossy(raw)),
+                encoding: mail_parser::Encoding::None,
+                offset_header: 0,
+                offset_body: 0,
+                offset_end: u32::try_from(raw.len()).unwrap_or(u32::MAX),
+            }],
+            text_body: vec![0],
+            raw_message: Cow::Borrowed(raw),
+            ..Default::default()
+        },
+    };
+    Parsed { message, raw }
 }
 
 fn raw_header<'a>(m: &'a Message<'_>, name: &str) -> Option<&'a str> {
@@ -416,8 +443,12 @@ fn header_fields(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
 }
 
 /// The bytes of `BODY[section]` (before any partial range).
-pub fn section(m: &Message<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
-    let raw = m.raw_message();
+pub fn section(p: &Parsed<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+    let raw = p.raw();
+    if section.is_none() {
+        return Some(raw.to_vec());
+    }
+    let m: &Message<'_> = p;
     let root = m.part(0)?;
     let names = |v: &Vec1<imap_types::core::AString<'_>>| -> Vec<String> {
         v.as_ref()
@@ -520,17 +551,11 @@ pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'s
                 .as_ref()
                 .map(|p| MessageDataItem::Envelope(envelope(p))),
             MessageDataItemName::BodyStructure => parsed.as_ref().map(|p| {
-                MessageDataItem::BodyStructure(structure(
-                    p.raw_message(),
-                    p,
-                    0,
-                    true,
-                    want.mime_depth,
-                ))
+                MessageDataItem::BodyStructure(structure(p.raw(), p, 0, true, want.mime_depth))
             }),
-            MessageDataItemName::Body => parsed.as_ref().map(|p| {
-                MessageDataItem::Body(structure(p.raw_message(), p, 0, false, want.mime_depth))
-            }),
+            MessageDataItemName::Body => parsed
+                .as_ref()
+                .map(|p| MessageDataItem::Body(structure(p.raw(), p, 0, false, want.mime_depth))),
             MessageDataItemName::Rfc822 => {
                 m.body.as_ref().map(|b| MessageDataItem::Rfc822(nbytes(b)))
             }
@@ -612,7 +637,7 @@ Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nJVBERi0=\r\n--b1--\r\
             .stack_size(2 << 20)
             .spawn(move || {
                 let m = parse(&raw);
-                let b = structure(m.raw_message(), &m, 0, true, depth);
+                let b = structure(m.raw(), &m, 0, true, depth);
                 let mut out = Vec::new();
                 crate::imap::encode(
                     &mut out,

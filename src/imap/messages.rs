@@ -942,7 +942,7 @@ impl Session {
                         largest_seq,
                         largest_uid,
                     };
-                    if program.matches(&c, parsed.as_deref()) {
+                    if program.matches(&c, parsed.as_ref()) {
                         hits.push((*seq, *u, meta.modseq));
                     }
                 }

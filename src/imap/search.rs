@@ -15,6 +15,7 @@
 use chrono::{NaiveDate, TimeZone};
 use imap_types::search::SearchKey;
 
+use super::fetch::Parsed;
 use super::names::has_flag;
 use super::view::contains;
 use crate::store::MessageMeta;
@@ -177,7 +178,7 @@ impl Program {
         }
     }
 
-    pub fn matches(&self, c: &Candidate<'_>, parsed: Option<&mail_parser::Message<'_>>) -> bool {
+    pub fn matches(&self, c: &Candidate<'_>, parsed: Option<&Parsed<'_>>) -> bool {
         match self {
             Program::All => true,
             Program::And(p) => p.iter().all(|k| k.matches(c, parsed)),
@@ -191,7 +192,7 @@ impl Program {
             },
             Program::Body(n) => parsed.is_some_and(|m| body_matches(m, n)),
             Program::Text(n) => parsed.is_some_and(|m| {
-                n.in_bytes(m.raw_message()) || body_matches(m, n) || header_matches(m, None, n)
+                n.in_bytes(m.raw()) || body_matches(m, n) || header_matches(m, None, n)
             }),
         }
     }
@@ -216,7 +217,7 @@ fn day_of(ts: i64) -> NaiveDate {
 
 /// Whether a header (`name`, or any header for `None`) contains the needle,
 /// decoded or raw. `HEADER name ""` matches every message with the field.
-fn header_matches(m: &mail_parser::Message<'_>, name: Option<&str>, needle: &Needle) -> bool {
+fn header_matches(m: &Parsed<'_>, name: Option<&str>, needle: &Needle) -> bool {
     let mut found = false;
     for h in m.headers() {
         if name.is_some_and(|n| !h.name().eq_ignore_ascii_case(n)) {
@@ -224,7 +225,7 @@ fn header_matches(m: &mail_parser::Message<'_>, name: Option<&str>, needle: &Nee
         }
         found = true;
         let raw = m
-            .raw_message()
+            .raw()
             .get(h.offset_start() as usize..h.offset_end() as usize)
             .unwrap_or(b"");
         if needle.in_bytes(raw) {
@@ -253,9 +254,9 @@ fn header_matches(m: &mail_parser::Message<'_>, name: Option<&str>, needle: &Nee
     found && needle.lower.is_empty()
 }
 
-fn body_matches(m: &mail_parser::Message<'_>, needle: &Needle) -> bool {
-    let raw = m.raw_message();
-    let body_start = m.root_part().offset_body as usize;
+fn body_matches(m: &Parsed<'_>, needle: &Needle) -> bool {
+    let raw = m.raw();
+    let body_start = m.part(0).map_or(0, |p| p.offset_body as usize);
     if needle.in_bytes(raw.get(body_start..).unwrap_or(b"")) {
         return true;
     }

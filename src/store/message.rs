@@ -20,7 +20,11 @@ pub struct Summary {
 impl Summary {
     /// Parses only the header block of `raw`.
     pub fn parse(raw: &[u8]) -> Summary {
-        let Some(msg) = mail_parser::MessageParser::default().parse_headers(raw) else {
+        // mail-parser's accessors index the root part: no part, no summary.
+        let Some(msg) = mail_parser::MessageParser::default()
+            .parse_headers(raw)
+            .filter(|m| !m.parts.is_empty())
+        else {
             return Summary::default();
         };
         let addr = |a: Option<&mail_parser::Address>| -> String {
