@@ -80,6 +80,12 @@ fn cases() -> Vec<Case> {
         case(Tls, "a AUTHENTICATE PLAIN YWxpY2U=\r\n", "a BAD"),
         case(Tls, "a AUTHENTICATE CRAM-MD5\r\n", "a NO"),
         case(Tls, "a AUTHENTICATE PLAIN\r\n*\r\n", "a BAD"),
+        case(
+            Tls,
+            "a AUTHENTICATE PLAIN\r\nabc {5}\r\n",
+            "a BAD [CANNOT] No literal is expected here",
+        ),
+        case(Authed, "a IDLE\r\nDONE {3+}\r\nabc\r\n", "a BAD [CANNOT]"),
         case(Authed, "a LOGIN x y\r\n", "a BAD"),
         // Mailboxes.
         case(Authed, "a SELECT Nowhere\r\n", "a NO [NONEXISTENT]"),

@@ -326,17 +326,22 @@ impl Session {
     async fn step(&mut self) -> Option<Flow> {
         match self.framer.next_event()? {
             Event::Literal {
-                tag,
+                tag: _,
                 length,
                 mode,
                 append,
                 binary,
             } => {
-                let _ = tag;
                 self.literal(length, mode, append, binary);
                 Some(Flow::Continue)
             }
             Event::Refused { tag, why } => {
+                // An AUTHENTICATE exchange or an IDLE ends with the refusal,
+                // answered under its own tag.
+                let tag = match std::mem::replace(&mut self.waiting, Waiting::Command) {
+                    Waiting::AuthData(t) | Waiting::IdleDone(t) => Some(t),
+                    Waiting::Command => tag,
+                };
                 let (no, c, msg) = match why {
                     Refusal::Literal => self.refused.take().unwrap_or((
                         false,
@@ -388,7 +393,10 @@ impl Session {
         let sync = mode == LiteralMode::Sync;
         // A refusal is NO when the command was fine but cannot be served,
         // BAD when the command itself is wrong.
-        let refusal = if binary {
+        let refusal = if !matches!(self.waiting, Waiting::Command) {
+            // AUTHENTICATE data and DONE are single lines.
+            Some((false, "CANNOT", "No literal is expected here".to_string()))
+        } else if binary {
             // BINARY is not offered, and literal8 is how NUL bytes would
             // get in: one rule for NUL everywhere.
             Some((
