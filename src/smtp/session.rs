@@ -94,6 +94,8 @@ pub struct Session {
     /// Times the command (or DATA, or chunk) being received.
     clock: CommandClock,
     buf: Vec<u8>,
+    /// Where the bytes of a dropped DATA pass through.
+    scratch: Vec<u8>,
     out: Vec<u8>,
     stage: Stage,
     helo: Option<String>,
@@ -124,6 +126,7 @@ impl Session {
             token,
             clock: CommandClock::default(),
             buf: Vec::new(),
+            scratch: Vec::new(),
             out: Vec::new(),
             stage: Stage::Command,
             helo: None,
@@ -728,6 +731,17 @@ impl Session {
             .is_some_and(|owner| owner.address.eq_ignore_ascii_case(user))
     }
 
+    /// Whether the body as it stands fits the size limit and the budget.
+    fn admit(txn: &mut Transaction, max: usize) -> Option<Dropping> {
+        if txn.body.len() > max {
+            return Some(Dropping::TooBig);
+        }
+        let Some(held) = txn.held.as_mut() else {
+            return Some(Dropping::NoMemory);
+        };
+        (!held.grow_to(txn.body.len())).then_some(Dropping::NoMemory)
+    }
+
     /// Keeps `bytes` more of the message, or says why not.
     fn keep(txn: &mut Transaction, max: usize, bytes: &[u8]) -> Option<Dropping> {
         let Some(total) = txn
@@ -757,22 +771,30 @@ impl Session {
         let Some(txn) = self.txn.as_mut() else {
             return Step::NeedMore;
         };
-        // Unstuffed bytes go to a scratch buffer first, so that a message
-        // being dropped never grows anything.
-        let mut scratch = Vec::with_capacity(self.buf.len().min(READ_CHUNK));
         let mut it = self.buf.iter();
-        let done = rx.ingest(&mut it, &mut scratch);
-        let consumed = self.buf.len() - it.as_slice().len();
-        self.buf.drain(..consumed);
-        if dropping.is_none() {
-            *dropping = Self::keep(txn, max, &scratch);
+        let done = if dropping.is_none() {
+            // Straight into the body; what one read brought is then
+            // checked against the size limit and the in-flight budget.
+            let done = rx.ingest(&mut it, &mut txn.body);
+            *dropping = Self::admit(txn, max);
             if dropping.is_some() {
                 txn.body = Vec::new();
                 if let Some(h) = txn.held.as_mut() {
                     h.release();
                 }
             }
-        }
+            done
+        } else {
+            // Dropped bytes only pass through a small reused buffer.
+            self.scratch.clear();
+            let done = rx.ingest(&mut it, &mut self.scratch);
+            if self.scratch.capacity() > READ_CHUNK * 2 {
+                self.scratch = Vec::new();
+            }
+            done
+        };
+        let consumed = self.buf.len() - it.as_slice().len();
+        self.buf.drain(..consumed);
         if !done {
             return Step::NeedMore;
         }
