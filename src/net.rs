@@ -27,16 +27,33 @@ pub enum Conn {
     Upgrading,
 }
 
+/// A TLS handshake (implicit TLS or STARTTLS) must be done within this.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server side of a TLS handshake, within [`TLS_HANDSHAKE_TIMEOUT`].
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) -> io::Result<TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
 impl Conn {
     pub fn is_tls(&self) -> bool {
         matches!(self, Conn::Tls(_))
     }
 
-    /// Runs the TLS handshake on a plain connection.
+    /// Runs the TLS handshake on a plain connection (bounded in time).
     pub async fn start_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
         match std::mem::replace(self, Conn::Upgrading) {
             Conn::Plain(tcp) => {
-                let tls = acceptor.accept(tcp).await?;
+                let tls = accept_tls(acceptor, tcp).await?;
                 *self = Conn::Tls(Box::new(tls));
                 Ok(())
             }

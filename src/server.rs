@@ -124,8 +124,6 @@ pub struct Server {
     tracker: TaskTracker,
 }
 
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Server {
     pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         config.store.hold_wal_for_backup = !config.backup.targets.is_empty();
@@ -417,9 +415,9 @@ async fn accept_loop(
                 let Some(acceptor) = app.tls.clone() else {
                     return;
                 };
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
-                    _ => {
+                match crate::net::accept_tls(&acceptor, tcp).await {
+                    Ok(tls) => Conn::Tls(Box::new(tls)),
+                    Err(_) => {
                         tracing::debug!(%peer, "TLS handshake failed");
                         return;
                     }

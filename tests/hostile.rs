@@ -574,22 +574,8 @@ async fn logins_and_bodies_keep_memory_bounded() {
         );
 
         // Ten messages over the size limit: dropped as they arrive.
-        let over = vec![b'z'; 30 << 20];
-        let mut senders = Vec::new();
-        for _ in 0..10 {
-            let addr = s.smtp();
-            let over = over.clone();
-            senders.push(tokio::spawn(async move {
-                let mut c = Client::connect(addr).await;
-                c.expect("EHLO big.test", "250").await;
-                c.expect("MAIL FROM:<a@remote.test>", "250").await;
-                c.expect("RCPT TO:<alice@example.test>", "250").await;
-                c.expect("DATA", "354").await;
-                c.send(&over).await;
-                c.send(b"\r\n.\r\n").await;
-                c.reply().await
-            }));
-        }
+        let over = std::sync::Arc::new(vec![b'z'; 30 << 20]);
+        let senders = send_at_once(s.smtp(), 10, over);
         for h in senders {
             // Over the size limit, or past the budget first: both drop it.
             let r = h.await.unwrap();
@@ -607,23 +593,9 @@ async fn logins_and_bodies_keep_memory_bounded() {
         );
         // Ten 20 MB messages at once against a 64 MiB budget: some wait
         // for a retry (452), the rest are stored.
-        let big = vec![b'w'; 20 << 20];
-        let mut senders = Vec::new();
-        for _ in 0..10 {
-            let addr = s.smtp();
-            let big = big.clone();
-            senders.push(tokio::spawn(async move {
-                let mut c = Client::connect(addr).await;
-                c.expect("EHLO big.test", "250").await;
-                c.expect("MAIL FROM:<a@remote.test>", "250").await;
-                c.expect("RCPT TO:<alice@example.test>", "250").await;
-                c.expect("DATA", "354").await;
-                c.send(b"Subject: big\r\n\r\n").await;
-                c.send(&big).await;
-                c.send(b"\r\n.\r\n").await;
-                c.reply().await
-            }));
-        }
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        big.resize(20 << 20, b'w');
+        let senders = send_at_once(s.smtp(), 10, std::sync::Arc::new(big));
         let mut stored = 0;
         let mut later = 0;
         for h in senders {
@@ -641,6 +613,30 @@ async fn logins_and_bodies_keep_memory_bounded() {
         assert_eq!(s.inbox_count("alice@example.test").await, stored);
     })
     .await
+}
+
+/// `n` SMTP clients sending `body` to alice at the same time; their
+/// final replies.
+fn send_at_once(
+    addr: SocketAddr,
+    n: usize,
+    body: std::sync::Arc<Vec<u8>>,
+) -> Vec<tokio::task::JoinHandle<String>> {
+    (0..n)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await;
+                c.expect("EHLO big.test", "250").await;
+                c.expect("MAIL FROM:<a@remote.test>", "250").await;
+                c.expect("RCPT TO:<alice@example.test>", "250").await;
+                c.expect("DATA", "354").await;
+                c.send(&body).await;
+                c.send(b"\r\n.\r\n").await;
+                c.reply().await
+            })
+        })
+        .collect()
 }
 
 // 11, 15: mailbox names are bounded in length, depth and number, must be

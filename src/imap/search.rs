@@ -317,17 +317,8 @@ mod tests {
         }
     }
 
-    fn run(key: &str, raw: &[u8]) -> bool {
-        let line = format!("a SEARCH {key}\r\n");
-        let (_, cmd) = imap_codec::CommandCodec::default()
-            .decode(line.as_bytes())
-            .map_err(|e| format!("{e:?}"))
-            .unwrap();
-        let imap_types::command::CommandBody::Search { criteria, .. } = cmd.body else {
-            panic!("not a search");
-        };
-        let key = SearchKey::And(criteria);
-        let p = Program::new(&key, 4096).unwrap();
+    /// Whether `p` matches `raw` as message 1 of 1.
+    fn matches_message(p: &Program, raw: &[u8]) -> bool {
         let m = crate::imap::fetch::parse(raw);
         let meta = meta();
         let c = Candidate {
@@ -339,6 +330,19 @@ mod tests {
             largest_uid: 1,
         };
         p.matches(&c, Some(&m))
+    }
+
+    fn run(key: &str, raw: &[u8]) -> bool {
+        let line = format!("a SEARCH {key}\r\n");
+        let (_, cmd) = imap_codec::CommandCodec::default()
+            .decode(line.as_bytes())
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        let imap_types::command::CommandBody::Search { criteria, .. } = cmd.body else {
+            panic!("not a search");
+        };
+        let key = SearchKey::And(criteria);
+        matches_message(&Program::new(&key, 4096).unwrap(), raw)
     }
 
     use imap_codec::decode::Decoder;
@@ -369,18 +373,8 @@ mod tests {
         let needle = "a".repeat(128 * 1024) + "c";
         let key = SearchKey::Body(imap_types::core::AString::try_from(needle.as_str()).unwrap());
         let p = Program::new(&key, 256 * 1024).unwrap();
-        let m = crate::imap::fetch::parse(raw.as_bytes());
-        let meta = meta();
-        let c = Candidate {
-            seq: 1,
-            uid: 1,
-            flags: &[],
-            meta: &meta,
-            largest_seq: 1,
-            largest_uid: 1,
-        };
         // A window scan would take minutes here (in a debug build).
-        assert!(!p.matches(&c, Some(&m)));
+        assert!(!matches_message(&p, raw.as_bytes()));
         assert!(matches!(
             Program::new(&key, 1024),
             Err(Refused::NeedleTooLong(1024))

@@ -197,14 +197,7 @@ impl Session {
                         let Some(acceptor) = self.app.tls.clone() else {
                             return Ok(());
                         };
-                        let handshake = tokio::time::timeout(
-                            crate::server::TLS_HANDSHAKE_TIMEOUT,
-                            self.conn.start_tls(&acceptor),
-                        );
-                        match handshake.await {
-                            Ok(r) => r?,
-                            Err(_) => return Ok(()),
-                        }
+                        self.conn.start_tls(&acceptor).await?;
                         self.helo = None;
                         self.esmtp = false;
                         self.txn = None;
