@@ -880,6 +880,14 @@ pub fn store_model(data: &[u8]) {
                             fresh.uidnext = fresh.messages.len() as u32 + 1;
                             add_with_parents(&mut model, nb, fresh);
                         } else {
+                            // What moves is decided on the state before the
+                            // rename (a parent created for `to` stays put).
+                            let prefix = format!("{na}/");
+                            let moving: Vec<String> = model
+                                .keys()
+                                .filter(|k| *k == na || k.starts_with(&prefix))
+                                .cloned()
+                                .collect();
                             if parent_missing && let Some(p) = &parent {
                                 add_with_parents(
                                     &mut model,
@@ -890,12 +898,6 @@ pub fn store_model(data: &[u8]) {
                                     },
                                 );
                             }
-                            let prefix = format!("{na}/");
-                            let moving: Vec<String> = model
-                                .keys()
-                                .filter(|k| *k == na || k.starts_with(&prefix))
-                                .cloned()
-                                .collect();
                             let taken: Vec<(String, ModelBox)> = moving
                                 .iter()
                                 .map(|k| (k.clone(), model.remove(k).unwrap_or_default()))
@@ -908,7 +910,12 @@ pub fn store_model(data: &[u8]) {
                     }
                     Err(StoreError::NoSuchMailbox(_)) => assert!(!model.contains_key(na)),
                     Err(StoreError::MailboxExists(_)) => {}
-                    Err(StoreError::BadName(_)) => {}
+                    Err(StoreError::BadName(_)) => {
+                        assert!(
+                            nb == "INBOX" || (na != "INBOX" && nb.starts_with(&format!("{na}/"))),
+                            "rename {na} -> {nb} refused"
+                        );
+                    }
                     other => panic!("rename: {other:?}"),
                 }
             }

@@ -103,6 +103,7 @@ fn cases() -> Vec<Case> {
         case(Authed, "a DELETE Nowhere\r\n", "a NO [NONEXISTENT]"),
         case(Authed, "a RENAME Nowhere Other\r\n", "a NO [NONEXISTENT]"),
         case(Authed, "a RENAME Sent Drafts\r\n", "a NO [ALREADYEXISTS]"),
+        case(Authed, "a RENAME Sent Sent/Old\r\n", "a NO [CANNOT]"),
         case(Authed, "a SUBSCRIBE Nowhere\r\n", "a NO [NONEXISTENT]"),
         case(
             Authed,

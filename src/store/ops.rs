@@ -399,6 +399,12 @@ fn plan_rename(
     if to.eq_ignore_ascii_case("INBOX") || to.split(SEPARATOR).any(str::is_empty) {
         return Err(StoreError::BadName(to.to_string()));
     }
+    if from != "INBOX" && to.starts_with(&format!("{from}{SEPARATOR}")) {
+        // Its children would be renamed into themselves.
+        return Err(StoreError::BadName(format!(
+            "{to}: a mailbox cannot move below itself"
+        )));
+    }
     if from == "INBOX" {
         // Create `to`, move every message into it; INBOX stays, empty.
         let (mut records, _) = plan_create(txn, user, to, usize::MAX, now)?;
