@@ -7,6 +7,7 @@
 //!   tiermail-load deliver --addr 127.0.0.1:2424 --lmtp --sessions 16 --messages 5000 --size 4096
 //!   tiermail-load imap --addr 127.0.0.1:1143 --clients 16 --seconds 10 --password pw
 //!   tiermail-load idle --addr 127.0.0.1:1143 --count 5000 --users 16 --password pw
+//!   tiermail-load imap-stress --addr 127.0.0.1:1143 --clients 10 --seconds 30 --user u@x --password pw
 
 // Input from the network or disk must never panic: no unwrap outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -17,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod stress;
 
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +37,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The IMAP stress checker: clients of one user pipelining a random
+    /// command mix; reports protocol violations, stalls and commands/s.
+    ImapStress {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// 1: everyone on INBOX; more: stress0..stressN-1.
+        #[arg(long, default_value_t = 1)]
+        mailboxes: usize,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        /// Most commands pipelined at once.
+        #[arg(long, default_value_t = 4)]
+        pipeline: usize,
+        /// Log out and in again after this many rounds (0: stay logged in).
+        #[arg(long, default_value_t = 0)]
+        relogin: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Writes user files for tiermail (users.toml) and Dovecot (passwd-file).
     Users {
         #[arg(long)]
@@ -365,6 +393,31 @@ fn json_str(s: &str) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::ImapStress {
+            addr,
+            clients,
+            seconds,
+            mailboxes,
+            user,
+            password,
+            pipeline,
+            relogin,
+            seed,
+        } => {
+            let out = stress::run(stress::Args {
+                addr,
+                clients,
+                seconds,
+                mailboxes,
+                user,
+                password,
+                pipeline,
+                relogin,
+                seed,
+            })
+            .await?;
+            println!("{out}");
+        }
         Cmd::Users {
             count,
             password,

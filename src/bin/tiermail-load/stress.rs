@@ -1,0 +1,653 @@
+//! The IMAP stress checker: N clients on one user's mailboxes, each
+//! pipelining a random mix of commands (LIST, STATUS, SELECT, FETCH, STORE
+//! of keywords and system flags, STORE \Deleted + EXPUNGE, APPEND with
+//! LITERAL+, COPY, MOVE, IDLE, NOOP, UID forms, CONDSTORE), while keeping
+//! its own model of the selected mailbox from what the server says. Every
+//! response that contradicts the model is a protocol violation:
+//!
+//! - a keyword in FETCH FLAGS that the last `* FLAGS` / `PERMANENTFLAGS`
+//!   did not list (RFC 3501 7.2.6, RFC 9051 7.3.5);
+//! - EXPUNGE of a sequence number the client does not have;
+//! - FETCH of a sequence number the client does not have, or with a UID
+//!   other than the one it has for that number, or UIDs out of order;
+//! - EXISTS going backwards without EXPUNGEs;
+//! - a message's MODSEQ going down;
+//! - the same item twice in one FETCH response;
+//!
+//! and a command without its tagged reply within 5 seconds is a stall.
+//! Responses are framed and decoded by imap-codec, so any server can be
+//! checked (Dovecot in benches/peers/run.sh proves the checker quiet on a
+//! correct server).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use imap_codec::ResponseCodec;
+use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
+use imap_types::IntoStatic;
+use imap_types::fetch::MessageDataItem;
+use imap_types::flag::{FlagFetch, FlagPerm};
+use imap_types::response::{Code, Data, Response, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a command may wait for its tagged reply.
+const STALL: Duration = Duration::from_secs(5);
+
+pub struct Args {
+    pub addr: SocketAddr,
+    pub clients: usize,
+    pub seconds: u64,
+    pub mailboxes: usize,
+    pub user: String,
+    pub password: String,
+    /// Most commands sent at once.
+    pub pipeline: usize,
+    /// Log out and in again after this many batches (0: never).
+    pub relogin: usize,
+    pub seed: u64,
+}
+
+/// What a run found.
+#[derive(Default)]
+pub struct Report {
+    pub commands: AtomicU64,
+    pub violations: AtomicU64,
+    pub stalls: AtomicU64,
+    pub examples: std::sync::Mutex<Vec<String>>,
+}
+
+impl Report {
+    fn violation(&self, client: usize, what: String) {
+        self.violations.fetch_add(1, Ordering::Relaxed);
+        // Up to three examples of each kind (the text without its numbers).
+        let kind = |t: &str| -> String { t.chars().filter(|c| !c.is_ascii_digit()).collect() };
+        let mut e = self.examples.lock().unwrap_or_else(|p| p.into_inner());
+        let same = e
+            .iter()
+            .filter(|x| kind(x.split_once(": ").map_or("", |p| p.1)) == kind(&what))
+            .count();
+        if same < 3 && e.len() < 30 {
+            e.push(format!("client {client}: {what}"));
+        }
+    }
+
+    fn stall(&self, client: usize, what: String) {
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+        self.violation(client, format!("stall: {what}"));
+    }
+}
+
+/// The mailbox names a run uses.
+pub fn mailbox_names(n: usize) -> Vec<String> {
+    if n <= 1 {
+        vec!["INBOX".to_string()]
+    } else {
+        (0..n).map(|i| format!("stress{i}")).collect()
+    }
+}
+
+/// One message as the client knows it.
+#[derive(Clone, Default)]
+struct Known {
+    uid: Option<u32>,
+    flags: Vec<String>,
+    modseq: u64,
+}
+
+/// The client's model of its selected mailbox.
+#[derive(Default)]
+struct Model {
+    selected: bool,
+    messages: Vec<Known>,
+    /// Flags the server said are in use (`* FLAGS`, PERMANENTFLAGS).
+    announced: HashSet<String>,
+}
+
+fn is_system(f: &str) -> bool {
+    f.starts_with('\\')
+}
+
+struct Client {
+    id: usize,
+    s: TcpStream,
+    frag: Fragmentizer,
+    model: Model,
+    next_tag: u64,
+    rng: tiermail::corpus::Rng,
+    report: Arc<Report>,
+}
+
+impl Client {
+    async fn connect(
+        id: usize,
+        addr: SocketAddr,
+        seed: u64,
+        report: Arc<Report>,
+    ) -> std::io::Result<Client> {
+        let s = TcpStream::connect(addr).await?;
+        let _ = s.set_nodelay(true);
+        let mut c = Client {
+            id,
+            s,
+            frag: Fragmentizer::without_max_message_size(),
+            model: Model::default(),
+            next_tag: 0,
+            rng: tiermail::corpus::Rng::new(seed),
+            report,
+        };
+        // The greeting.
+        c.read_response(Instant::now() + STALL).await?;
+        Ok(c)
+    }
+
+    fn tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("s{}", self.next_tag)
+    }
+
+    /// Reads one whole response (literals included) and applies it to the
+    /// model; returns the tag of a tagged response.
+    async fn read_response(&mut self, deadline: Instant) -> std::io::Result<Option<String>> {
+        loop {
+            while let Some(info) = self.frag.progress() {
+                if let FragmentInfo::Line { .. } = info
+                    && self.frag.is_message_complete()
+                {
+                    return Ok(self.apply());
+                }
+            }
+            let mut buf = [0u8; 16 * 1024];
+            let n = match tokio::time::timeout_at(deadline.into(), self.s.read(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no response in time",
+                    ));
+                }
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.frag.enqueue_bytes(&buf[..n]);
+        }
+    }
+
+    /// Applies the response in the framer to the model.
+    fn apply(&mut self) -> Option<String> {
+        let decoded = self.frag.decode_message(&ResponseCodec::default());
+        let response = match decoded {
+            Ok(r) => r.into_static(),
+            // Something imap-codec does not know: not ours to judge.
+            Err(_) => return None,
+        };
+        let mut problems = Vec::new();
+        let tag = match response {
+            Response::Status(Status::Tagged(t)) => Some(t.tag.inner().to_string()),
+            Response::Status(Status::Untagged(b)) => {
+                if let Some(Code::PermanentFlags(p)) = &b.code {
+                    for f in p {
+                        if let FlagPerm::Flag(f) = f {
+                            self.model
+                                .announced
+                                .insert(f.to_string().to_ascii_lowercase());
+                        }
+                    }
+                }
+                None
+            }
+            Response::Data(d) => {
+                self.data(d, &mut problems);
+                None
+            }
+            _ => None,
+        };
+        for p in problems {
+            self.report.violation(self.id, p);
+        }
+        tag
+    }
+
+    fn data(&mut self, d: Data<'_>, problems: &mut Vec<String>) {
+        let m = &mut self.model;
+        match d {
+            Data::Flags(flags) => {
+                m.announced = flags
+                    .iter()
+                    .map(|f| f.to_string().to_ascii_lowercase())
+                    .collect();
+            }
+            Data::Exists(n) if m.selected => {
+                let n = n as usize;
+                if n < m.messages.len() {
+                    problems.push(format!(
+                        "EXISTS went back from {} to {n} without EXPUNGE",
+                        m.messages.len()
+                    ));
+                    m.messages.truncate(n);
+                } else {
+                    m.messages.resize(n, Known::default());
+                }
+            }
+            Data::Expunge(seq) if m.selected => {
+                let i = seq.get() as usize;
+                if i > m.messages.len() {
+                    problems.push(format!("EXPUNGE {i} of {} messages", m.messages.len()));
+                } else {
+                    m.messages.remove(i - 1);
+                }
+            }
+            Data::Fetch { seq, items } if m.selected => {
+                let i = seq.get() as usize;
+                if i > m.messages.len() {
+                    problems.push(format!("FETCH {i} of {} messages", m.messages.len()));
+                    return;
+                }
+                let mut kinds: Vec<&'static str> = Vec::new();
+                let mut uid = None;
+                for item in items.as_ref() {
+                    let kind = match item {
+                        MessageDataItem::Uid(u) => {
+                            uid = Some(u.get());
+                            "UID"
+                        }
+                        MessageDataItem::Flags(f) => {
+                            let flags: Vec<String> = f
+                                .iter()
+                                .filter_map(|x| match x {
+                                    FlagFetch::Flag(f) => Some(f.to_string()),
+                                    FlagFetch::Recent => None,
+                                })
+                                .collect();
+                            for k in flags.iter().filter(|f| !is_system(f)) {
+                                if !m.announced.contains(&k.to_ascii_lowercase()) {
+                                    problems.push(format!(
+                                        "FETCH {i} FLAGS uses {k}, which no FLAGS response announced"
+                                    ));
+                                }
+                            }
+                            m.messages[i - 1].flags = flags;
+                            "FLAGS"
+                        }
+                        MessageDataItem::ModSeq(ms) => {
+                            let e = &mut m.messages[i - 1];
+                            if ms.get() < e.modseq {
+                                problems.push(format!(
+                                    "MODSEQ of message {i} went down from {} to {}",
+                                    e.modseq,
+                                    ms.get()
+                                ));
+                            }
+                            e.modseq = ms.get();
+                            "MODSEQ"
+                        }
+                        MessageDataItem::Rfc822Size(_) => "RFC822.SIZE",
+                        MessageDataItem::InternalDate(_) => "INTERNALDATE",
+                        MessageDataItem::Envelope(_) => "ENVELOPE",
+                        MessageDataItem::BodyStructure(_) => "BODYSTRUCTURE",
+                        _ => "",
+                    };
+                    if !kind.is_empty() {
+                        if kinds.contains(&kind) {
+                            problems.push(format!("FETCH {i} carries {kind} twice"));
+                        }
+                        kinds.push(kind);
+                    }
+                }
+                if let Some(u) = uid {
+                    let e = &mut m.messages[i - 1];
+                    if e.uid.is_some_and(|known| known != u) {
+                        problems.push(format!(
+                            "FETCH {i} says UID {u}, the client has UID {:?} there",
+                            e.uid
+                        ));
+                    }
+                    e.uid = Some(u);
+                    let before = m.messages[..i - 1].iter().rev().find_map(|k| k.uid);
+                    let after = m.messages[i..].iter().find_map(|k| k.uid);
+                    if before.is_some_and(|b| b >= u) || after.is_some_and(|a| a <= u) {
+                        problems.push(format!("UID {u} at {i} is out of order"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends `commands` at once (each a line, or a line with a literal) and
+    /// waits for all their tagged replies. `on_reply` sees each tagged
+    /// reply's tag.
+    async fn batch(&mut self, commands: Vec<(String, Vec<u8>)>) -> std::io::Result<Vec<String>> {
+        let mut wire = Vec::new();
+        let mut tags = Vec::new();
+        for (tag, bytes) in &commands {
+            wire.extend_from_slice(bytes);
+            tags.push(tag.clone());
+        }
+        self.s.write_all(&wire).await?;
+        let deadline = Instant::now() + STALL;
+        let mut done = Vec::new();
+        while done.len() < tags.len() {
+            match self.read_response(deadline).await {
+                Ok(Some(t)) if tags.contains(&t) => done.push(t),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    let missing: Vec<&String> = tags.iter().filter(|t| !done.contains(t)).collect();
+                    self.report
+                        .stall(self.id, format!("no tagged reply in 5 s for {missing:?}"));
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.report
+            .commands
+            .fetch_add(tags.len() as u64, Ordering::Relaxed);
+        Ok(done)
+    }
+
+    fn line(&mut self, text: &str) -> (String, Vec<u8>) {
+        let tag = self.tag();
+        let bytes = format!("{tag} {text}\r\n").into_bytes();
+        (tag, bytes)
+    }
+
+    fn append(&mut self, mailbox: &str, n: u64) -> (String, Vec<u8>) {
+        let tag = self.tag();
+        let msg = tiermail::corpus::message(23, n, "stress@example.test");
+        let mut bytes =
+            format!("{tag} APPEND {mailbox} (\\Seen) {{{}+}}\r\n", msg.len()).into_bytes();
+        bytes.extend_from_slice(&msg);
+        bytes.extend_from_slice(b"\r\n");
+        (tag, bytes)
+    }
+
+    async fn select(&mut self, mailbox: &str, condstore: bool) -> std::io::Result<()> {
+        self.model = Model {
+            selected: true,
+            ..Model::default()
+        };
+        let cmd = if condstore {
+            format!("SELECT {mailbox} (CONDSTORE)")
+        } else {
+            format!("SELECT {mailbox}")
+        };
+        let select = self.line(&cmd);
+        // What a real client does next: learn UIDs and flags.
+        let fetch = self.line("FETCH 1:* (UID FLAGS)");
+        self.batch(vec![select, fetch]).await?;
+        Ok(())
+    }
+
+    /// A random sequence set within the messages the client has.
+    fn seqs(&mut self) -> Option<String> {
+        let n = self.model.messages.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let a = 1 + self.rng.below(n);
+        let b = (a + self.rng.below(4)).min(n);
+        Some(if a == b {
+            a.to_string()
+        } else {
+            format!("{a}:{b}")
+        })
+    }
+
+    /// A random UID the client knows.
+    fn some_uid(&mut self) -> Option<u32> {
+        let known: Vec<u32> = self.model.messages.iter().filter_map(|k| k.uid).collect();
+        if known.is_empty() {
+            return None;
+        }
+        Some(known[self.rng.below(known.len() as u64) as usize])
+    }
+
+    /// One batch of random commands; `boxes` are the mailbox names.
+    async fn round(
+        &mut self,
+        boxes: &[String],
+        current: &mut usize,
+        pipeline: usize,
+    ) -> std::io::Result<()> {
+        let n = 1 + self.rng.below(pipeline.max(1) as u64) as usize;
+        let mut cmds = Vec::new();
+        let mut reselect = None;
+        let mut idle = false;
+        for i in 0..n {
+            let last = i + 1 == n;
+            let other = boxes[self.rng.below(boxes.len() as u64) as usize].clone();
+            let here = boxes[*current].clone();
+            let label = format!("$Label{}", 1 + self.rng.below(5));
+            let system =
+                ["\\Seen", "\\Flagged", "\\Answered", "\\Draft"][self.rng.below(4) as usize];
+            let c = match self.rng.below(20) {
+                0 => Some(self.line("LIST \"\" *")),
+                1 => Some(self.line(&format!(
+                    "STATUS {other} (MESSAGES UIDNEXT UNSEEN HIGHESTMODSEQ)"
+                ))),
+                2 => {
+                    if last {
+                        reselect = Some(self.rng.below(boxes.len() as u64) as usize);
+                    }
+                    None
+                }
+                3 | 4 => self
+                    .seqs()
+                    .map(|s| self.line(&format!("FETCH {s} (FLAGS UID)"))),
+                5 => Some(self.line("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)")),
+                6 => self.seqs().map(|s| {
+                    self.line(&format!(
+                        "FETCH {s} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+                    ))
+                }),
+                7 | 8 => self
+                    .seqs()
+                    .map(|s| self.line(&format!("STORE {s} +FLAGS ({label})"))),
+                9 => self
+                    .seqs()
+                    .map(|s| self.line(&format!("STORE {s} -FLAGS ({label} {system})"))),
+                10 => self
+                    .some_uid()
+                    .map(|u| self.line(&format!("UID STORE {u} +FLAGS.SILENT ({system})"))),
+                11 => self.seqs().map(|s| {
+                    self.line(&format!(
+                        "STORE {s} (UNCHANGEDSINCE 1000000000) +FLAGS ({label})"
+                    ))
+                }),
+                12 if last => {
+                    // Delete one message and expunge, as a batch ends.
+                    if let Some(s) = self.seqs() {
+                        cmds.push(self.line(&format!("STORE {s} +FLAGS.SILENT (\\Deleted)")));
+                    }
+                    Some(self.line("EXPUNGE"))
+                }
+                13 | 14 => {
+                    let k = self.rng.next_u64();
+                    Some(self.append(&other, k))
+                }
+                15 => self.seqs().map(|s| self.line(&format!("COPY {s} {other}"))),
+                16 if last && boxes.len() > 1 && other != here => self
+                    .some_uid()
+                    .map(|u| self.line(&format!("UID MOVE {u} {other}"))),
+                17 => Some(self.line("UID SEARCH UNSEEN")),
+                18 if last => {
+                    idle = true;
+                    None
+                }
+                _ => Some(self.line("NOOP")),
+            };
+            if let Some(c) = c {
+                cmds.push(c);
+            }
+        }
+        if !cmds.is_empty() {
+            self.batch(cmds).await?;
+        }
+        if idle {
+            let tag = self.tag();
+            self.s
+                .write_all(format!("{tag} IDLE\r\n").as_bytes())
+                .await?;
+            let deadline = Instant::now() + STALL;
+            // Until the continuation request, then updates for a moment.
+            loop {
+                if self.frag.progress().is_none() {
+                    let mut buf = [0u8; 4096];
+                    let Ok(n) =
+                        tokio::time::timeout_at(deadline.into(), self.s.read(&mut buf)).await
+                    else {
+                        self.report
+                            .stall(self.id, "no continuation for IDLE in 5 s".into());
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "IDLE"));
+                    };
+                    let n = n?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.frag.enqueue_bytes(&buf[..n]);
+                    continue;
+                }
+                if self.frag.is_message_complete() {
+                    if self.frag.message_bytes().starts_with(b"+") {
+                        break;
+                    }
+                    self.apply();
+                }
+            }
+            let stop = Instant::now() + Duration::from_millis(20 + self.rng.below(80));
+            while let Ok(r) =
+                tokio::time::timeout_at(stop.into(), self.read_response(deadline)).await
+            {
+                r?;
+            }
+            self.s.write_all(b"DONE\r\n").await?;
+            loop {
+                match self.read_response(Instant::now() + STALL).await {
+                    Ok(Some(t)) if t == tag => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::TimedOut {
+                            self.report
+                                .stall(self.id, "no tagged reply to DONE in 5 s".into());
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            self.report.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(b) = reselect {
+            *current = b;
+            let name = boxes[b].clone();
+            let condstore = self.rng.below(2) == 0;
+            self.select(&name, condstore).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the mailboxes of a run (some may exist already).
+pub async fn prepare(a: &Args) -> std::io::Result<()> {
+    let report = Arc::new(Report::default());
+    let mut c = Client::connect(usize::MAX, a.addr, a.seed, report).await?;
+    let login = c.line(&format!("LOGIN {} \"{}\"", a.user, a.password));
+    c.batch(vec![login]).await?;
+    for name in mailbox_names(a.mailboxes) {
+        if name != "INBOX" {
+            let create = c.line(&format!("CREATE {name}"));
+            c.batch(vec![create]).await?;
+        }
+        // A few messages to start with.
+        for k in 0..10u64 {
+            let m = c.append(&name, k);
+            c.batch(vec![m]).await?;
+        }
+    }
+    let logout = c.line("LOGOUT");
+    let _ = c.batch(vec![logout]).await;
+    Ok(())
+}
+
+async fn run_client(id: usize, a: Arc<Args>, report: Arc<Report>, until: Instant) {
+    let boxes = mailbox_names(a.mailboxes);
+    let mut seed = a.seed.wrapping_mul(1000).wrapping_add(id as u64);
+    while Instant::now() < until {
+        seed = seed.wrapping_add(7919);
+        let Ok(mut c) = Client::connect(id, a.addr, seed, report.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let login = c.line(&format!("LOGIN {} \"{}\"", a.user, a.password));
+        if c.batch(vec![login]).await.is_err() {
+            continue;
+        }
+        let mut current = id % boxes.len();
+        if c.select(&boxes[current].clone(), false).await.is_err() {
+            continue;
+        }
+        let mut rounds = 0usize;
+        while Instant::now() < until && (a.relogin == 0 || rounds < a.relogin) {
+            rounds += 1;
+            if c.round(&boxes, &mut current, a.pipeline).await.is_err() {
+                break;
+            }
+        }
+        let logout = c.line("LOGOUT");
+        let _ = c.batch(vec![logout]).await;
+    }
+}
+
+/// Runs the checker; prints one JSON object.
+pub async fn run(a: Args) -> std::io::Result<String> {
+    prepare(&a).await?;
+    let report = Arc::new(Report::default());
+    let a = Arc::new(a);
+    let until = Instant::now() + Duration::from_secs(a.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..a.clients)
+        .map(|i| tokio::spawn(run_client(i, a.clone(), report.clone(), until)))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Let violation reports spawned by the last responses land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let commands = report.commands.load(Ordering::Relaxed);
+    let examples = report
+        .examples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let examples: Vec<String> = examples
+        .iter()
+        .map(|e| format!("\"{}\"", e.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    Ok(format!(
+        "{{\"clients\": {}, \"mailboxes\": {}, \"secs\": {secs:.1}, \"commands\": {commands}, \"commands_per_s\": {:.1}, \"violations\": {}, \"stalls\": {}, \"examples\": [{}]}}",
+        a.clients,
+        a.mailboxes,
+        commands as f64 / secs,
+        report.violations.load(Ordering::Relaxed),
+        report.stalls.load(Ordering::Relaxed),
+        examples.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_compared_without_case() {
+        let f =
+            imap_types::flag::Flag::Keyword(imap_types::core::Atom::try_from("$Label1").unwrap());
+        assert_eq!(f.to_string().to_ascii_lowercase(), "$label1");
+        assert!(is_system("\\Seen"));
+    }
+}
