@@ -155,7 +155,7 @@ fn search_samples(p: &crate::imap::search::Program) {
             largest_seq: 8,
             largest_uid: 8,
         };
-        let parsed = crate::imap::fetch::parse(raw);
+        let parsed = crate::imap::mime::parse(raw);
         let with = p.matches(&c, Some(&parsed));
         if !p.needs_body() {
             assert_eq!(
@@ -232,7 +232,7 @@ pub fn mime(data: &[u8]) {
 }
 
 fn mime_on_this_thread(raw: &[u8]) {
-    use crate::imap::fetch;
+    use crate::imap::mime as fetch;
     use imap_types::fetch::{MessageDataItemName, Part, Section};
     let _ = crate::store::Summary::parse(raw);
     let m = fetch::parse(raw);
@@ -642,9 +642,9 @@ pub fn imap_session(data: &[u8]) {
     let out = run_session(
         move |conn| {
             let token = tokio_util::sync::CancellationToken::new();
-            let s = crate::imap::session::Session::new(
+            let s = crate::imap::driver::Session::new(
                 app,
-                crate::imap::session::Kind::Plain,
+                crate::imap::driver::Kind::Plain,
                 peer(),
                 conn,
                 crate::net::PeerSlot::exempt(peer().ip()),

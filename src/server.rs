@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Directory, Throttle};
 use crate::config::{Config, parse_listen};
-use crate::imap::session::{Kind as ImapKind, Session as ImapSession};
+use crate::imap::driver::{Kind as ImapKind, Session as ImapSession};
 use crate::net::Conn;
 use crate::smtp::Mode;
 use crate::smtp::session::Session;

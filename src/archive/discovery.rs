@@ -125,7 +125,7 @@ pub fn search(root: &Path, q: &Query) -> Result<(Vec<Hit>, Vec<String>), Archive
                     continue;
                 }
             };
-            let parsed = crate::imap::fetch::parse(&m.raw);
+            let parsed = crate::imap::mime::parse(&m.raw);
             let from = parsed
                 .from()
                 .and_then(|f| f.first())

@@ -2,22 +2,26 @@
 //! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, LIST-EXTENDED,
 //! LIST-STATUS, SPECIAL-USE, CHILDREN).
 //!
-//! Commands are framed by imap-codec's `Fragmentizer` (so literal limits are
-//! checked before a literal is read) and decoded and encoded by imap-codec;
-//! nothing here writes IMAP syntax by hand. A session (`session`) keeps its
-//! own view of the selected mailbox (`view`) and reconciles it with the store
-//! whenever the store says the user's mail changed, sending EXISTS, EXPUNGE
-//! and FETCH FLAGS only where RFC 3501 allows them.
+//! A connection is a protocol core (`core`: framing, the typed state,
+//! dispatch to the handlers in `cmd/`, the outbox) driven by a thin tokio
+//! loop (`driver`). Commands are framed by `framing` around imap-codec's
+//! `Fragmentizer` and decoded and encoded by imap-codec; nothing here writes
+//! IMAP syntax by hand. A session keeps its own view of the selected mailbox
+//! (`view`) and reconciles it with the store whenever the store says the
+//! user's mail changed (`updates`), sending EXISTS, EXPUNGE and FETCH FLAGS
+//! only where RFC 3501 allows them.
 
 pub mod archive_folder;
-pub mod fetch;
+pub mod cmd;
+pub mod core;
+pub mod driver;
 pub mod framing;
 pub mod list_extended;
-pub mod mailboxes;
-pub mod messages;
+pub mod mime;
 pub mod names;
+pub mod outbox;
 pub mod search;
-pub mod session;
+pub mod updates;
 pub mod view;
 
 use imap_codec::ResponseCodec;

@@ -15,7 +15,7 @@
 use chrono::{NaiveDate, TimeZone};
 use imap_types::search::SearchKey;
 
-use super::fetch::Parsed;
+use super::mime::Parsed;
 use super::names::has_flag;
 use super::view::contains;
 use crate::store::MessageMeta;
@@ -319,7 +319,7 @@ mod tests {
 
     /// Whether `p` matches `raw` as message 1 of 1.
     fn matches_message(p: &Program, raw: &[u8]) -> bool {
-        let m = crate::imap::fetch::parse(raw);
+        let m = crate::imap::mime::parse(raw);
         let meta = meta();
         let c = Candidate {
             seq: 1,

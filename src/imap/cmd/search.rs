@@ -1,0 +1,133 @@
+//! The SEARCH command (evaluation is in `imap::search`).
+
+use std::num::{NonZeroU32, NonZeroU64};
+
+use imap_types::core::{Charset, Tag, Vec1};
+use imap_types::response::{Code, Data};
+use imap_types::search::SearchKey;
+
+use super::fetch::{FETCH_BATCH, META_BATCH};
+use crate::imap::core::{Authed, Ctx};
+use crate::imap::view::View;
+use crate::imap::{code, mime, search};
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn search(
+        &mut self,
+        a: &Authed,
+        view: &View,
+        tag: &Tag<'_>,
+        charset: Option<Charset<'_>>,
+        criteria: Vec1<SearchKey<'_>>,
+        uid: bool,
+    ) {
+        if let Some(cs) = charset {
+            let cs = cs.as_ref().to_ascii_uppercase();
+            if cs != "UTF-8" && cs != "US-ASCII" {
+                return self.no(
+                    tag,
+                    Some(Code::badcharset(vec![
+                        Charset::try_from("UTF-8").expect("valid charset"),
+                        Charset::try_from("US-ASCII").expect("valid charset"),
+                    ])),
+                    "Only UTF-8 and US-ASCII searches are supported",
+                );
+            }
+        }
+        let key = if criteria.as_ref().len() == 1 {
+            criteria.into_inner().remove(0)
+        } else {
+            SearchKey::And(criteria)
+        };
+        let program = match search::Program::new(&key, self.app.config.limits.max_line_length) {
+            Ok(p) => std::sync::Arc::new(p),
+            Err(e) => return self.bad(Some(tag), None, &e.to_string()),
+        };
+        let with_modseq = program.mentions_modseq();
+        if with_modseq {
+            self.condstore = true;
+        }
+        let needs_body = program.needs_body();
+        let live: Vec<(u32, u32)> = view
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.gone)
+            .map(|(i, e)| (i as u32 + 1, e.uid))
+            .collect();
+        let largest_seq = view.len();
+        let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
+        let mut found: Vec<u32> = Vec::new();
+        let mut max_modseq = 0u64;
+        let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
+        for batch in live.chunks(batch_size) {
+            let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
+            let loaded = match self.load_messages(&a.user, view, uids, needs_body).await {
+                Ok(l) => l,
+                Err(why) => return self.archive_unavailable(&a.user, tag, &why),
+            };
+            // `loaded` keeps the order asked for, without expunged ones.
+            let mut seqs = batch.iter();
+            let mut work = Vec::with_capacity(loaded.len());
+            for (u, meta, body) in loaded {
+                let Some(&(seq, _)) = seqs.find(|(_, x)| *x == u) else {
+                    continue;
+                };
+                let flags = view.entry_ref(u).map(|e| e.flags()).unwrap_or_default();
+                work.push((seq, u, flags, meta, body));
+            }
+            let program = program.clone();
+            let eval = move || -> Vec<(u32, u32, u64)> {
+                let mut hits = Vec::new();
+                for (seq, u, flags, meta, body) in &work {
+                    let parsed = body.as_deref().map(mime::parse);
+                    let c = search::Candidate {
+                        seq: *seq,
+                        uid: *u,
+                        flags,
+                        meta,
+                        largest_seq,
+                        largest_uid,
+                    };
+                    if program.matches(&c, parsed.as_ref()) {
+                        hits.push((*seq, *u, meta.modseq));
+                    }
+                }
+                hits
+            };
+            let hits = if needs_body {
+                // Text search reads every byte: off the async threads, one
+                // search per spare core, so other sessions keep being served.
+                match crate::imap::heavy(&self.app, eval).await {
+                    Some(h) => h,
+                    None => {
+                        return self.no(tag, Some(code("UNAVAILABLE")), "Search failed, try again");
+                    }
+                }
+            } else {
+                eval()
+            };
+            for (seq, u, modseq) in hits {
+                found.push(if uid { u } else { seq });
+                max_modseq = max_modseq.max(modseq);
+            }
+        }
+        let ids: Vec<NonZeroU32> = found.into_iter().filter_map(NonZeroU32::new).collect();
+        let modseq = if with_modseq && !ids.is_empty() {
+            NonZeroU64::new(max_modseq)
+        } else {
+            None
+        };
+        self.data(Data::Search(ids, modseq));
+        self.ok(
+            tag,
+            None,
+            if uid {
+                "UID SEARCH completed"
+            } else {
+                "SEARCH completed"
+            },
+        );
+    }
+}

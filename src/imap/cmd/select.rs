@@ -1,0 +1,165 @@
+//! SELECT and EXAMINE; CLOSE and UNSELECT.
+
+use imap_types::core::Tag;
+use imap_types::flag::{Flag, FlagPerm};
+use imap_types::mailbox::Mailbox;
+use imap_types::response::{Code, Data};
+
+use crate::archive::registry;
+use crate::imap::code;
+use crate::imap::core::{Authed, Ctx, Next};
+use crate::imap::names::{self, has_flag};
+use crate::imap::view::View;
+use crate::store::Op;
+
+impl Ctx {
+    pub async fn select(
+        &mut self,
+        a: &mut Authed,
+        tag: &Tag<'_>,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        condstore: bool,
+    ) -> Next {
+        // Selecting always ends the previous selection, even on failure.
+        if condstore {
+            self.condstore = true;
+        }
+        let name = match names::from_imap(mailbox) {
+            Ok(n) => n,
+            Err(e) => {
+                self.bad_name(tag, e);
+                return Next::Unselect;
+            }
+        };
+        // Changes so far are in the snapshot taken below.
+        a.changes.borrow_and_update();
+        let archive = registry::archive_folder(&name).map(|f| f.map(str::to_string));
+        let (info, msgs, read_only) = if let Some(folder) = &archive {
+            if !self.archive_visible(&a.user) {
+                self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+                return Next::Unselect;
+            }
+            match self.archive_snapshot(&a.user, folder.as_deref()).await {
+                Ok((info, msgs)) => (info, msgs, read_only || !self.archive_writable(&a.user)),
+                Err(p) => {
+                    self.archive_problem(&a.user, tag, p);
+                    return Next::Unselect;
+                }
+            }
+        } else {
+            let info = match self.app.store.mailbox(&a.user, &name).await {
+                Ok(Some(i)) => i,
+                Ok(None) => {
+                    self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+                    return Next::Unselect;
+                }
+                Err(e) => {
+                    self.store_error(tag, e);
+                    return Next::Unselect;
+                }
+            };
+            match self.app.store.snapshot(&a.user, info.id).await {
+                Ok(Some((info, msgs))) => (info, msgs, read_only),
+                Ok(None) => {
+                    self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
+                    return Next::Unselect;
+                }
+                Err(e) => {
+                    self.store_error(tag, e);
+                    return Next::Unselect;
+                }
+            }
+        };
+        let mut view = View::new(name, read_only, &info, msgs);
+        view.archive = archive;
+        let system = [
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
+        self.data(Data::Flags(system.to_vec()));
+        let mut perm: Vec<FlagPerm> = system.iter().cloned().map(FlagPerm::Flag).collect();
+        perm.push(FlagPerm::Asterisk);
+        if read_only {
+            perm.clear();
+        }
+        self.untagged(Code::PermanentFlags(perm), "Flags permitted");
+        self.data(Data::Exists(view.len()));
+        self.data(Data::Recent(0));
+        if let Some(i) = view.entries.iter().position(|e| !e.has("\\Seen"))
+            && let Ok(c) = Code::unseen(i as u32 + 1)
+        {
+            self.untagged(c, "First unseen");
+        }
+        if let Ok(c) = Code::uidvalidity(view.uidvalidity) {
+            self.untagged(c, "UIDs valid");
+        }
+        if let Ok(c) = Code::uidnext(view.uidnext.max(1)) {
+            self.untagged(c, "Predicted next UID");
+        }
+        if let Some(m) = std::num::NonZeroU64::new(view.highestmodseq) {
+            self.untagged(Code::HighestModSeq(m), "Highest");
+        }
+        let (c, verb) = if read_only {
+            (Code::ReadOnly, "EXAMINE completed")
+        } else {
+            (Code::ReadWrite, "SELECT completed")
+        };
+        self.ok(tag, Some(c), verb);
+        Next::Select(view)
+    }
+
+    /// CLOSE (expunging what is marked \Deleted, silently) or UNSELECT.
+    pub async fn close(
+        &mut self,
+        a: &mut Authed,
+        v: &mut View,
+        tag: &Tag<'_>,
+        expunge: bool,
+    ) -> Next {
+        let verb = if expunge {
+            "CLOSE completed"
+        } else {
+            "UNSELECT completed"
+        };
+        if expunge && !v.read_only {
+            if v.archive.is_some() {
+                let doomed: Vec<u32> = v
+                    .entries
+                    .iter()
+                    .filter(|e| !e.gone && e.has("\\Deleted"))
+                    .map(|e| e.uid)
+                    .collect();
+                // CLOSE never fails; under legal hold nothing is deleted.
+                let _ = self.archive_delete(&a.user, doomed).await;
+            } else if let Ok(Some((_, msgs))) = self.app.store.snapshot(&a.user, v.id).await {
+                let uids: Vec<u32> = msgs
+                    .iter()
+                    .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                    .map(|m| m.uid)
+                    .collect();
+                if !uids.is_empty()
+                    && let Err(e) = self
+                        .app
+                        .store
+                        .submit(
+                            &a.user,
+                            Op::Expunge {
+                                mailbox_id: v.id,
+                                uids,
+                            },
+                        )
+                        .await
+                {
+                    self.store_error(tag, e);
+                    return Next::Unselect;
+                }
+            }
+        }
+        self.ok(tag, None, verb);
+        Next::Unselect
+    }
+}
