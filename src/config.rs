@@ -256,6 +256,7 @@ pub struct StoreConfig {
     pub wal_segment_bytes: u64,
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,
+    pub live_cache_messages: usize,
     /// Keep log segments until a backup holds them (set when `backup.targets`
     /// is not empty).
     #[serde(skip)]

@@ -147,21 +147,35 @@ fn search_samples(p: &crate::imap::search::Program) {
             flags: vec!["\\Seen".into(), "$Label1".into()],
             summary: crate::store::Summary::parse(raw),
         };
-        let c = crate::imap::search::Candidate {
+        let flags = crate::store::live::FlagSet::new(&meta.flags);
+        let mut c = crate::imap::search::Candidate {
             seq: i as u32 + 1,
             uid: i as u32 + 1,
-            flags: &meta.flags,
-            meta: &meta,
+            flags: &flags,
+            recent: i % 2 == 0,
+            modseq: meta.modseq,
+            size: meta.size,
+            internal_date: meta.internal_date,
+            meta: Some(&meta),
             largest_seq: 8,
             largest_uid: 8,
         };
         let parsed = crate::imap::mime::parse(raw);
         let with = p.matches(&c, Some(&parsed));
-        if !p.needs_body() {
+        use crate::imap::search::Needs;
+        if p.needs() < Needs::Body {
             assert_eq!(
                 with,
                 p.matches(&c, None),
                 "a key that needs no body used it"
+            );
+        }
+        if p.needs() < Needs::Meta {
+            c.meta = None;
+            assert_eq!(
+                with,
+                p.matches(&c, None),
+                "a key that needs no metadata used it"
             );
         }
     }
@@ -299,6 +313,7 @@ fn mime_on_this_thread(raw: &[u8]) {
             summary: Default::default(),
         },
         body: Some(raw.to_vec()),
+        show_flags: raw.len().is_multiple_of(2),
     };
     if let Some(d) = fetch::response(&want, &loaded) {
         let mut out = Vec::new();

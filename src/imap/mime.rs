@@ -523,6 +523,9 @@ pub struct Loaded {
     pub modseq: u64,
     pub meta: crate::store::MessageMeta,
     pub body: Option<Vec<u8>>,
+    /// This FETCH set \Seen: FLAGS is reported even if not asked for
+    /// (RFC 3501 6.4.5).
+    pub show_flags: bool,
 }
 
 fn date_time(ts: i64) -> Option<imap_types::datetime::DateTime> {
@@ -585,6 +588,14 @@ pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'s
         if let Some(v) = v {
             out.push(v);
         }
+    }
+    if m.show_flags
+        && !want
+            .items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::Flags))
+    {
+        out.push(MessageDataItem::Flags(super::names::fetch_flags(&m.flags)));
     }
     if want.modseq
         && !want

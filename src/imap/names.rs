@@ -286,11 +286,16 @@ pub fn flag_from_string(s: &str) -> Option<Flag<'static>> {
     Flag::try_from(s).ok().map(IntoStatic::into_static)
 }
 
+/// Flags for a FETCH response (`\Recent` is a flag only there).
 pub fn fetch_flags(flags: &[String]) -> Vec<FlagFetch<'static>> {
     flags
         .iter()
-        .filter_map(|f| flag_from_string(f))
-        .map(FlagFetch::Flag)
+        .filter_map(|f| {
+            if f.eq_ignore_ascii_case("\\Recent") {
+                return Some(FlagFetch::Recent);
+            }
+            flag_from_string(f).map(FlagFetch::Flag)
+        })
         .collect()
 }
 

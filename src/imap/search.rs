@@ -16,9 +16,9 @@ use chrono::{NaiveDate, TimeZone};
 use imap_types::search::SearchKey;
 
 use super::mime::Parsed;
-use super::names::has_flag;
 use super::view::contains;
 use crate::store::MessageMeta;
+use crate::store::live::FlagSet;
 
 /// Deepest key nesting evaluated (imap-codec parses at most 9 levels).
 pub const MAX_DEPTH: usize = 32;
@@ -155,16 +155,24 @@ impl Program {
     }
 
     /// What the program needs loaded.
-    pub fn needs_body(&self) -> bool {
+    pub fn needs(&self) -> Needs {
         match self {
-            Program::And(p) => p.iter().any(Program::needs_body),
-            Program::Or(a, b) => a.needs_body() || b.needs_body(),
-            Program::Not(p) => p.needs_body(),
+            Program::And(p) => p.iter().map(Program::needs).max().unwrap_or(Needs::View),
+            Program::Or(a, b) => a.needs().max(b.needs()),
+            Program::Not(p) => p.needs(),
+            Program::Header(..) | Program::Body(_) | Program::Text(_) => Needs::Body,
             // SUBJECT and the sent date are answered from the summary stored
-            // at delivery; the rest reads the message.
-            Program::Header(..) | Program::Body(_) | Program::Text(_) => true,
-            Program::All | Program::Simple(_) | Program::Subject(_) => false,
+            // at delivery.
+            Program::Subject(_)
+            | Program::Simple(SearchKey::SentBefore(_))
+            | Program::Simple(SearchKey::SentOn(_))
+            | Program::Simple(SearchKey::SentSince(_)) => Needs::Meta,
+            Program::All | Program::Simple(_) => Needs::View,
         }
+    }
+
+    pub fn needs_body(&self) -> bool {
+        self.needs() == Needs::Body
     }
 
     /// Whether a key mentions MODSEQ (a CONDSTORE SEARCH reports it).
@@ -188,7 +196,7 @@ impl Program {
             Program::Header(name, n) => parsed.is_some_and(|m| header_matches(m, Some(name), n)),
             Program::Subject(n) => match parsed {
                 Some(m) => header_matches(m, Some("subject"), n),
-                None => n.in_text(&c.meta.summary.subject),
+                None => c.meta.is_some_and(|m| n.in_text(&m.summary.subject)),
             },
             Program::Body(n) => parsed.is_some_and(|m| body_matches(m, n)),
             Program::Text(n) => parsed.is_some_and(|m| {
@@ -198,11 +206,29 @@ impl Program {
     }
 }
 
+/// What a program needs to decide on a message, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Needs {
+    /// Flags, numbers, size and dates: what the session and the live
+    /// state hold, no read at all.
+    View,
+    /// The stored metadata (the Date: header, the subject).
+    Meta,
+    /// The message itself.
+    Body,
+}
+
 pub struct Candidate<'a> {
     pub seq: u32,
     pub uid: u32,
-    pub flags: &'a [String],
-    pub meta: &'a MessageMeta,
+    pub flags: &'a FlagSet,
+    /// \Recent in this session.
+    pub recent: bool,
+    pub modseq: u64,
+    pub size: u32,
+    pub internal_date: i64,
+    /// Loaded when the program needs [`Needs::Meta`] or more.
+    pub meta: Option<&'a MessageMeta>,
     pub largest_seq: u32,
     pub largest_uid: u32,
 }
@@ -266,37 +292,47 @@ fn body_matches(m: &Parsed<'_>, needle: &Needle) -> bool {
 /// Keys answered without the message's bytes.
 fn simple(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     use SearchKey::*;
-    let sent = || -> Option<NaiveDate> { c.meta.summary.date.map(day_of) };
-    let internal = day_of(c.meta.internal_date);
+    let internal = day_of(c.internal_date);
+    // The date as the sender wrote it (RFC 3501 6.4.4: without time and
+    // zone); no parsable Date: means the internal date.
+    let sent = || -> NaiveDate {
+        c.meta
+            .and_then(|m| {
+                let s = &m.summary;
+                s.date
+                    .map(|d| day_of(d.saturating_add(i64::from(s.date_offset))))
+            })
+            .unwrap_or(internal)
+    };
+    let f = c.flags;
     match key {
         All => true,
         SequenceSet(set) => contains(set, c.seq, c.largest_seq),
         Uid(set) => contains(set, c.uid, c.largest_uid),
-        Answered => has_flag(c.flags, "\\Answered"),
-        Unanswered => !has_flag(c.flags, "\\Answered"),
-        Deleted => has_flag(c.flags, "\\Deleted"),
-        Undeleted => !has_flag(c.flags, "\\Deleted"),
-        Draft => has_flag(c.flags, "\\Draft"),
-        Undraft => !has_flag(c.flags, "\\Draft"),
-        Flagged => has_flag(c.flags, "\\Flagged"),
-        Unflagged => !has_flag(c.flags, "\\Flagged"),
-        Seen => has_flag(c.flags, "\\Seen"),
-        Unseen => !has_flag(c.flags, "\\Seen"),
-        // tiermail does not track \Recent (RFC 9051 removed it).
-        Recent => false,
-        New => false,
-        Old => true,
-        Keyword(k) => has_flag(c.flags, k.as_ref()),
-        Unkeyword(k) => !has_flag(c.flags, k.as_ref()),
-        Larger(n) => c.meta.size > *n,
-        Smaller(n) => c.meta.size < *n,
+        Answered => f.has("\\Answered"),
+        Unanswered => !f.has("\\Answered"),
+        Deleted => f.deleted(),
+        Undeleted => !f.deleted(),
+        Draft => f.has("\\Draft"),
+        Undraft => !f.has("\\Draft"),
+        Flagged => f.has("\\Flagged"),
+        Unflagged => !f.has("\\Flagged"),
+        Seen => f.seen(),
+        Unseen => !f.seen(),
+        Recent => c.recent,
+        New => c.recent && !f.seen(),
+        Old => !c.recent,
+        Keyword(k) => f.has(k.as_ref()),
+        Unkeyword(k) => !f.has(k.as_ref()),
+        Larger(n) => c.size > *n,
+        Smaller(n) => c.size < *n,
         Before(d) => internal < *d.as_ref(),
         On(d) => internal == *d.as_ref(),
         Since(d) => internal >= *d.as_ref(),
-        SentBefore(d) => sent().is_some_and(|x| x < *d.as_ref()),
-        SentOn(d) => sent().is_some_and(|x| x == *d.as_ref()),
-        SentSince(d) => sent().is_some_and(|x| x >= *d.as_ref()),
-        ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
+        SentBefore(d) => sent() < *d.as_ref(),
+        SentOn(d) => sent() == *d.as_ref(),
+        SentSince(d) => sent() >= *d.as_ref(),
+        ModSequence { modseq, .. } => c.modseq >= *modseq,
         // Compiled into their own program nodes.
         And(_) | Or(..) | Not(_) | Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_)
         | Text(_) | To(_) => false,
@@ -321,11 +357,16 @@ mod tests {
     fn matches_message(p: &Program, raw: &[u8]) -> bool {
         let m = crate::imap::mime::parse(raw);
         let meta = meta();
+        let flags = FlagSet::default();
         let c = Candidate {
             seq: 1,
             uid: 1,
-            flags: &[],
-            meta: &meta,
+            flags: &flags,
+            recent: false,
+            modseq: 1,
+            size: raw.len() as u32,
+            internal_date: 0,
+            meta: Some(&meta),
             largest_seq: 1,
             largest_uid: 1,
         };

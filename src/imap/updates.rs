@@ -6,7 +6,10 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use imap_types::core::Vec1;
 use imap_types::fetch::MessageDataItem;
-use imap_types::response::Data;
+use imap_types::flag::{Flag, FlagPerm};
+use imap_types::response::{Code, Data};
+
+use crate::store::live::SYSTEM;
 
 use super::archive_folder::ArchiveProblem;
 use super::core::{Authed, Ctx, Next};
@@ -16,8 +19,20 @@ impl Ctx {
     /// Reconciles the selected mailbox with the store and queues EXISTS,
     /// EXPUNGE and FETCH FLAGS for what changed.
     pub async fn report_changes(&mut self, a: &mut Authed, v: &mut View, expunge_ok: bool) -> Next {
-        // Every write to the user's mail bumps the counter: when it has not
-        // moved since the last look, there is nothing to reconcile.
+        if v.live.is_some() {
+            // O(changes): the live state's log since the view's cursor.
+            a.changes.borrow_and_update();
+            a.force_refresh = false;
+            let Some(up) = v.catch_up(expunge_ok) else {
+                // Deleted by another session.
+                self.bye("The selected mailbox was deleted");
+                return Next::Unselect;
+            };
+            self.send_updates(v, up);
+            return Next::Stay;
+        }
+        // Archive folders: every write to the user's mail bumps the
+        // counter; when it has not moved, there is nothing to reconcile.
         let changed = a.changes.has_changed().unwrap_or(false);
         a.changes.borrow_and_update();
         let changed = changed || std::mem::take(&mut a.force_refresh);
@@ -25,22 +40,15 @@ impl Ctx {
         if !changed && !held_back {
             return Next::Stay;
         }
-        let snap = if let Some(folder) = v.archive.clone() {
-            match self.archive_snapshot(&a.user, folder.as_deref()).await {
-                Ok(s) => Some(s),
-                Err(ArchiveProblem::NoSuchFolder) => None,
-                Err(ArchiveProblem::Unavailable(why)) => {
-                    tracing::warn!(error = %why, "cannot refresh the archive folder");
-                    return Next::Stay;
-                }
-            }
-        } else {
-            match self.app.store.snapshot(&a.user, v.id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot refresh the selected mailbox");
-                    return Next::Stay;
-                }
+        let Some(folder) = v.archive.clone() else {
+            return Next::Stay;
+        };
+        let snap = match self.archive_snapshot(&a.user, folder.as_deref()).await {
+            Ok(s) => Some(s),
+            Err(ArchiveProblem::NoSuchFolder) => None,
+            Err(ArchiveProblem::Unavailable(why)) => {
+                tracing::warn!(error = %why, "cannot refresh the archive folder");
+                return Next::Stay;
             }
         };
         let Some((info, msgs)) = snap else {
@@ -48,8 +56,13 @@ impl Ctx {
             self.bye("The selected mailbox was deleted");
             return Next::Unselect;
         };
-        let condstore = self.condstore;
         let up = v.refresh(&info, &msgs, expunge_ok);
+        self.send_updates(v, up);
+        Next::Stay
+    }
+
+    fn send_updates(&mut self, v: &mut View, up: super::view::Updates) {
+        let condstore = self.condstore;
         for seq in up.expunged {
             if let Ok(d) = Data::expunge(seq) {
                 self.data(d);
@@ -57,11 +70,52 @@ impl Ctx {
         }
         if let Some(n) = up.exists {
             self.data(Data::Exists(n));
+            let recent = v.recent();
+            if recent > 0 || v.live.is_some() {
+                self.data(Data::Recent(recent));
+            }
         }
         for (seq, uid, flags, modseq) in up.flags {
+            self.announce(v, &flags);
             self.fetch_flags_response(seq, uid, &flags, modseq, true, condstore);
         }
-        Next::Stay
+    }
+
+    /// The `* FLAGS` and `* OK [PERMANENTFLAGS]` of the view: the system
+    /// flags and every keyword announced so far.
+    pub fn flags_responses(&mut self, v: &View) {
+        let mut flags: Vec<Flag<'static>> = SYSTEM
+            .iter()
+            .filter_map(|f| super::names::flag_from_string(f))
+            .collect();
+        flags.extend(
+            v.announced
+                .values()
+                .filter_map(|k| super::names::flag_from_string(k)),
+        );
+        self.data(Data::Flags(flags.clone()));
+        let mut perm: Vec<FlagPerm> = flags.into_iter().map(FlagPerm::Flag).collect();
+        perm.push(FlagPerm::Asterisk);
+        if v.read_only {
+            perm.clear();
+        }
+        self.untagged(Code::PermanentFlags(perm), "Flags permitted");
+    }
+
+    /// Before a response uses `flags`: a keyword the client was not told
+    /// of yet is announced first with `* FLAGS` (RFC 3501 7.2.6).
+    pub fn announce(&mut self, v: &mut View, flags: &[String]) {
+        let mut new = false;
+        for f in flags.iter().filter(|f| !f.starts_with('\\')) {
+            let key = f.to_ascii_lowercase();
+            if let std::collections::btree_map::Entry::Vacant(e) = v.announced.entry(key) {
+                e.insert(f.clone());
+                new = true;
+            }
+        }
+        if new {
+            self.flags_responses(v);
+        }
     }
 
     pub fn fetch_flags_response(

@@ -2,104 +2,84 @@
 //!
 //! IMAP sequence numbers belong to a session: they change only when that
 //! session is told of an EXPUNGE. So each session keeps its own list of
-//! messages and reconciles it with a store snapshot when told the user's
-//! mail changed. Expunges found while EXPUNGE responses are not allowed
-//! (during FETCH, STORE, SEARCH) stay as ghosts until the next point where
-//! they are.
+//! messages. For a mailbox of the current store the list is copied from the
+//! mailbox's live state at SELECT and then kept up by replaying the live
+//! state's change log from the session's cursor (its highest modseq seen):
+//! O(changes), no database read. Archive folders are refreshed from a
+//! snapshot of the user's archive instead. Expunges found while EXPUNGE
+//! responses are not allowed (during FETCH, STORE, SEARCH) stay as ghosts
+//! until the next point where they are.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
+use crate::store::live::{ChangeKind, FlagSet, LiveMailbox, LiveMessage};
 use crate::store::{MailboxInfo, MessageState};
 
-/// A message as the session knows it: 24 bytes plus any keywords, since a
+/// A message as the session knows it (32 bytes plus any keywords: a
 /// session keeps one per message of the selected mailbox for as long as it
-/// stays selected (an idle client may sit on a large INBOX for days).
+/// stays selected, and an idle client may sit on a large INBOX for days).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub uid: u32,
     /// Expunged in the store, not yet announced to the client.
     pub gone: bool,
-    /// The five system flags as bits (see `SYSTEM`).
-    system: u8,
+    /// This session is the first to see the message (\Recent).
+    pub recent: bool,
     pub modseq: u64,
-    // A thin pointer (8 bytes) in every entry; keywords are rare.
-    #[allow(clippy::box_collection)]
-    keywords: Option<Box<Vec<Box<str>>>>,
-}
-
-/// System flags in the order FETCH FLAGS lists them.
-const SYSTEM: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
-
-#[allow(clippy::box_collection)]
-fn pack(flags: &[String]) -> (u8, Option<Box<Vec<Box<str>>>>) {
-    let mut bits = 0u8;
-    let mut keywords: Vec<Box<str>> = Vec::new();
-    for f in flags {
-        match SYSTEM.iter().position(|s| s.eq_ignore_ascii_case(f)) {
-            Some(i) => bits |= 1 << i,
-            None => {
-                if !keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
-                    keywords.push(f.as_str().into());
-                }
-            }
-        }
-    }
-    let keywords = (!keywords.is_empty()).then(|| Box::new(keywords));
-    (bits, keywords)
+    flags: FlagSet,
 }
 
 impl Entry {
     pub fn new(uid: u32, flags: &[String], modseq: u64) -> Entry {
-        let (system, keywords) = pack(flags);
         Entry {
             uid,
             gone: false,
-            system,
+            recent: false,
             modseq,
-            keywords,
+            flags: FlagSet::new(flags),
+        }
+    }
+
+    fn from_live(m: &LiveMessage, recent: bool) -> Entry {
+        Entry {
+            uid: m.uid,
+            gone: false,
+            recent,
+            modseq: m.modseq,
+            flags: m.flags.clone(),
         }
     }
 
     pub fn flags(&self) -> Vec<String> {
-        let mut out: Vec<String> = SYSTEM
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.system & (1 << i) != 0)
-            .map(|(_, s)| s.to_string())
-            .collect();
-        if let Some(k) = &self.keywords {
-            out.extend(k.iter().map(|s| s.to_string()));
+        self.flags.to_vec()
+    }
+
+    /// The flags as FETCH shows them: with `\Recent` when it is.
+    pub fn response_flags(&self) -> Vec<String> {
+        let mut f = self.flags.to_vec();
+        if self.recent {
+            f.push("\\Recent".to_string());
         }
-        out
+        f
+    }
+
+    pub fn flag_set(&self) -> &FlagSet {
+        &self.flags
     }
 
     pub fn has(&self, flag: &str) -> bool {
-        match SYSTEM.iter().position(|s| s.eq_ignore_ascii_case(flag)) {
-            Some(i) => self.system & (1 << i) != 0,
-            None => self
-                .keywords
-                .as_ref()
-                .is_some_and(|k| k.iter().any(|x| x.eq_ignore_ascii_case(flag))),
-        }
+        self.flags.has(flag)
     }
 
     /// Replaces the flags; true when they differ from before (as a set).
     pub fn set_flags(&mut self, flags: &[String]) -> bool {
-        let (system, keywords) = pack(flags);
-        let same_keywords = match (&self.keywords, &keywords) {
-            (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.len() == b.len()
-                    && a.iter()
-                        .all(|x| b.iter().any(|y| x.eq_ignore_ascii_case(y)))
-            }
-            _ => false,
-        };
-        let changed = system != self.system || !same_keywords;
-        self.system = system;
-        self.keywords = keywords;
+        let new = FlagSet::new(flags);
+        let changed = !new.same(&self.flags);
+        self.flags = new;
         changed
     }
 }
@@ -114,7 +94,6 @@ pub struct Updates {
     pub flags: Vec<(u32, u32, Vec<String>, u64)>,
 }
 
-#[derive(Debug)]
 pub struct View {
     pub id: u64,
     /// `Some(folder)` when this is an archive folder (`Some(None)` for
@@ -126,9 +105,17 @@ pub struct View {
     pub uidnext: u32,
     pub highestmodseq: u64,
     pub entries: Vec<Entry>,
+    /// The mailbox's live state (current-store mailboxes).
+    pub live: Option<Arc<LiveMailbox>>,
+    /// Every live change up to this modseq is in `entries`.
+    pub cursor: u64,
+    /// Keywords the client was told of (`* FLAGS`): lower-cased name to
+    /// the spelling announced.
+    pub announced: BTreeMap<String, String>,
 }
 
 impl View {
+    /// An archive folder's view, from a snapshot.
     pub fn new(name: String, read_only: bool, info: &MailboxInfo, msgs: Vec<MessageState>) -> View {
         View {
             id: info.id,
@@ -142,20 +129,100 @@ impl View {
                 .into_iter()
                 .map(|m| Entry::new(m.uid, &m.flags, m.modseq))
                 .collect(),
+            live: None,
+            cursor: info.highestmodseq,
+            announced: BTreeMap::new(),
         }
+    }
+
+    /// A current-store mailbox's view, copied from its live state. Messages
+    /// no session has seen yet are \Recent here, and unless `read_only`
+    /// this session takes them: no other session sees them as \Recent.
+    pub fn from_live(name: String, read_only: bool, id: u64, live: Arc<LiveMailbox>) -> View {
+        let mut st = live.write();
+        let entries = st
+            .messages
+            .iter()
+            .map(|m| Entry::from_live(m, m.uid >= st.recent_from))
+            .collect();
+        let view = View {
+            id,
+            archive: None,
+            name,
+            read_only,
+            uidvalidity: st.uidvalidity,
+            uidnext: st.uidnext,
+            highestmodseq: st.highestmodseq,
+            entries,
+            live: None,
+            cursor: st.highestmodseq,
+            announced: st
+                .keywords()
+                .into_iter()
+                .map(|k| (k.to_ascii_lowercase(), k))
+                .collect(),
+        };
+        if !read_only {
+            st.recent_from = st.uidnext;
+        }
+        drop(st);
+        View {
+            live: Some(live),
+            ..view
+        }
+    }
+
+    /// UIDs marked \Deleted now: in the live state for a current-store
+    /// mailbox (another session may have just changed them), in the view
+    /// for an archive folder.
+    pub fn deleted_now(&self) -> Vec<u32> {
+        match &self.live {
+            Some(live) => live
+                .read()
+                .messages
+                .iter()
+                .filter(|m| m.flags.deleted())
+                .map(|m| m.uid)
+                .collect(),
+            None => self
+                .entries
+                .iter()
+                .filter(|e| !e.gone && e.flags.deleted())
+                .map(|e| e.uid)
+                .collect(),
+        }
+    }
+
+    /// Messages this session sees as \Recent.
+    pub fn recent(&self) -> u32 {
+        self.entries.iter().filter(|e| e.recent && !e.gone).count() as u32
     }
 
     pub fn len(&self) -> u32 {
         self.entries.len() as u32
     }
 
+    /// Every keyword in use in the mailbox, lower-cased, with the first
+    /// spelling seen.
+    pub fn keyword_spellings(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        for e in &self.entries {
+            for k in e.flags.keywords() {
+                map.entry(k.to_ascii_lowercase())
+                    .or_insert_with(|| k.to_string());
+            }
+        }
+        map
+    }
+
     /// Every keyword in use in the mailbox, lower-cased.
     pub fn keywords(&self) -> std::collections::HashSet<String> {
+        if let Some(live) = &self.live {
+            return live.read().keywords_lower();
+        }
         let mut set = std::collections::HashSet::new();
         for e in &self.entries {
-            if let Some(k) = &e.keywords {
-                set.extend(k.iter().map(|x| x.to_ascii_lowercase()));
-            }
+            set.extend(e.flags.keywords().map(|x| x.to_ascii_lowercase()));
         }
         set
     }
@@ -179,7 +246,7 @@ impl View {
     /// (sequence number, flags, modseq) of a message still in the view.
     pub fn state(&self, uid: u32) -> Option<(u32, Vec<String>, u64)> {
         let e = self.entry_ref(uid)?;
-        Some((self.seq_of(uid)?, e.flags(), e.modseq))
+        Some((self.seq_of(uid)?, e.response_flags(), e.modseq))
     }
 
     pub fn entry_mut(&mut self, uid: u32) -> Option<&mut Entry> {
@@ -246,6 +313,110 @@ impl View {
         self.uidnext = self.uidnext.max(info.uidnext);
         self.highestmodseq = self.highestmodseq.max(info.highestmodseq);
         up
+    }
+
+    /// Catches up with the live state: its logged changes since the cursor,
+    /// or (fallen behind the log) the whole message list. `None` when the
+    /// mailbox was deleted. New messages at or above the live state's
+    /// \Recent mark are \Recent here, and taken (unless read-only).
+    pub fn catch_up(&mut self, expunge_ok: bool) -> Option<Updates> {
+        let live = self.live.clone()?;
+        let mut st = live.write();
+        if st.gone {
+            return None;
+        }
+        let mut up = Updates::default();
+        let mut changed: Vec<u32> = Vec::new();
+        let mut added = 0usize;
+        let recent_from = st.recent_from;
+        match st.changes_since(self.cursor) {
+            Some(changes) => {
+                for c in changes {
+                    match &c.kind {
+                        ChangeKind::Added(m) => {
+                            if self.entries.last().is_none_or(|e| e.uid < c.uid) {
+                                self.entries.push(Entry::from_live(m, m.uid >= recent_from));
+                                added += 1;
+                            }
+                        }
+                        ChangeKind::Flags(f) => {
+                            if let Some(e) = self.entry_mut(c.uid)
+                                && !e.gone
+                            {
+                                if !e.flags.same(f) {
+                                    e.flags = f.clone();
+                                    changed.push(c.uid);
+                                }
+                                e.modseq = c.modseq;
+                            }
+                        }
+                        ChangeKind::Expunged => {
+                            if let Some(e) = self.entry_mut(c.uid) {
+                                e.gone = true;
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                // Fallen behind the log: compare with the whole list.
+                let mut j = 0;
+                for e in self.entries.iter_mut() {
+                    while j < st.messages.len() && st.messages[j].uid < e.uid {
+                        j += 1;
+                    }
+                    match st.messages.get(j) {
+                        Some(m) if m.uid == e.uid => {
+                            if !e.gone && m.modseq != e.modseq {
+                                if !e.flags.same(&m.flags) {
+                                    e.flags = m.flags.clone();
+                                    changed.push(e.uid);
+                                }
+                                e.modseq = m.modseq;
+                            }
+                        }
+                        _ => e.gone = true,
+                    }
+                }
+                let last = self.entries.last().map(|e| e.uid).unwrap_or(0);
+                for m in st.messages.iter().filter(|m| m.uid > last) {
+                    self.entries.push(Entry::from_live(m, m.uid >= recent_from));
+                    added += 1;
+                }
+            }
+        }
+        self.cursor = st.highestmodseq;
+        self.highestmodseq = self.highestmodseq.max(st.highestmodseq);
+        self.uidnext = self.uidnext.max(st.uidnext);
+        if !self.read_only {
+            st.recent_from = st.recent_from.max(st.uidnext);
+        }
+        drop(st);
+        if expunge_ok {
+            let mut i = 0;
+            while i < self.entries.len() {
+                if self.entries[i].gone {
+                    up.expunged.push(i as u32 + 1);
+                    self.entries.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        for uid in changed {
+            if let Some(seq) = self.seq_of(uid) {
+                let e = &self.entries[seq as usize - 1];
+                if !e.gone {
+                    up.flags.push((seq, uid, e.response_flags(), e.modseq));
+                }
+            }
+        }
+        if added > 0 {
+            up.exists = Some(self.len());
+        }
+        Some(up)
     }
 
     /// UIDs of the messages a sequence set (of numbers or of UIDs) names, in
@@ -349,7 +520,7 @@ mod tests {
 
     #[test]
     fn compact_entries() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
         let flags: Vec<String> = ["$Work", "\\seen", "\\Deleted"].map(String::from).to_vec();
         let mut e = Entry::new(1, &flags, 1);
         assert_eq!(e.flags(), ["\\Deleted", "\\Seen", "$Work"]);

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::StoreError;
 use super::codec::Enc;
+use super::live;
 use super::ops::{self, Op, Outcome};
 use super::record::{self, Record};
 use super::recovery::{self, RecoveryReport};
@@ -78,8 +79,14 @@ pub fn group_dir(data_dir: &Path, id: u32) -> PathBuf {
 }
 
 impl Group {
-    /// Opens (creating if needed) and recovers group `id`, then starts its writer.
-    pub fn open(data_dir: &Path, id: u32, cfg: &StoreConfig) -> Result<Group, StoreError> {
+    /// Opens (creating if needed) and recovers group `id`, then starts its
+    /// writer, which reports what it commits to `live`.
+    pub fn open(
+        data_dir: &Path,
+        id: u32,
+        cfg: &StoreConfig,
+        live: Arc<live::Registry>,
+    ) -> Result<Group, StoreError> {
         let dir = group_dir(data_dir, id);
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
@@ -133,6 +140,7 @@ impl Group {
             poisoned: AtomicBool::new(false),
             backup_floor,
             checkpointed: applied,
+            live,
         };
         let thread = std::thread::Builder::new()
             .name(format!("tiermail-g{id:03}"))
@@ -213,6 +221,8 @@ struct Writer {
     backup_floor: u64,
     /// LSN of the last checkpoint.
     checkpointed: u64,
+    /// Mailboxes sessions have in memory: told of every committed change.
+    live: Arc<live::Registry>,
 }
 
 impl Writer {
@@ -314,7 +324,9 @@ impl Writer {
             return;
         }
         match self.commit_batch(&jobs) {
-            Ok(results) => {
+            Ok((results, events)) => {
+                // Durable now: sessions see it before the callers hear back.
+                self.live.publish(self.id, events);
                 for (j, r) in jobs.into_iter().zip(results) {
                     let _ = j.reply.send(r);
                 }
@@ -331,10 +343,11 @@ impl Writer {
 
     /// Plans, applies, logs (one fsync) and commits a batch. An `Err` means
     /// nothing of the batch was acknowledged.
+    #[allow(clippy::type_complexity)]
     fn commit_batch(
         &mut self,
         jobs: &[Job],
-    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    ) -> Result<(Vec<Result<Outcome, StoreError>>, Vec<(u64, live::Event)>), StoreError> {
         let now = chrono::Utc::now().timestamp();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
@@ -350,11 +363,13 @@ impl Writer {
         wal::encode_record(&mut framed, record::T_CLOCK, first_lsn, &e.buf);
         let mut lsn = first_lsn + 1;
         let mut results = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
         for job in jobs {
             match ops::plan(&txn, &job.op, now) {
                 Ok((records, outcome)) => {
                     for rec in &records {
                         schema::apply(&txn, rec)?;
+                        live_events(&txn, rec, &mut events)?;
                         let mut e = Enc::new();
                         rec.encode_payload(&mut e);
                         wal::encode_record(&mut framed, rec.kind(), lsn, &e.buf);
@@ -368,7 +383,7 @@ impl Writer {
         }
         if lsn == first_lsn + 1 {
             txn.abort()?;
-            return Ok(results);
+            return Ok((results, Vec::new()));
         }
         schema::set_meta(&txn, K_APPLIED_LSN, lsn - 1)?;
         self.wal.append(&framed, first_lsn)?;
@@ -390,7 +405,7 @@ impl Writer {
         s.applied_lsn.store(lsn - 1, Ordering::Relaxed);
         s.wal_bytes
             .fetch_add(framed.len() as u64, Ordering::Relaxed);
-        Ok(results)
+        Ok((results, events))
     }
 
     fn checkpoint_logged(&mut self) {
@@ -429,6 +444,104 @@ impl Writer {
             .store(self.wal.segment_count() as u64, Ordering::Relaxed);
         Ok(self.checkpointed)
     }
+}
+
+/// What `rec` (just applied in `txn`) means for the live mailboxes.
+///
+/// Computed for every record, not only for mailboxes loaded now: a
+/// mailbox may be registered between this and the commit, and its
+/// snapshot, read before the commit, would then miss the change. The
+/// registry drops what no loaded mailbox needs when it is published,
+/// which is after the commit, so a mailbox registered later reads the
+/// change in its snapshot.
+fn live_events(
+    txn: &redb::WriteTransaction,
+    rec: &Record,
+    out: &mut Vec<(u64, live::Event)>,
+) -> Result<(), StoreError> {
+    use live::{Change, ChangeKind, Event, FlagSet, LiveMessage};
+    use redb::ReadableTable;
+    match rec {
+        Record::MessageAppended {
+            mailbox_id,
+            uid,
+            meta,
+            ..
+        } => out.push((
+            *mailbox_id,
+            Event::Change(Change {
+                modseq: meta.modseq,
+                uid: *uid,
+                kind: ChangeKind::Added(LiveMessage {
+                    uid: *uid,
+                    size: meta.size,
+                    modseq: meta.modseq,
+                    internal_date: meta.internal_date,
+                    flags: FlagSet::new(&meta.flags),
+                }),
+            }),
+        )),
+        Record::FlagsSet {
+            mailbox_id,
+            modseq,
+            changes,
+        } => {
+            for (uid, flags) in changes {
+                out.push((
+                    *mailbox_id,
+                    Event::Change(Change {
+                        modseq: *modseq,
+                        uid: *uid,
+                        kind: ChangeKind::Flags(FlagSet::new(flags)),
+                    }),
+                ));
+            }
+        }
+        Record::Expunged {
+            mailbox_id,
+            modseq,
+            uids,
+        } => {
+            for uid in uids {
+                out.push((
+                    *mailbox_id,
+                    Event::Change(Change {
+                        modseq: *modseq,
+                        uid: *uid,
+                        kind: ChangeKind::Expunged,
+                    }),
+                ));
+            }
+        }
+        Record::MessagesCopied {
+            to, modseq, pairs, ..
+        } => {
+            let messages = txn.open_table(schema::MESSAGES)?;
+            for (_, dst) in pairs {
+                let Some(m) = messages.get((*to, *dst))? else {
+                    continue;
+                };
+                let meta = super::message::MessageMeta::from_bytes(m.value())?;
+                out.push((
+                    *to,
+                    Event::Change(Change {
+                        modseq: *modseq,
+                        uid: *dst,
+                        kind: ChangeKind::Added(LiveMessage {
+                            uid: *dst,
+                            size: meta.size,
+                            modseq: *modseq,
+                            internal_date: meta.internal_date,
+                            flags: FlagSet::new(&meta.flags),
+                        }),
+                    }),
+                ));
+            }
+        }
+        Record::MailboxDeleted { id, .. } => out.push((*id, Event::Deleted)),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn job_bytes(j: &Job) -> usize {

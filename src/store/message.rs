@@ -4,13 +4,19 @@
 
 use super::codec::{Dec, DecodeError, Enc};
 
-const META_VERSION: u8 = 1;
+const META_VERSION: u8 = 2;
+/// Still read: without the Date header's zone.
+const META_VERSION_1: u8 = 1;
 
 /// Header fields cached at delivery (empty string = header absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     /// The Date: header as unix seconds, if it parsed.
     pub date: Option<i64>,
+    /// The Date: header's zone, in seconds east of UTC (0 for messages
+    /// stored before it was kept): SENTON and friends compare the date as
+    /// the sender wrote it.
+    pub date_offset: i32,
     pub subject: String,
     pub from: String,
     pub to: String,
@@ -38,6 +44,10 @@ impl Summary {
         };
         Summary {
             date: msg.date().map(|d| d.to_timestamp()),
+            date_offset: msg.date().map_or(0, |d| {
+                let secs = i32::from(d.tz_hour) * 3600 + i32::from(d.tz_minute) * 60;
+                if d.tz_before_gmt { -secs } else { secs }
+            }),
             subject: msg.subject().unwrap_or_default().to_string(),
             from: addr(msg.from()),
             to: addr(msg.to()),
@@ -68,7 +78,8 @@ impl MessageMeta {
             .str(&self.summary.subject)
             .str(&self.summary.from)
             .str(&self.summary.to)
-            .str(&self.summary.message_id);
+            .str(&self.summary.message_id)
+            .i64(i64::from(self.summary.date_offset));
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -78,7 +89,8 @@ impl MessageMeta {
     }
 
     pub fn decode(d: &mut Dec<'_>) -> Result<MessageMeta, DecodeError> {
-        if d.u8()? != META_VERSION {
+        let version = d.u8()?;
+        if version != META_VERSION && version != META_VERSION_1 {
             return Err(DecodeError("unknown message metadata version"));
         }
         let internal_date = d.i64()?;
@@ -87,6 +99,12 @@ impl MessageMeta {
         let flags = d.strs()?;
         let has_date = d.u8()? != 0;
         let date = d.i64()?;
+        let (subject, from, to, message_id) = (d.str()?, d.str()?, d.str()?, d.str()?);
+        let date_offset = if version == META_VERSION {
+            i32::try_from(d.i64()?).map_err(|_| DecodeError("Date zone out of range"))?
+        } else {
+            0
+        };
         Ok(MessageMeta {
             internal_date,
             size,
@@ -94,10 +112,11 @@ impl MessageMeta {
             flags,
             summary: Summary {
                 date: has_date.then_some(date),
-                subject: d.str()?,
-                from: d.str()?,
-                to: d.str()?,
-                message_id: d.str()?,
+                date_offset,
+                subject,
+                from,
+                to,
+                message_id,
             },
         })
     }
@@ -106,7 +125,8 @@ impl MessageMeta {
     /// needs, without allocating the cached header summary.
     pub fn state_from_bytes(b: &[u8]) -> Result<(i64, u32, u64, Vec<String>), DecodeError> {
         let mut d = Dec::new(b);
-        if d.u8()? != META_VERSION {
+        let version = d.u8()?;
+        if version != META_VERSION && version != META_VERSION_1 {
             return Err(DecodeError("unknown message metadata version"));
         }
         Ok((d.i64()?, d.u32()?, d.u64()?, d.strs()?))
@@ -130,6 +150,8 @@ mod tests {
 Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n\
 Message-ID: <m1@x>\r\n\r\nbody\r\n";
         let s = Summary::parse(raw);
+        let west = Summary::parse(b"Date: Mon, 1 Jan 2024 23:30:00 -0530\r\n\r\nx");
+        assert_eq!(west.date_offset, -(5 * 3600 + 30 * 60));
         assert_eq!(s.subject, "Grüße");
         assert_eq!(s.from, "jorg@example.test");
         assert_eq!(s.to, "a@x.test, b@x.test");
@@ -143,6 +165,15 @@ Message-ID: <m1@x>\r\n\r\nbody\r\n";
             summary: s,
         };
         assert_eq!(MessageMeta::from_bytes(&m.to_bytes()).unwrap(), m);
+        // Version 1 (no zone) still reads.
+        let mut v1 = m.to_bytes();
+        v1[0] = 1;
+        v1.truncate(v1.len() - 8);
+        let old = MessageMeta::from_bytes(&v1).unwrap();
+        assert_eq!(
+            (old.summary.date_offset, &old.summary.subject),
+            (0, &m.summary.subject)
+        );
         assert_eq!(
             MessageMeta::state_from_bytes(&m.to_bytes()).unwrap(),
             (5, 10, 3, vec!["\\Seen".to_string()])

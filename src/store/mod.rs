@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod group;
+pub mod live;
 pub mod message;
 pub mod ops;
 pub mod record;
@@ -151,6 +152,8 @@ pub struct Store {
     /// Counts reads and writes that sessions ask for: background work
     /// (backups) watches it to get out of their way.
     activity: std::sync::atomic::AtomicU64,
+    /// The mailboxes in use, in memory (see `live`).
+    live: Arc<live::Registry>,
 }
 
 /// A hash that never changes between versions or platforms.
@@ -179,8 +182,9 @@ impl Store {
         ids.sort();
         let mut groups = Vec::new();
         let mut directory = HashMap::new();
+        let live = live::Registry::new(cfg.live_cache_messages);
         for id in ids {
-            let g = Group::open(data_dir, id, cfg)?;
+            let g = Group::open(data_dir, id, cfg, live.clone())?;
             let txn = g.db.begin_read()?;
             for row in txn.open_table(schema::USERS)?.iter()? {
                 let (user, _) = row?;
@@ -195,7 +199,26 @@ impl Store {
             directory: RwLock::new(directory),
             watchers: Default::default(),
             activity: Default::default(),
+            live,
         }))
+    }
+
+    /// The live state of one of `user`'s mailboxes (loaded on first use);
+    /// `None` if there is no such mailbox.
+    pub async fn live(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox_id: u64,
+    ) -> Result<Option<Arc<live::LiveMailbox>>, StoreError> {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        let group = self.group_of(user).clone();
+        let id = group.id;
+        self.live
+            .open(id, mailbox_id, move || {
+                let txn = group.db.begin_read()?;
+                snapshot_in(&txn, mailbox_id)
+            })
+            .await
     }
 
     pub fn data_dir(&self) -> &Path {

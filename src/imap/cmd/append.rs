@@ -103,19 +103,10 @@ impl Ctx {
             // APPEND answers TRYCREATE itself.
             return Ok(Default::default());
         };
-        let msgs = self
-            .app
-            .store
-            .snapshot(&user, info.id)
-            .await?
-            .map(|(_, m)| m)
-            .unwrap_or_default();
-        Ok(msgs
-            .iter()
-            .flat_map(|m| m.flags.iter())
-            .filter(|f| !f.starts_with('\\'))
-            .map(|f| f.to_ascii_lowercase())
-            .collect())
+        Ok(match self.app.store.live(&user, info.id).await? {
+            Some(live) => live.read().keywords_lower(),
+            None => Default::default(),
+        })
     }
 
     /// Whether `new` keywords fit beside those `in_use` in one mailbox

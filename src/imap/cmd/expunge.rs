@@ -5,7 +5,6 @@ use imap_types::sequence::SequenceSet;
 
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx, Next};
-use crate::imap::names::has_flag;
 use crate::imap::view::View;
 use crate::store::Op;
 
@@ -33,41 +32,25 @@ impl Ctx {
         if view.read_only {
             return self.no(tag, Some(code("READ-ONLY")), "Mailbox is read-only");
         }
+        let allowed: Option<Vec<u32>> = only.as_ref().map(|s| view.resolve(s, true));
+        let uids: Vec<u32> = view
+            .deleted_now()
+            .into_iter()
+            .filter(|u| allowed.as_ref().is_none_or(|a| a.binary_search(u).is_ok()))
+            .collect();
+        let verb = if only.is_some() {
+            "UID EXPUNGE completed"
+        } else {
+            "EXPUNGE completed"
+        };
         if view.archive.is_some() {
-            let allowed: Option<Vec<u32>> = only.as_ref().map(|s| view.resolve(s, true));
-            let doomed: Vec<u32> = view
-                .entries
-                .iter()
-                .filter(|e| !e.gone && e.has("\\Deleted"))
-                .filter(|e| allowed.as_ref().is_none_or(|a| a.contains(&e.uid)))
-                .map(|e| e.uid)
-                .collect();
-            if let Err(why) = self.archive_delete(&a.user, doomed).await {
+            if let Err(why) = self.archive_delete(&a.user, uids).await {
                 return self.delete_refused(&a.user, tag, why);
             }
-            return self.ok(
-                tag,
-                None,
-                if only.is_some() {
-                    "UID EXPUNGE completed"
-                } else {
-                    "EXPUNGE completed"
-                },
-            );
+            return self.ok(tag, None, verb);
         }
         let mailbox_id = view.id;
         let user = a.user.clone();
-        // Decide on the store's current flags, not a possibly stale view.
-        let Ok(Some((_, msgs))) = self.app.store.snapshot(&user, mailbox_id).await else {
-            return self.no(tag, Some(code("NONEXISTENT")), "Mailbox is gone");
-        };
-        let allowed: Option<Vec<u32>> = only.as_ref().map(|s| view.resolve(s, true));
-        let uids: Vec<u32> = msgs
-            .iter()
-            .filter(|m| has_flag(&m.flags, "\\Deleted"))
-            .filter(|m| allowed.as_ref().is_none_or(|a| a.contains(&m.uid)))
-            .map(|m| m.uid)
-            .collect();
         if !uids.is_empty()
             && let Err(e) = self
                 .app
@@ -77,14 +60,6 @@ impl Ctx {
         {
             return self.store_error(tag, e);
         }
-        self.ok(
-            tag,
-            None,
-            if only.is_some() {
-                "UID EXPUNGE completed"
-            } else {
-                "EXPUNGE completed"
-            },
-        );
+        self.ok(tag, None, verb);
     }
 }

@@ -39,6 +39,8 @@ pub struct FetchJob {
     view_only: bool,
     needs_body: bool,
     uid: bool,
+    /// Messages this FETCH marked \Seen (ascending).
+    newly_seen: Vec<u32>,
 }
 
 impl FetchJob {
@@ -70,7 +72,7 @@ impl Ctx {
         uid: bool,
         modifiers: Vec<FetchModifier>,
     ) -> Option<FetchJob> {
-        let mut items = match what {
+        let items = match what {
             MacroOrMessageDataItemNames::Macro(Macro::Fast) => vec![
                 MessageDataItemName::Flags,
                 MessageDataItemName::InternalDate,
@@ -105,6 +107,14 @@ impl Ctx {
         {
             self.condstore = true;
         }
+        // Each item once in every response, whatever the client listed.
+        let mut distinct: Vec<MessageDataItemName<'_>> = Vec::with_capacity(items.len());
+        for i in items {
+            if !distinct.contains(&i) {
+                distinct.push(i);
+            }
+        }
+        let mut items = distinct;
         if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -150,6 +160,7 @@ impl Ctx {
             })
             .collect();
         uids.dedup();
+        let mut newly_seen = Vec::new();
         // Reading a body marks it \Seen first, so the FETCH shows the new flags.
         if sets_seen && !v.read_only {
             let unseen: Vec<u32> = uids
@@ -167,6 +178,7 @@ impl Ctx {
                     self.archive_unavailable(&a.user, &tag, &why);
                     return None;
                 }
+                newly_seen = unseen;
             } else if !unseen.is_empty() {
                 let op = Op::Store {
                     mailbox_id: v.id,
@@ -176,7 +188,11 @@ impl Ctx {
                     unchanged_since: None,
                 };
                 match self.app.store.submit(&a.user, op).await {
-                    Ok(Outcome::Flags { changed, .. }) => Self::apply_flag_changes(v, &changed),
+                    Ok(Outcome::Flags { changed, .. }) => {
+                        Self::apply_flag_changes(v, &changed);
+                        newly_seen = changed.iter().map(|(u, ..)| *u).collect();
+                        newly_seen.sort_unstable();
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         self.store_error(&tag, e);
@@ -204,6 +220,7 @@ impl Ctx {
             view_only,
             needs_body,
             uid,
+            newly_seen,
         };
         if job.uids.is_empty() {
             self.ok(&job.tag, None, job.done_text());
@@ -229,7 +246,7 @@ impl Ctx {
     }
 
     /// Flags, UIDs and modseqs are current in the view: no store read.
-    fn fetch_from_view(&mut self, v: &View, job: &mut FetchJob) {
+    fn fetch_from_view(&mut self, v: &mut View, job: &mut FetchJob) {
         let start = self.out.ready_len();
         while job.next < job.uids.len() && self.out.ready_len() - start < BATCH_OUTPUT {
             let u = job.uids[job.next];
@@ -237,6 +254,7 @@ impl Ctx {
             let Some((seq, flags, modseq)) = v.state(u) else {
                 continue;
             };
+            self.announce(v, &flags);
             let mut out = Vec::with_capacity(job.want.items.len());
             for item in &job.want.items {
                 match item {
@@ -259,7 +277,7 @@ impl Ctx {
     async fn fetch_loaded(
         &mut self,
         a: &Authed,
-        v: &View,
+        v: &mut View,
         job: &mut FetchJob,
     ) -> Result<(), String> {
         let size = if job.needs_body {
@@ -286,6 +304,8 @@ impl Ctx {
                 continue;
             };
             bytes = bytes.saturating_add(body.as_ref().map_or(0, Vec::len));
+            // A keyword is announced before the response that uses it.
+            self.announce(v, &flags);
             work.push(mime::Loaded {
                 seq,
                 uid,
@@ -293,6 +313,7 @@ impl Ctx {
                 modseq,
                 meta,
                 body,
+                show_flags: job.newly_seen.binary_search(&uid).is_ok(),
             });
         }
         job.next = consumed;

@@ -8,6 +8,7 @@ use imap_types::search::SearchKey;
 
 use super::fetch::{FETCH_BATCH, META_BATCH};
 use crate::imap::core::{Authed, Ctx};
+use crate::imap::search::Needs;
 use crate::imap::view::View;
 use crate::imap::{code, mime, search};
 
@@ -48,7 +49,41 @@ impl Ctx {
         if with_modseq {
             self.condstore = true;
         }
-        let needs_body = program.needs_body();
+        let needs = program.needs();
+        let largest_seq = view.len();
+        let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
+        let mut found: Vec<u32> = Vec::new();
+        let mut max_modseq = 0u64;
+        if let (Needs::View, Some(live)) = (needs, &view.live) {
+            // Flags, numbers, sizes and dates: the view and the live state
+            // hold them all; nothing is read.
+            let st = live.read();
+            for (i, e) in view.entries.iter().enumerate() {
+                // Expunged meanwhile (not yet announced): not a match.
+                let Some(m) = st.message(e.uid).filter(|_| !e.gone) else {
+                    continue;
+                };
+                let c = search::Candidate {
+                    seq: i as u32 + 1,
+                    uid: e.uid,
+                    flags: e.flag_set(),
+                    recent: e.recent,
+                    modseq: e.modseq,
+                    size: m.size,
+                    internal_date: m.internal_date,
+                    meta: None,
+                    largest_seq,
+                    largest_uid,
+                };
+                if program.matches(&c, None) {
+                    found.push(if uid { e.uid } else { i as u32 + 1 });
+                    max_modseq = max_modseq.max(e.modseq);
+                }
+            }
+            drop(st);
+            return self.search_done(tag, found, max_modseq, with_modseq, uid);
+        }
+        let needs_body = needs == Needs::Body;
         let live: Vec<(u32, u32)> = view
             .entries
             .iter()
@@ -56,10 +91,6 @@ impl Ctx {
             .filter(|(_, e)| !e.gone)
             .map(|(i, e)| (i as u32 + 1, e.uid))
             .collect();
-        let largest_seq = view.len();
-        let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
-        let mut found: Vec<u32> = Vec::new();
-        let mut max_modseq = 0u64;
         let batch_size = if needs_body { FETCH_BATCH } else { META_BATCH };
         for batch in live.chunks(batch_size) {
             let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
@@ -74,24 +105,31 @@ impl Ctx {
                 let Some(&(seq, _)) = seqs.find(|(_, x)| *x == u) else {
                     continue;
                 };
-                let flags = view.entry_ref(u).map(|e| e.flags()).unwrap_or_default();
-                work.push((seq, u, flags, meta, body));
+                let (flags, recent, modseq) = view
+                    .entry_ref(u)
+                    .map(|e| (e.flag_set().clone(), e.recent, e.modseq))
+                    .unwrap_or_default();
+                work.push((seq, u, flags, recent, modseq, meta, body));
             }
             let program = program.clone();
             let eval = move || -> Vec<(u32, u32, u64)> {
                 let mut hits = Vec::new();
-                for (seq, u, flags, meta, body) in &work {
+                for (seq, u, flags, recent, modseq, meta, body) in &work {
                     let parsed = body.as_deref().map(mime::parse);
                     let c = search::Candidate {
                         seq: *seq,
                         uid: *u,
                         flags,
-                        meta,
+                        recent: *recent,
+                        modseq: *modseq,
+                        size: meta.size,
+                        internal_date: meta.internal_date,
+                        meta: Some(meta),
                         largest_seq,
                         largest_uid,
                     };
                     if program.matches(&c, parsed.as_ref()) {
-                        hits.push((*seq, *u, meta.modseq));
+                        hits.push((*seq, *u, *modseq));
                     }
                 }
                 hits
@@ -113,6 +151,17 @@ impl Ctx {
                 max_modseq = max_modseq.max(modseq);
             }
         }
+        self.search_done(tag, found, max_modseq, with_modseq, uid)
+    }
+
+    fn search_done(
+        &mut self,
+        tag: &Tag<'_>,
+        found: Vec<u32>,
+        max_modseq: u64,
+        with_modseq: bool,
+        uid: bool,
+    ) {
         let ids: Vec<NonZeroU32> = found.into_iter().filter_map(NonZeroU32::new).collect();
         let modseq = if with_modseq && !ids.is_empty() {
             NonZeroU64::new(max_modseq)

@@ -1,14 +1,14 @@
 //! SELECT and EXAMINE; CLOSE and UNSELECT.
 
 use imap_types::core::Tag;
-use imap_types::flag::{Flag, FlagPerm};
 use imap_types::mailbox::Mailbox;
-use imap_types::response::{Code, Data};
+use imap_types::response::Code;
+use imap_types::response::Data;
 
 use crate::archive::registry;
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx, Next};
-use crate::imap::names::{self, has_flag};
+use crate::imap::names;
 use crate::imap::view::View;
 use crate::store::Op;
 
@@ -35,13 +35,19 @@ impl Ctx {
         // Changes so far are in the snapshot taken below.
         a.changes.borrow_and_update();
         let archive = registry::archive_folder(&name).map(|f| f.map(str::to_string));
-        let (info, msgs, read_only) = if let Some(folder) = &archive {
+        let view = if let Some(folder) = &archive {
             if !self.archive_visible(&a.user) {
                 self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
                 return Next::Unselect;
             }
             match self.archive_snapshot(&a.user, folder.as_deref()).await {
-                Ok((info, msgs)) => (info, msgs, read_only || !self.archive_writable(&a.user)),
+                Ok((info, msgs)) => {
+                    let ro = read_only || !self.archive_writable(&a.user);
+                    let mut view = View::new(name, ro, &info, msgs);
+                    view.archive = archive;
+                    view.announced = view.keyword_spellings();
+                    view
+                }
                 Err(p) => {
                     self.archive_problem(&a.user, tag, p);
                     return Next::Unselect;
@@ -59,8 +65,8 @@ impl Ctx {
                     return Next::Unselect;
                 }
             };
-            match self.app.store.snapshot(&a.user, info.id).await {
-                Ok(Some((info, msgs))) => (info, msgs, read_only),
+            match self.app.store.live(&a.user, info.id).await {
+                Ok(Some(live)) => View::from_live(name, read_only, info.id, live),
                 Ok(None) => {
                     self.no(tag, Some(code("NONEXISTENT")), "No such mailbox");
                     return Next::Unselect;
@@ -71,24 +77,10 @@ impl Ctx {
                 }
             }
         };
-        let mut view = View::new(name, read_only, &info, msgs);
-        view.archive = archive;
-        let system = [
-            Flag::Answered,
-            Flag::Flagged,
-            Flag::Deleted,
-            Flag::Seen,
-            Flag::Draft,
-        ];
-        self.data(Data::Flags(system.to_vec()));
-        let mut perm: Vec<FlagPerm> = system.iter().cloned().map(FlagPerm::Flag).collect();
-        perm.push(FlagPerm::Asterisk);
-        if read_only {
-            perm.clear();
-        }
-        self.untagged(Code::PermanentFlags(perm), "Flags permitted");
+        let read_only = view.read_only;
+        self.flags_responses(&view);
         self.data(Data::Exists(view.len()));
-        self.data(Data::Recent(0));
+        self.data(Data::Recent(view.recent()));
         if let Some(i) = view.entries.iter().position(|e| !e.has("\\Seen"))
             && let Ok(c) = Code::unseen(i as u32 + 1)
         {
@@ -126,37 +118,25 @@ impl Ctx {
             "UNSELECT completed"
         };
         if expunge && !v.read_only {
+            let doomed = v.deleted_now();
             if v.archive.is_some() {
-                let doomed: Vec<u32> = v
-                    .entries
-                    .iter()
-                    .filter(|e| !e.gone && e.has("\\Deleted"))
-                    .map(|e| e.uid)
-                    .collect();
                 // CLOSE never fails; under legal hold nothing is deleted.
                 let _ = self.archive_delete(&a.user, doomed).await;
-            } else if let Ok(Some((_, msgs))) = self.app.store.snapshot(&a.user, v.id).await {
-                let uids: Vec<u32> = msgs
-                    .iter()
-                    .filter(|m| has_flag(&m.flags, "\\Deleted"))
-                    .map(|m| m.uid)
-                    .collect();
-                if !uids.is_empty()
-                    && let Err(e) = self
-                        .app
-                        .store
-                        .submit(
-                            &a.user,
-                            Op::Expunge {
-                                mailbox_id: v.id,
-                                uids,
-                            },
-                        )
-                        .await
-                {
-                    self.store_error(tag, e);
-                    return Next::Unselect;
-                }
+            } else if !doomed.is_empty()
+                && let Err(e) = self
+                    .app
+                    .store
+                    .submit(
+                        &a.user,
+                        Op::Expunge {
+                            mailbox_id: v.id,
+                            uids: doomed,
+                        },
+                    )
+                    .await
+            {
+                self.store_error(tag, e);
+                return Next::Unselect;
             }
         }
         self.ok(tag, None, verb);

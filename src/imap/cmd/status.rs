@@ -42,49 +42,75 @@ impl Ctx {
     ) -> Result<(), Option<StoreError>> {
         let name = names::from_imap(mailbox).map_err(|_| None)?;
         let user = a.user.clone();
-        let (info, msgs) = if let Some(folder) = registry::archive_folder(&name) {
-            match self.archive_snapshot(&user, folder).await {
+        // (messages, recent, unseen, deleted, uidnext, uidvalidity, highestmodseq)
+        let counts: [u64; 7] = if let Some(folder) = registry::archive_folder(&name) {
+            let (info, msgs) = match self.archive_snapshot(&user, folder).await {
                 Ok(s) => s,
                 Err(ArchiveProblem::NoSuchFolder) => return Err(None),
                 Err(ArchiveProblem::Unavailable(why)) => {
                     return Err(Some(StoreError::Unavailable(why)));
                 }
-            }
+            };
+            let unseen = msgs
+                .iter()
+                .filter(|m| !has_flag(&m.flags, "\\Seen"))
+                .count();
+            let deleted = msgs
+                .iter()
+                .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                .count();
+            [
+                msgs.len() as u64,
+                0,
+                unseen as u64,
+                deleted as u64,
+                info.uidnext as u64,
+                info.uidvalidity as u64,
+                info.highestmodseq,
+            ]
         } else {
             let info = match self.app.store.mailbox(&user, &name).await {
                 Ok(Some(i)) => i,
                 Ok(None) => return Err(None),
                 Err(e) => return Err(Some(e)),
             };
-            let Ok(Some(s)) = self.app.store.snapshot(&user, info.id).await else {
-                return Err(None);
+            // Counters of the live state: no message is read.
+            let live = match self.app.store.live(&user, info.id).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return Err(None),
+                Err(e) => return Err(Some(e)),
             };
-            s
+            let st = live.read();
+            [
+                st.messages.len() as u64,
+                st.recent() as u64,
+                st.unseen as u64,
+                st.deleted as u64,
+                st.uidnext as u64,
+                st.uidvalidity as u64,
+                st.highestmodseq,
+            ]
         };
+        let [
+            messages,
+            recent,
+            unseen,
+            deleted,
+            uidnext,
+            uidvalidity,
+            highestmodseq,
+        ] = counts;
+        let nz = |n: u64| NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
         let mut out = Vec::new();
         for item in items {
             out.push(match item {
-                StatusDataItemName::Messages => StatusDataItem::Messages(msgs.len() as u32),
-                StatusDataItemName::Recent => StatusDataItem::Recent(0),
-                StatusDataItemName::UidNext => StatusDataItem::UidNext(
-                    NonZeroU32::new(info.uidnext).unwrap_or(NonZeroU32::MIN),
-                ),
-                StatusDataItemName::UidValidity => StatusDataItem::UidValidity(
-                    NonZeroU32::new(info.uidvalidity).unwrap_or(NonZeroU32::MIN),
-                ),
-                StatusDataItemName::Unseen => StatusDataItem::Unseen(
-                    msgs.iter()
-                        .filter(|m| !has_flag(&m.flags, "\\Seen"))
-                        .count() as u32,
-                ),
-                StatusDataItemName::Deleted => StatusDataItem::Deleted(
-                    msgs.iter()
-                        .filter(|m| has_flag(&m.flags, "\\Deleted"))
-                        .count() as u32,
-                ),
-                StatusDataItemName::HighestModSeq => {
-                    StatusDataItem::HighestModSeq(info.highestmodseq)
-                }
+                StatusDataItemName::Messages => StatusDataItem::Messages(messages as u32),
+                StatusDataItemName::Recent => StatusDataItem::Recent(recent as u32),
+                StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(uidnext)),
+                StatusDataItemName::UidValidity => StatusDataItem::UidValidity(nz(uidvalidity)),
+                StatusDataItemName::Unseen => StatusDataItem::Unseen(unseen as u32),
+                StatusDataItemName::Deleted => StatusDataItem::Deleted(deleted as u32),
+                StatusDataItemName::HighestModSeq => StatusDataItem::HighestModSeq(highestmodseq),
                 _ => continue,
             });
         }

@@ -103,6 +103,7 @@ impl Ctx {
                     if !silent {
                         for (u, f) in changed {
                             if let Some(seq) = v.seq_of(u) {
+                                self.announce(v, &f);
                                 self.fetch_flags_response(seq, u, &f, 1, uid, false);
                             }
                         }
@@ -145,6 +146,12 @@ impl Ctx {
             let Some(seq) = v.seq_of(u) else {
                 continue;
             };
+            // With \Recent where it is, keywords announced first.
+            let mut f = f;
+            if v.entry_ref(u).is_some_and(|e| e.recent) {
+                f.push("\\Recent".to_string());
+            }
+            self.announce(v, &f);
             self.fetch_flags_response(seq, u, &f, m, uid, condstore);
         }
         if modified.is_empty() {
