@@ -102,14 +102,19 @@ fn header_text(s: &str) -> String {
     }
 }
 
+/// One address. A NIL host marks a group's start and a NIL mailbox its
+/// end (RFC 3501 7.4.2), so a malformed address never gets either: like
+/// Dovecot, the missing part is spelt out instead.
 fn address(a: &Addr<'_>) -> Address<'static> {
     let (mailbox, host) = match a.address.as_deref() {
         Some(addr) => match addr.rsplit_once('@') {
-            Some((l, h)) => (Some(l.to_string()), Some(h.to_string())),
-            None => (Some(addr.to_string()), None),
+            Some((l, h)) if !h.is_empty() => (l.to_string(), h.to_string()),
+            Some((l, _)) => (l.to_string(), "MISSING_DOMAIN".to_string()),
+            None => (addr.to_string(), "MISSING_DOMAIN".to_string()),
         },
-        None => (None, None),
+        None => ("MISSING_MAILBOX".to_string(), "MISSING_DOMAIN".to_string()),
     };
+    let (mailbox, host) = (Some(mailbox), Some(host));
     Address {
         name: nstr(a.name.as_deref().map(header_text).as_deref()),
         adl: NString(None),
@@ -397,13 +402,21 @@ fn locate<'a, 'x>(m: &'a Message<'x>, path: &[u32]) -> Option<(&'a Message<'x>, 
 /// The message a part path's HEADER/TEXT refer to: the root, or the
 /// embedded message of a message/rfc822 part.
 fn message_at<'a, 'x>(m: &'a Message<'x>, part: Option<&Part>) -> Option<&'a Message<'x>> {
+    Some(message_in(m, part)?.0)
+}
+
+/// Like [`message_at`], with where the message ends in the raw bytes: an
+/// embedded message ends where its part does (mail-parser's own end for
+/// it leaves out an epilogue of its last multipart).
+fn message_in<'a, 'x>(m: &'a Message<'x>, part: Option<&Part>) -> Option<(&'a Message<'x>, usize)> {
     let Some(p) = part else {
-        return Some(m);
+        return Some((m, usize::MAX));
     };
     let path: Vec<u32> = p.0.as_ref().iter().map(|n| n.get()).collect();
     let (msg, id) = locate(m, &path)?;
-    match &msg.part(id)?.body {
-        PartType::Message(inner) => Some(inner),
+    let outer = msg.part(id)?;
+    match &outer.body {
+        PartType::Message(inner) => Some((inner, outer.offset_end as usize)),
         _ => None,
     }
 }
@@ -463,8 +476,12 @@ pub fn section(p: &Parsed<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>>
             header_bytes(raw, msg.part(0)?).to_vec()
         }
         Some(Section::Text(p)) => {
-            let msg = message_at(m, p.as_ref())?;
-            body_bytes(raw, msg.part(0)?).to_vec()
+            // Every byte of the body, up to the end of the part that holds
+            // the message.
+            let (msg, end) = message_in(m, p.as_ref())?;
+            let s = (msg.part(0)?.offset_body as usize).min(raw.len());
+            let e = end.clamp(s, raw.len());
+            raw[s..e].to_vec()
         }
         Some(Section::HeaderFields(p, f)) => {
             let msg = message_at(m, p.as_ref())?;
