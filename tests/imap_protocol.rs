@@ -93,3 +93,41 @@ first\r\n--out\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n--out--\r\noute
     assert_eq!(section_literal(&r, "1"), inner, "{r}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn recursivematch_reports_parents_of_subscribed_children() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), "alice@example.test").await;
+    for m in ["Foo", "Foo/Bar", "Fruit", "Fruit/Apple", "Tofu", "Baz/Qux"] {
+        let r = c.run(&format!("c CREATE {m}")).await;
+        assert!(r.contains("c OK"), "{r}");
+    }
+    for m in ["Foo/Bar", "Fruit", "Fruit/Apple", "Tofu", "Baz/Qux"] {
+        let r = c.run(&format!("s SUBSCRIBE {m}")).await;
+        assert!(r.contains("s OK"), "{r}");
+    }
+    let ci = r#" ("CHILDINFO" ("SUBSCRIBED"))"#;
+    let top = format!(
+        "* LIST (\\HasChildren) \"/\" Baz{ci}\r\n\
+         * LIST (\\HasChildren) \"/\" Foo{ci}\r\n\
+         * LIST (\\HasChildren \\Subscribed) \"/\" Fruit{ci}\r\n\
+         * LIST (\\HasNoChildren \\Subscribed) \"/\" Tofu\r\n\
+         l OK LIST completed\r\n"
+    );
+    let r = c.run(r#"l LIST (SUBSCRIBED RECURSIVEMATCH) "" "%""#).await;
+    assert_eq!(r, top);
+    let r = c.run(r#"l LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (CHILDREN)"#).await;
+    assert_eq!(r, top);
+    let r = c.run(r#"l LIST (SUBSCRIBED RECURSIVEMATCH) "" "*""#).await;
+    assert!(r.contains(&format!("* LIST (\\HasChildren) \"/\" Foo{ci}\r\n* LIST (\\HasNoChildren \\Subscribed) \"/\" Foo/Bar\r\n")), "{r}");
+    // Without RECURSIVEMATCH only the subscriptions themselves.
+    let r = c.run(r#"l LIST (SUBSCRIBED) "" "%""#).await;
+    assert_eq!(r, "* LIST (\\HasChildren \\Subscribed) \"/\" Fruit\r\n* LIST (\\HasNoChildren \\Subscribed) \"/\" Tofu\r\nl OK LIST completed\r\n");
+    // A subscription outlives its mailbox and its parent: the parent is
+    // listed as nonexistent, for its subscribed child.
+    c.run("d DELETE Baz/Qux").await;
+    c.run("d DELETE Baz").await;
+    let r = c.run(r#"l LIST (SUBSCRIBED RECURSIVEMATCH) "" "B%""#).await;
+    assert_eq!(r, format!("* LIST (\\NonExistent) \"/\" Baz{ci}\r\nl OK LIST completed\r\n"));
+    server.stop().await;
+}

@@ -131,6 +131,12 @@ impl Ctx {
         self.send(Response::Data(d));
     }
 
+    /// Untagged data with extended data items after it (see
+    /// [`Outbox::push_extended`]).
+    pub fn data_extended(&mut self, d: Data<'_>, extra: &[u8]) {
+        self.out.push_extended(Response::Data(d), extra);
+    }
+
     pub fn ok(&mut self, tag: &Tag<'_>, code: Option<Code<'_>>, msg: &str) {
         if let Ok(s) = Status::ok(Some(tag.clone()), code, text(msg)) {
             self.out.complete(s);

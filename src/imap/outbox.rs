@@ -26,6 +26,19 @@ impl Outbox {
         encode(&mut self.ready, &r);
     }
 
+    /// An untagged response followed by extended data imap-types has no
+    /// type for (LIST's `("CHILDINFO" ("SUBSCRIBED"))`, RFC 5258): `extra`
+    /// goes before the line's CRLF, after a space.
+    pub fn push_extended(&mut self, r: Response<'_>, extra: &[u8]) {
+        encode(&mut self.ready, &r);
+        if self.ready.ends_with(b"\r\n") {
+            self.ready.truncate(self.ready.len() - 2);
+        }
+        self.ready.push(b' ');
+        self.ready.extend_from_slice(extra);
+        self.ready.extend_from_slice(b"\r\n");
+    }
+
     /// The tagged completion of the command being run; written after
     /// whatever else the command still adds (see [`Outbox::end_command`]).
     /// A second completion replaces the first.
@@ -80,5 +93,12 @@ mod tests {
         o.end_command();
         assert_eq!(o.take(), b"* 0 RECENT\r\na OK done\r\n");
         assert!(o.take().is_empty());
+    }
+
+    #[test]
+    fn extended_data_goes_before_the_line_end() {
+        let mut o = Outbox::default();
+        o.push_extended(Response::Data(Data::Exists(3)), b"(\"X\")");
+        assert_eq!(o.take(), b"* 3 EXISTS (\"X\")\r\n");
     }
 }

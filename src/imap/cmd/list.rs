@@ -104,13 +104,31 @@ impl Ctx {
             let prefix = format!("{name}{SEPARATOR}");
             boxes.iter().any(|(n, _)| n.starts_with(&prefix))
         };
-        // LSUB and LIST (SUBSCRIBED) walk the subscriptions, LIST the mailboxes.
+        // LSUB and LIST (SUBSCRIBED) walk the subscriptions, LIST the
+        // mailboxes; RECURSIVEMATCH adds every parent of a subscription,
+        // listed for the subscribed child it has (RFC 5258 3.5).
         let by_subscription = lsub || sel.subscribed;
-        let candidates: Vec<String> = if by_subscription {
+        let recursive = sel.recursive && sel.subscribed && !lsub;
+        let subscribed_below = |name: &str| {
+            let prefix = format!("{name}{SEPARATOR}");
+            subs.iter().any(|s| s.starts_with(&prefix))
+        };
+        let mut candidates: Vec<String> = if by_subscription {
             subs.clone()
         } else {
             boxes.iter().map(|(n, _)| n.clone()).collect()
         };
+        if recursive {
+            for s in &subs {
+                let mut at = s.as_str();
+                while let Some((parent, _)) = at.rsplit_once(SEPARATOR) {
+                    candidates.push(parent.to_string());
+                    at = parent;
+                }
+            }
+            candidates.sort();
+            candidates.dedup();
+        }
         let mut listed = Vec::new();
         let full: Vec<names::ListPattern> = patterns
             .iter()
@@ -125,6 +143,7 @@ impl Ctx {
             if sel.special_use && special.is_empty() {
                 continue;
             }
+            let subscribed = subs.contains(&name);
             let mut attrs: Vec<&str> = Vec::new();
             match info {
                 None if lsub => attrs.push("\\Noselect"),
@@ -138,7 +157,7 @@ impl Ctx {
             if !special.is_empty() {
                 attrs.push(special);
             }
-            if (sel.subscribed || ret.subscribed) && subs.contains(&name) {
+            if (sel.subscribed || ret.subscribed) && subscribed {
                 attrs.push("\\Subscribed");
             }
             let items = attrs
@@ -153,6 +172,20 @@ impl Ctx {
                 })
                 .collect();
             let mailbox = names::to_imap(&name);
+            if recursive && subscribed_below(&name) {
+                self.data_extended(
+                    Data::List {
+                        items,
+                        delimiter,
+                        mailbox,
+                    },
+                    b"(\"CHILDINFO\" (\"SUBSCRIBED\"))",
+                );
+                if info.is_some() {
+                    listed.push(name);
+                }
+                continue;
+            }
             self.data(if lsub {
                 Data::Lsub {
                     items,
