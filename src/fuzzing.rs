@@ -1034,10 +1034,7 @@ pub fn store_model(data: &[u8]) {
                             dst.uidnext = d + 1;
                             dst.messages.insert(*d, m);
                         }
-                        if remove
-                            && na != nb
-                            && let Some(m) = model.get_mut(na)
-                        {
+                        if remove && let Some(m) = model.get_mut(na) {
                             for (s, _) in &pairs {
                                 m.messages.remove(s);
                             }

@@ -37,7 +37,8 @@ async fn literals_continuations_and_literal_plus() {
     let r = c.run("d FETCH 1 (FLAGS BODY.PEEK[TEXT])").await;
     assert_eq!(
         r,
-        "* 1 FETCH (FLAGS (\\Seen) BODY[TEXT] {14}\r\nliteral plus\r\n)\r\nd OK FETCH completed\r\n"
+        // The first session to select it sees the new message as \Recent.
+        "* 1 FETCH (FLAGS (\\Seen \\Recent) BODY[TEXT] {14}\r\nliteral plus\r\n)\r\nd OK FETCH completed\r\n"
     );
     server.stop().await;
 }
@@ -258,14 +259,14 @@ async fn condstore_modseq_changedsince_unchangedsince() {
     let after = highest + 1;
     assert_eq!(
         r,
-        format!("* 2 FETCH (FLAGS (\\Seen) MODSEQ ({after}))\r\nf OK STORE completed\r\n")
+        format!("* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ({after}))\r\nf OK STORE completed\r\n")
     );
     let r = c
         .run(&format!("g FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})"))
         .await;
     assert_eq!(
         r,
-        format!("* 2 FETCH (FLAGS (\\Seen) MODSEQ ({after}))\r\ng OK FETCH completed\r\n")
+        format!("* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ({after}))\r\ng OK FETCH completed\r\n")
     );
     // UNCHANGEDSINCE older than the message's modseq refuses the change.
     let r = c
@@ -277,7 +278,10 @@ async fn condstore_modseq_changedsince_unchangedsince() {
         r.ends_with("h OK [MODIFIED 2] Some messages were modified since UNCHANGEDSINCE\r\n"),
         "{r}"
     );
-    assert!(r.contains("* 1 FETCH (FLAGS (\\Flagged) MODSEQ ("), "{r}");
+    assert!(
+        r.contains("* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ ("),
+        "{r}"
+    );
     let r = c.run(&format!("i SEARCH MODSEQ {after}")).await;
     assert!(r.starts_with("* SEARCH 1 2 (MODSEQ "), "{r}");
     let r = c.run("j STATUS INBOX (HIGHESTMODSEQ MESSAGES)").await;

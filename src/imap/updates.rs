@@ -61,8 +61,32 @@ impl Ctx {
         Next::Stay
     }
 
+    /// Before a command whose responses show flags (FETCH, STORE): the
+    /// view takes in what other sessions changed, so those responses carry
+    /// current flags and each message's FLAGS appear once; what they do
+    /// not show is reported after the command. New messages are announced
+    /// now (EXISTS may come at any time); expunges wait.
+    pub fn take_in_changes(&mut self, v: &mut View) {
+        if v.live.is_none() {
+            return;
+        }
+        let Some(up) = v.catch_up(false) else {
+            return;
+        };
+        if up.new_keywords {
+            self.flags_responses(v);
+        }
+        if let Some(n) = up.exists {
+            self.data(Data::Exists(n));
+            self.data(Data::Recent(v.recent()));
+        }
+    }
+
     fn send_updates(&mut self, v: &mut View, up: super::view::Updates) {
         let condstore = self.condstore;
+        if up.new_keywords {
+            self.flags_responses(v);
+        }
         for seq in up.expunged {
             if let Ok(d) = Data::expunge(seq) {
                 self.data(d);
@@ -75,7 +99,10 @@ impl Ctx {
                 self.data(Data::Recent(recent));
             }
         }
-        for (seq, uid, flags, modseq) in up.flags {
+        let mut flags = up.flags;
+        flags.extend(v.take_unreported());
+        flags.sort_by_key(|(seq, ..)| *seq);
+        for (seq, uid, flags, modseq) in flags {
             self.announce(v, &flags);
             self.fetch_flags_response(seq, uid, &flags, modseq, true, condstore);
         }

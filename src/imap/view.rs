@@ -10,7 +10,7 @@
 //! responses are not allowed (during FETCH, STORE, SEARCH) stay as ghosts
 //! until the next point where they are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -92,6 +92,9 @@ pub struct Updates {
     pub exists: Option<u32>,
     /// (seq, uid, flags, modseq) whose flags changed.
     pub flags: Vec<(u32, u32, Vec<String>, u64)>,
+    /// Keywords came into use that the client was not told of (they are
+    /// in `announced` now; `* FLAGS` is due before anything else).
+    pub new_keywords: bool,
 }
 
 pub struct View {
@@ -112,6 +115,10 @@ pub struct View {
     /// Keywords the client was told of (`* FLAGS`): lower-cased name to
     /// the spelling announced.
     pub announced: BTreeMap<String, String>,
+    /// Messages whose flags another session changed, taken into `entries`
+    /// but not reported yet: a response that shows their FLAGS reports
+    /// them, the rest go out as `FETCH (FLAGS)` after the command.
+    pub unreported: BTreeSet<u32>,
 }
 
 impl View {
@@ -132,6 +139,7 @@ impl View {
             live: None,
             cursor: info.highestmodseq,
             announced: BTreeMap::new(),
+            unreported: BTreeSet::new(),
         }
     }
 
@@ -161,6 +169,7 @@ impl View {
                 .into_iter()
                 .map(|k| (k.to_ascii_lowercase(), k))
                 .collect(),
+            unreported: BTreeSet::new(),
         };
         if !read_only {
             st.recent_from = st.uidnext;
@@ -315,6 +324,19 @@ impl View {
         up
     }
 
+    /// The flag changes not reported yet, as (seq, uid, flags, modseq),
+    /// and none left.
+    pub fn take_unreported(&mut self) -> Vec<(u32, u32, Vec<String>, u64)> {
+        let uids = std::mem::take(&mut self.unreported);
+        uids.into_iter()
+            .filter_map(|uid| {
+                let seq = self.seq_of(uid)?;
+                let e = &self.entries[seq as usize - 1];
+                (!e.gone).then(|| (seq, uid, e.response_flags(), e.modseq))
+            })
+            .collect()
+    }
+
     /// Catches up with the live state: its logged changes since the cursor,
     /// or (fallen behind the log) the whole message list. `None` when the
     /// mailbox was deleted. New messages at or above the live state's
@@ -328,6 +350,7 @@ impl View {
         let mut up = Updates::default();
         let mut changed: Vec<u32> = Vec::new();
         let mut added = 0usize;
+        // (Reported flags go through `unreported`.)
         let recent_from = st.recent_from;
         match st.changes_since(self.cursor) {
             Some(changes) => {
@@ -385,6 +408,12 @@ impl View {
                 }
             }
         }
+        for (lower, spelt) in st.keyword_names() {
+            if !self.announced.contains_key(lower) {
+                self.announced.insert(lower.to_string(), spelt.to_string());
+                up.new_keywords = true;
+            }
+        }
         self.cursor = st.highestmodseq;
         self.highestmodseq = self.highestmodseq.max(st.highestmodseq);
         self.uidnext = self.uidnext.max(st.uidnext);
@@ -403,16 +432,7 @@ impl View {
                 }
             }
         }
-        changed.sort_unstable();
-        changed.dedup();
-        for uid in changed {
-            if let Some(seq) = self.seq_of(uid) {
-                let e = &self.entries[seq as usize - 1];
-                if !e.gone {
-                    up.flags.push((seq, uid, e.response_flags(), e.modseq));
-                }
-            }
-        }
+        self.unreported.extend(changed);
         if added > 0 {
             up.exists = Some(self.len());
         }

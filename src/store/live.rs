@@ -180,6 +180,13 @@ impl MailboxState {
         v
     }
 
+    /// Keywords in use: (lower-cased, as first spelt).
+    pub fn keyword_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.keywords
+            .iter()
+            .map(|(l, (k, _))| (l.as_str(), k.as_str()))
+    }
+
     /// Keywords in use, lower-cased.
     pub fn keywords_lower(&self) -> std::collections::HashSet<String> {
         self.keywords.keys().cloned().collect()
@@ -332,13 +339,30 @@ impl Registry {
         }
         let mut touched: Vec<Arc<LiveMailbox>> = Vec::new();
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let targets: Vec<(Option<Arc<LiveMailbox>>, Event)> = events
+        let targets: Vec<(u64, Option<Arc<LiveMailbox>>, Event)> = events
             .into_iter()
-            .map(|(mailbox, e)| (open.get(&(group, mailbox)).cloned(), e))
+            .map(|(mailbox, e)| (mailbox, open.get(&(group, mailbox)).cloned(), e))
             .collect();
         drop(open);
-        for (live, e) in targets {
-            let Some(live) = live else { continue };
+        for (mailbox, live, e) in targets {
+            let Some(live) = live else {
+                // Nobody has the mailbox open: what arrives now is \Recent
+                // for the next session to select it.
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                match &e {
+                    Event::Change(Change {
+                        kind: ChangeKind::Added(m),
+                        ..
+                    }) => {
+                        recent.entry((group, mailbox)).or_insert(m.uid);
+                    }
+                    Event::Deleted => {
+                        recent.remove(&(group, mailbox));
+                    }
+                    _ => {}
+                }
+                continue;
+            };
             {
                 let mut st = live.write();
                 if st.ready {

@@ -583,11 +583,14 @@ fn plan_copy(
             modseq: dest.highestmodseq + 1,
             pairs: pairs.clone(),
         });
-        if remove && from != to {
+        if remove {
+            // A MOVE within one mailbox renumbers: the copies come first,
+            // then the originals go, one MODSEQ later.
             let src = info_by_id(txn, from)?;
+            let after_copy = u64::from(from == to);
             records.push(Record::Expunged {
                 mailbox_id: from,
-                modseq: src.highestmodseq + 1,
+                modseq: src.highestmodseq + 1 + after_copy,
                 uids: pairs.iter().map(|(a, _)| *a).collect(),
             });
         }

@@ -10,7 +10,7 @@ use imap_types::flag::Flag;
 use imap_types::mailbox::Mailbox;
 use imap_types::response::Code;
 
-use super::store::{flag_strings, keyword_set};
+use super::store::{flag_strings, keyword_set, names_recent};
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx};
 use crate::imap::names;
@@ -43,6 +43,9 @@ impl Ctx {
                 return self.bad(Some(tag), None, "BINARY is not supported");
             }
         };
+        if names_recent(&flags) {
+            return self.bad(Some(tag), None, "\\Recent cannot be set by APPEND");
+        }
         let keywords = keyword_set(&flags);
         if !keywords.is_empty() {
             let in_use = match self.keywords_in(a, sel, &name).await {

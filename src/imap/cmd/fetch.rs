@@ -41,6 +41,8 @@ pub struct FetchJob {
     uid: bool,
     /// Messages this FETCH marked \Seen (ascending).
     newly_seen: Vec<u32>,
+    /// FLAGS is one of the items.
+    shows_flags: bool,
 }
 
 impl FetchJob {
@@ -94,6 +96,7 @@ impl Ctx {
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
             _ => vec![MessageDataItemName::Flags],
         };
+        self.take_in_changes(v);
         let mut changed_since = None;
         for m in &modifiers {
             if let FetchModifier::ChangedSince(c) = m {
@@ -207,6 +210,7 @@ impl Ctx {
                 MessageDataItemName::Flags | MessageDataItemName::Uid | MessageDataItemName::ModSeq
             )
         });
+        let shows_flags = items.contains(&MessageDataItemName::Flags);
         let want = Arc::new(mime::Want {
             items: items.into_iter().map(IntoStatic::into_static).collect(),
             mime_depth: self.app.config.limits.max_mime_depth,
@@ -221,6 +225,7 @@ impl Ctx {
             needs_body,
             uid,
             newly_seen,
+            shows_flags,
         };
         if job.uids.is_empty() {
             self.ok(&job.tag, None, job.done_text());
@@ -255,6 +260,9 @@ impl Ctx {
                 continue;
             };
             self.announce(v, &flags);
+            if job.shows_flags {
+                v.unreported.remove(&u);
+            }
             let mut out = Vec::with_capacity(job.want.items.len());
             for item in &job.want.items {
                 match item {
@@ -306,6 +314,10 @@ impl Ctx {
             bytes = bytes.saturating_add(body.as_ref().map_or(0, Vec::len));
             // A keyword is announced before the response that uses it.
             self.announce(v, &flags);
+            let show_flags = job.newly_seen.binary_search(&uid).is_ok();
+            if show_flags || job.shows_flags {
+                v.unreported.remove(&uid);
+            }
             work.push(mime::Loaded {
                 seq,
                 uid,
@@ -313,7 +325,7 @@ impl Ctx {
                 modseq,
                 meta,
                 body,
-                show_flags: job.newly_seen.binary_search(&uid).is_ok(),
+                show_flags,
             });
         }
         job.next = consumed;

@@ -17,6 +17,14 @@ pub fn flag_strings(flags: &[Flag<'_>]) -> Vec<String> {
     flags.iter().map(names::flag_to_string).collect()
 }
 
+/// `\Recent` is the server's to set (RFC 3501 2.3.2): never in APPEND or
+/// STORE.
+pub fn names_recent(flags: &[Flag<'_>]) -> bool {
+    flag_strings(flags)
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case("\\Recent"))
+}
+
 /// The keywords (not system flags) among `flags`, lower-cased.
 pub fn keyword_set(flags: &[Flag<'_>]) -> std::collections::HashSet<String> {
     flags
@@ -60,10 +68,7 @@ impl Ctx {
         uid: bool,
         modifiers: Vec<StoreModifier>,
     ) {
-        if flag_strings(&flags)
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case("\\Recent"))
-        {
+        if names_recent(&flags) {
             return self.bad(Some(tag), None, "\\Recent cannot be stored");
         }
         if v.read_only {
@@ -82,6 +87,7 @@ impl Ctx {
             unchanged_since = Some(*u);
             self.condstore = true;
         }
+        self.take_in_changes(v);
         let uids: Vec<u32> = v
             .resolve(set, uid)
             .into_iter()
@@ -152,6 +158,7 @@ impl Ctx {
                 f.push("\\Recent".to_string());
             }
             self.announce(v, &f);
+            v.unreported.remove(&u);
             self.fetch_flags_response(seq, u, &f, m, uid, condstore);
         }
         if modified.is_empty() {
