@@ -135,6 +135,9 @@ pub struct ArchiveConfig {
     pub seekers: usize,
     pub archivers: usize,
     pub queue: usize,
+    /// `Archive` also shows every archived message (not only what was put
+    /// into it directly); sync clients then download such mail twice.
+    pub all_in_one: bool,
 }
 
 /// Per-user archive policy in users.toml (`archive = { age_days = 90 }`):

@@ -175,10 +175,10 @@ async fn old_mail_moves_to_the_archive_and_idle_sessions_see_it_go() {
     assert_eq!(r.matches("* SEARCH").count(), 1, "{r}");
     let r = c.run("h STORE 1 +FLAGS (\\Flagged)").await;
     assert!(r.starts_with("h NO [READ-ONLY]"), "{r}");
-    let r = c.run("i CREATE Archive/Other").await;
-    assert!(r.starts_with("i NO [CANNOT]"), "{r}");
+    // Each archived message is in one folder: what the agent moved from
+    // INBOX is in Archive/INBOX, not in Archive as well.
     let r = c.run("j SELECT Archive").await;
-    assert!(r.contains("* 7 EXISTS"), "{r}");
+    assert!(r.contains("* 0 EXISTS"), "{r}");
     // An unreachable archive root affects the Archive folders only.
     let root = cfg.root.clone();
     let moved = root.with_extension("away");
@@ -449,19 +449,27 @@ async fn move_into_archive_archives_now_like_a_clients_archive_button() {
         r.contains(" 1 1] Archived\r\n* 1 EXPUNGE\r\nm OK UID MOVE completed\r\n"),
         "{r}"
     );
-    // COPY keeps the original.
-    let r = c.run("k COPY 1 Archive/INBOX").await;
+    // COPY keeps the original; an archive folder must exist first.
+    let r = c.run("k COPY 1 Archive/Kept").await;
+    assert!(r.starts_with("k NO [TRYCREATE]"), "{r}");
+    let r = c.run("k CREATE Archive/Kept").await;
+    assert!(r.starts_with("k OK"), "{r}");
+    let r = c.run("k COPY 1 Archive/Kept").await;
     assert!(r.starts_with("k OK [COPYUID "), "{r}");
     let r = c.run("s2 SELECT INBOX").await;
     assert!(r.contains("* 1 EXISTS"), "{r}");
+    // Each in the folder it was put into, once.
     let r = c.run("e EXAMINE Archive").await;
-    assert!(r.contains("* 2 EXISTS"), "{r}");
+    assert!(r.contains("* 1 EXISTS"), "{r}");
     let r = c.run("f FETCH 1:* (FLAGS BODY.PEEK[])").await;
     let text = String::from_utf8_lossy(&one);
     assert!(
         r.contains(text.as_ref()) && r.contains("FLAGS (\\Seen)"),
         "{r}"
     );
+    let r = c.run("e EXAMINE Archive/Kept").await;
+    assert!(r.contains("* 1 EXISTS"), "{r}");
+    let r = c.run("f FETCH 1:* (FLAGS BODY.PEEK[])").await;
     assert!(r.contains(String::from_utf8_lossy(&two).as_ref()), "{r}");
     // With the archive root gone, the move is refused and nothing moves.
     let root = server.config.archive.root.clone();
@@ -494,7 +502,7 @@ async fn archive_folders_are_read_write_and_honour_legal_hold_and_policies() {
     }
     // alice: flags, expunge and restore inside the archive.
     let mut c = Imap::login(server.imap(), "alice@example.test").await;
-    let r = c.run("s SELECT Archive/INBOX").await;
+    let r = c.run("s SELECT Archive").await;
     assert!(
         r.contains("[READ-WRITE]") && r.contains("* 3 EXISTS"),
         "{r}"
@@ -733,7 +741,7 @@ async fn a_missing_root_or_a_damaged_archive_stays_contained() {
         "{line}"
     );
     let mut b = Imap::login(server.imap(), "bob@example.test").await;
-    assert!(b.run("s SELECT Archive").await.contains("* 3 EXISTS"));
+    assert!(b.run("s SELECT Archive/INBOX").await.contains("* 3 EXISTS"));
     let mut a = Imap::login(server.imap(), "alice@example.test").await;
     let r = a.run("s SELECT Archive").await;
     assert!(r.contains("s NO [UNAVAILABLE]"), "{r}");

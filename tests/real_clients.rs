@@ -240,3 +240,113 @@ async fn python_imaplib_scripted_session() {
     let _ = Path::new("");
     server.stop().await;
 }
+
+/// Runs mbsync with `rc`, failing with its output when it fails.
+async fn mbsync(rc_path: std::path::PathBuf) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("mbsync")
+            .arg("-c")
+            .arg(&rc_path)
+            .arg("-a")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "mbsync failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The message files of a Maildir folder.
+fn maildir_files(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(folder.join(sub)) {
+            files.extend(rd.map(|e| e.unwrap().path()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// mbsync archives by moving the file into the local Archive folder: the
+/// next sync uploads it into Archive (APPEND) and expunges the INBOX copy.
+/// The message must end up archived, byte for byte, and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mbsync_archiving_into_archive_keeps_the_message() {
+    require("mbsync", "isync");
+    let server = TestServer::start().await;
+    let user = "carol@example.test";
+    for n in 0..5 {
+        let m = tiermail::corpus::message(7, n, user);
+        deliver(&server, user, &m).await;
+    }
+    let stored = server.inbox(user).await;
+    let dir = server.dir.path();
+    let maildir = dir.join("Mail");
+    std::fs::create_dir_all(&maildir).unwrap();
+    let rc = format!(
+        "IMAPAccount tiermail\nHost 127.0.0.1\nPort {}\nUser {user}\nPass \"{PASSWORD}\"\n\
+         SSLType IMAPS\nCertificateFile {}\n\n\
+         IMAPStore remote\nAccount tiermail\n\n\
+         MaildirStore local\nPath {}/\nInbox {}/INBOX\n\n\
+         Channel mirror\nFar :remote:\nNear :local:\nPatterns INBOX Archive\nCreate Both\n\
+         Expunge Both\nSync All\nSyncState *\n",
+        server.imaps().port(),
+        server.config.tls.cert.display(),
+        maildir.display(),
+        maildir.display(),
+    );
+    let rc_path = dir.join("mbsyncrc");
+    std::fs::write(&rc_path, rc).unwrap();
+    mbsync(rc_path.clone()).await;
+    let inbox = maildir_files(&maildir.join("INBOX"));
+    assert_eq!(inbox.len(), 5);
+    // Archive it locally, as a mail client on the Maildir would: the file
+    // moves, without mbsync's UID in its name.
+    let moved = &inbox[2];
+    let content = without_tuid(std::fs::read(moved).unwrap());
+    let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+    let base = name.split(",U=").next().unwrap().to_string();
+    let flags = name.split_once(":2,").map(|(_, f)| f).unwrap_or("");
+    let target = maildir
+        .join("Archive")
+        .join("cur")
+        .join(format!("{base}:2,{flags}"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::rename(moved, &target).unwrap();
+    mbsync(rc_path.clone()).await;
+    // On the server: four in INBOX, one archived, nothing lost or doubled.
+    let now = server.inbox(user).await;
+    assert_eq!(now.len(), 4, "the INBOX copy was expunged");
+    let adir = server
+        .config
+        .archive
+        .root
+        .join(tiermail::archive::format::user_dir_name(user));
+    let a = tiermail::archive::file::UserArchive::open_read_only(&adir).unwrap();
+    assert_eq!(a.len(), 1, "archived once");
+    let e = a.entries().next().unwrap();
+    assert_eq!(e.folder, "", "in Archive itself");
+    let archived = a.read(e.auid).unwrap().raw.to_vec();
+    assert_eq!(lf(&without_tuid(archived.clone())), content);
+    let mut all: Vec<Vec<u8>> = now.iter().map(|m| lf(m)).collect();
+    all.push(lf(&without_tuid(archived)));
+    all.sort();
+    let mut want: Vec<Vec<u8>> = stored.iter().map(|m| lf(m)).collect();
+    want.sort();
+    assert_eq!(all, want, "every delivered message is in exactly one place");
+    // A third sync changes nothing: the archive copy is not pulled back
+    // twice or uploaded again.
+    mbsync(rc_path).await;
+    assert_eq!(server.inbox(user).await.len(), 4);
+    let a = tiermail::archive::file::UserArchive::open_read_only(&adir).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(maildir_files(&maildir.join("Archive")).len(), 1);
+    assert_eq!(maildir_files(&maildir.join("INBOX")).len(), 4);
+    server.stop().await;
+}

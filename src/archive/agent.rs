@@ -495,10 +495,11 @@ async fn move_batch(
     Ok((n, bytes, pairs))
 }
 
-/// MOVE (or COPY) into the Archive folder from IMAP: these messages of one
-/// current mailbox are archived now, under their own folder's name. A MOVE
-/// tags them first, so a crash halfway is finished like an agent run.
-/// Returns (uid, archive UID) pairs.
+/// MOVE (or COPY) into an archive folder from IMAP: these messages of one
+/// current mailbox are archived now, recorded under `into` (the archive
+/// folder the client named: "" for `Archive`, `2024` for `Archive/2024`).
+/// A MOVE tags them first, so a crash halfway is finished like an agent
+/// run. Returns (uid, archive UID) pairs.
 pub async fn archive_now(
     store: &Arc<Store>,
     archives: &Archives,
@@ -506,6 +507,7 @@ pub async fn archive_now(
     mailbox: &str,
     uids: Vec<u32>,
     remove: bool,
+    into: &str,
 ) -> Result<Vec<(u32, u32)>, AgentError> {
     let info = store
         .mailbox(user, mailbox)
@@ -525,10 +527,8 @@ pub async fn archive_now(
     }
     let mut pairs = Vec::new();
     for chunk in uids.chunks(BATCH) {
-        let (_, _, p) = move_batch(
-            store, &archive, user, info.id, mailbox, &info, chunk, remove,
-        )
-        .await?;
+        let (_, _, p) =
+            move_batch(store, &archive, user, info.id, into, &info, chunk, remove).await?;
         pairs.extend(p);
     }
     Ok(pairs)

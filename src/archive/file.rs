@@ -69,6 +69,7 @@ const I_MESSAGE: u8 = 1;
 const I_FLAGS: u8 = 2;
 const I_DELETE: u8 = 3;
 const I_RESERVE: u8 = 4;
+const I_FOLDER: u8 = 5;
 
 /// One index entry: where the record's data ends (so the index knows how
 /// much of the data file it covers), then what the record says.
@@ -111,6 +112,10 @@ fn index_frame(out: &mut Vec<u8>, rec: &Record, file: u32, offset: u64, len: u32
             e.u32(*next_auid);
             frame(out, I_RESERVE, &e.finish());
         }
+        Record::Folder { name, present } => {
+            e.str(name).u32(u32::from(*present));
+            frame(out, I_FOLDER, &e.finish());
+        }
     }
 }
 
@@ -134,6 +139,8 @@ pub struct UserArchive {
     /// Origins of the archived messages, to tell what was already moved.
     origins: std::collections::HashSet<(u64, u32, u32)>,
     next_auid: u32,
+    /// Folders clients created (they exist even while empty).
+    created: std::collections::BTreeSet<String>,
     /// Repairs made while opening (torn tails cut), for the log and status.
     pub repaired: Vec<String>,
     /// Opened for reading beside a running server: never repairs or writes.
@@ -185,6 +192,7 @@ impl UserArchive {
             entries: BTreeMap::new(),
             origins: Default::default(),
             next_auid: 1,
+            created: Default::default(),
             repaired: Vec::new(),
             read_only,
         };
@@ -253,6 +261,14 @@ impl UserArchive {
             I_DELETE => {
                 let auid = d.u32().map_err(err)?;
                 self.entries.remove(&auid);
+            }
+            I_FOLDER => {
+                let name = d.str().map_err(err)?;
+                match d.u32().map_err(err)? {
+                    0 => self.created.remove(&name),
+                    1 => self.created.insert(name),
+                    _ => return Err("bad folder entry".into()),
+                };
             }
             _ => return Err("unknown index entry".into()),
         }
@@ -365,6 +381,11 @@ impl UserArchive {
     /// Every archived message, by archive UID.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()
+    }
+
+    /// Folders clients created, with or without mail.
+    pub fn created_folders(&self) -> impl Iterator<Item = &str> {
+        self.created.iter().map(String::as_str)
     }
 
     pub fn entry(&self, auid: u32) -> Option<&Entry> {
@@ -514,6 +535,10 @@ impl UserArchive {
         batch.push(Record::Reserve {
             next_auid: self.next_auid,
         });
+        batch.extend(self.created.iter().map(|name| Record::Folder {
+            name: name.clone(),
+            present: true,
+        }));
         fresh.append(&batch)?;
         write_synced(&new_dir.join(COMPLETE), b"")?;
         sync_dir(&new_dir)?;

@@ -22,6 +22,7 @@ pub const T_MESSAGE: u8 = 1;
 pub const T_FLAGS: u8 = 2;
 pub const T_DELETE: u8 = 3;
 pub const T_RESERVE: u8 = 4;
+pub const T_FOLDER: u8 = 5;
 
 /// Where an archived message came from: enough to tell, after a crash,
 /// whether a message still in the current store was already archived.
@@ -52,6 +53,9 @@ pub enum Record {
     /// Archive UIDs below this are used: written by compaction so that
     /// deleted messages' UIDs are never given out again.
     Reserve { next_auid: u32 },
+    /// An archive folder a client created (`present`) or deleted: folders
+    /// with mail exist anyway, this keeps an empty one.
+    Folder { name: String, present: bool },
 }
 
 impl Record {
@@ -61,6 +65,7 @@ impl Record {
             Record::Flags { .. } => T_FLAGS,
             Record::Delete { .. } => T_DELETE,
             Record::Reserve { .. } => T_RESERVE,
+            Record::Folder { .. } => T_FOLDER,
         }
     }
 
@@ -70,6 +75,7 @@ impl Record {
                 *auid
             }
             Record::Reserve { next_auid } => *next_auid,
+            Record::Folder { .. } => 0,
         }
     }
 
@@ -105,6 +111,9 @@ impl Record {
             Record::Reserve { next_auid } => {
                 e.u32(*next_auid);
             }
+            Record::Folder { name, present } => {
+                e.str(name).u32(u32::from(*present));
+            }
         }
         frame(out, self.kind(), &e.finish());
     }
@@ -132,6 +141,14 @@ impl Record {
             T_DELETE => Record::Delete { auid: d.u32()? },
             T_RESERVE => Record::Reserve {
                 next_auid: d.u32()?,
+            },
+            T_FOLDER => Record::Folder {
+                name: d.str()?,
+                present: match d.u32()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError("bad archive folder record")),
+                },
             },
             _ => return Err(DecodeError("unknown archive record type")),
         };
@@ -289,6 +306,14 @@ mod tests {
                 flags: vec![],
             },
             Record::Delete { auid: 1 },
+            Record::Folder {
+                name: "2024".into(),
+                present: true,
+            },
+            Record::Folder {
+                name: "Old/2019".into(),
+                present: false,
+            },
         ] {
             let start = buf.len();
             r.encode(&mut buf);

@@ -113,11 +113,28 @@ pub fn uidvalidity(folder: Option<&str>) -> u32 {
     crc32c::crc32c(key.as_bytes()) | 1
 }
 
-/// The archive folder as a mailbox: info and message states.
-pub fn snapshot(a: &UserArchive, folder: Option<&str>) -> (MailboxInfo, Vec<MessageState>) {
+/// The archive folder a message recorded under `folder` shows in: the
+/// agent records the current folder it came from (`INBOX` →
+/// `Archive/INBOX`), a client's APPEND, COPY or MOVE the archive folder it
+/// named (`Archive` → "", `Archive/2024` → "2024").
+pub fn shows_in(recorded: &str, folder: Option<&str>, all_in_one: bool) -> bool {
+    match folder {
+        None => all_in_one || recorded.is_empty(),
+        Some(f) => recorded == f,
+    }
+}
+
+/// The archive folder as a mailbox: info and message states. Every
+/// message is in exactly one folder, unless `all_in_one` makes `Archive`
+/// show them all.
+pub fn snapshot(
+    a: &UserArchive,
+    folder: Option<&str>,
+    all_in_one: bool,
+) -> (MailboxInfo, Vec<MessageState>) {
     let msgs: Vec<MessageState> = a
         .entries()
-        .filter(|e| folder.is_none_or(|f| e.folder == f))
+        .filter(|e| shows_in(&e.folder, folder, all_in_one))
         .map(|e| MessageState {
             uid: e.auid,
             flags: e.flags.clone(),
@@ -140,9 +157,15 @@ pub fn snapshot(a: &UserArchive, folder: Option<&str>) -> (MailboxInfo, Vec<Mess
     (info, msgs)
 }
 
-/// The folders that have archived mail, sorted.
+/// The archive folders below `Archive`, sorted: those with archived mail
+/// and those clients created.
 pub fn folders(a: &UserArchive) -> Vec<String> {
-    let mut v: Vec<String> = a.entries().map(|e| e.folder.clone()).collect();
+    let mut v: Vec<String> = a
+        .entries()
+        .filter(|e| !e.folder.is_empty())
+        .map(|e| e.folder.clone())
+        .chain(a.created_folders().map(str::to_string))
+        .collect();
     v.sort();
     v.dedup();
     v

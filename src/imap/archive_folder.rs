@@ -49,7 +49,8 @@ impl Ctx {
         {
             return Err(ArchiveProblem::NoSuchFolder);
         }
-        Ok(registry::snapshot(&a, folder))
+        let all_in_one = self.app.config.archive.all_in_one;
+        Ok(registry::snapshot(&a, folder, all_in_one))
     }
 
     /// Names of the archive folders to list (`Archive` first); just
@@ -108,6 +109,85 @@ impl Ctx {
     /// Whether clients may change archived mail (flags, delete, move out).
     pub fn archive_writable(&self, user: &str) -> bool {
         self.archive_policy(user).access == "read-write"
+    }
+
+    /// Whether an archive folder exists: `Archive` always, a folder below
+    /// it while it has mail or after a client created it.
+    pub async fn archive_folder_exists(
+        &self,
+        user: &str,
+        folder: Option<&str>,
+    ) -> Result<bool, String> {
+        let Some(f) = folder else { return Ok(true) };
+        let shared = self.own_archive(user).await?;
+        let a = shared.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(registry::folders(&a).iter().any(|x| x == f))
+    }
+
+    /// CREATE (`present`) or DELETE of a folder below `Archive`. Deleting
+    /// is refused while the folder has mail (`Ok(false)`).
+    pub async fn archive_make_folder(
+        &self,
+        user: &str,
+        name: &str,
+        present: bool,
+    ) -> Result<bool, String> {
+        let shared = self.own_archive(user).await?;
+        let name = name.to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if !present && a.entries().any(|e| e.folder == name) {
+                return Ok(false);
+            }
+            a.append(&[Record::Folder { name, present }])?;
+            Ok::<_, crate::archive::file::ArchiveError>(true)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.app.store.notify(user);
+        Ok(done)
+    }
+
+    /// APPEND into an archive folder: the message is archived at once
+    /// (written to the user's archive file and fsynced) under that folder.
+    /// Returns its archive UID.
+    pub async fn archive_new_message(
+        &self,
+        user: &str,
+        folder: &str,
+        flags: Vec<String>,
+        internal_date: i64,
+        raw: Vec<u8>,
+    ) -> Result<u32, String> {
+        let shared = self.own_archive(user).await?;
+        let folder = folder.to_string();
+        let raw = std::sync::Arc::new(raw);
+        let auid = tokio::task::spawn_blocking(move || {
+            let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let auid = a.next_auid();
+            let record = Record::Message {
+                auid,
+                folder,
+                flags,
+                internal_date,
+                archived_at: chrono::Utc::now().timestamp(),
+                // Not from the current store: nothing to reconcile.
+                origin: crate::archive::format::Origin {
+                    mailbox_id: 0,
+                    uidvalidity: 0,
+                    uid: 0,
+                },
+                raw,
+            };
+            a.append(&[record])?;
+            Ok::<_, crate::archive::file::ArchiveError>(auid)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.app.store.notify(user);
+        Ok(auid)
     }
 
     /// Appends records to the user's archive and wakes the user's sessions.

@@ -87,6 +87,18 @@ impl TestServer {
         inbox_of(&self.store(), user).await
     }
 
+    /// Stops the server and starts it again on the same data (everything
+    /// acknowledged must be there again).
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
+        self.server = Some(server);
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;

@@ -11,6 +11,7 @@ use imap_types::mailbox::Mailbox;
 use imap_types::response::Code;
 
 use super::store::{flag_strings, keyword_set, names_recent};
+use crate::archive::registry;
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx};
 use crate::imap::names;
@@ -33,8 +34,9 @@ impl Ctx {
             Ok(n) => n,
             Err(e) => return self.bad_name(tag, e),
         };
-        if self.refuse_archive_name(tag, &name) {
-            return;
+        let archive = registry::archive_folder(&name).map(|f| f.unwrap_or("").to_string());
+        if archive.is_some() && !self.archive_visible(&a.user) {
+            return self.no(tag, Some(Code::TryCreate), "No such mailbox");
         }
         let raw = match message {
             LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
@@ -47,7 +49,7 @@ impl Ctx {
             return self.bad(Some(tag), None, "\\Recent cannot be set by APPEND");
         }
         let keywords = keyword_set(&flags);
-        if !keywords.is_empty() {
+        if !keywords.is_empty() && archive.is_none() {
             let in_use = match self.keywords_in(a, sel, &name).await {
                 Ok(k) => k,
                 Err(e) => return self.store_error(tag, e),
@@ -60,10 +62,22 @@ impl Ctx {
             return self.no(tag, Some(code("TOOBIG")), "Message exceeds the size limit");
         }
         let user = a.user.clone();
-        let summary = Summary::parse(&raw);
         let internal_date = date
             .map(|d| d.as_ref().timestamp())
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        if let Some(folder) = archive {
+            return self
+                .append_to_archive(
+                    &user,
+                    tag,
+                    &folder,
+                    flag_strings(&flags),
+                    internal_date,
+                    raw,
+                )
+                .await;
+        }
+        let summary = Summary::parse(&raw);
         let delivery = Delivery {
             user: user.clone(),
             mailbox: name,
@@ -88,6 +102,46 @@ impl Ctx {
                 self.no(tag, Some(Code::TryCreate), "No such mailbox")
             }
             Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    /// APPEND into `Archive` or a folder below it: archived at once (how
+    /// sync clients such as mbsync archive: they upload the message into
+    /// the archive folder and expunge their copy), `OK [APPENDUID]` once
+    /// the archive file is fsynced.
+    async fn append_to_archive(
+        &mut self,
+        user: &str,
+        tag: &Tag<'_>,
+        folder: &str,
+        flags: Vec<String>,
+        internal_date: i64,
+        raw: Vec<u8>,
+    ) {
+        let child = (!folder.is_empty()).then_some(folder);
+        match self.archive_folder_exists(user, child).await {
+            Ok(true) => {}
+            Ok(false) => return self.no(tag, Some(Code::TryCreate), "No such archive folder"),
+            Err(why) => return self.archive_unavailable(user, tag, &why),
+        }
+        match self
+            .archive_new_message(user, folder, flags, internal_date, raw)
+            .await
+        {
+            Ok(auid) => {
+                let c = match (
+                    NonZeroU32::new(registry::uidvalidity(child)),
+                    NonZeroU32::new(auid),
+                ) {
+                    (Some(v), Some(u)) => Some(Code::AppendUid {
+                        uid_validity: v,
+                        uid: u,
+                    }),
+                    _ => None,
+                };
+                self.ok(tag, c, "APPEND completed (archived)");
+            }
+            Err(why) => self.archive_unavailable(user, tag, &why),
         }
     }
 

@@ -219,7 +219,8 @@ impl Ctx {
     }
 
     /// COPY/MOVE into an Archive folder: archived now (the Archive button of
-    /// mail clients), under the message's own folder name.
+    /// mail clients, Thunderbird's yearly folders), shown in the folder
+    /// the client named.
     #[allow(clippy::too_many_arguments)]
     async fn copy_to_archive(
         &mut self,
@@ -237,6 +238,11 @@ impl Ctx {
         }
         let source = v.name.clone();
         let user = a.user.clone();
+        match self.archive_folder_exists(&user, target).await {
+            Ok(true) => {}
+            Ok(false) => return self.no(tag, Some(Code::TryCreate), "No such archive folder"),
+            Err(why) => return self.archive_unavailable(&user, tag, &why),
+        }
         let pairs = match crate::archive::agent::archive_now(
             &self.app.store,
             &self.app.archives,
@@ -244,6 +250,7 @@ impl Ctx {
             &source,
             uids,
             remove,
+            target.unwrap_or(""),
         )
         .await
         {
