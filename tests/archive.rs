@@ -811,3 +811,58 @@ async fn killed_at_any_step_each_message_ends_up_in_exactly_one_place() {
         );
     }
 }
+
+/// MOVE out of an archive folder, killed (SIGKILL) between restoring into
+/// the current store and deleting the archive copies, or right after the
+/// delete: the next start finishes the move, each message ends up in
+/// INBOX exactly once and the archive holds none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_out_of_the_archive_killed_between_steps_is_exactly_once() {
+    for point in [
+        "restore-before-archive-delete",
+        "restore-after-archive-delete",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            &format!("[archive]\nroot = \"{}/archive\"\n", dir.path().display()),
+        );
+        std::fs::create_dir_all(dir.path().join("archive")).unwrap();
+        let daemon = Daemon::start(&config);
+        let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+        for i in 0..6 {
+            append(&mut c, "INBOX", 1, "\\Seen", i).await;
+        }
+        c.run("s SELECT INBOX").await;
+        let r = c.run("m MOVE 1:6 Archive").await;
+        assert!(r.contains("m OK"), "{r}");
+        drop(c);
+        assert!(daemon.terminate().success());
+        let (inbox, archived) = where_is_everything(&config).await;
+        assert_eq!((inbox.len(), archived.len()), (0, 6));
+
+        let daemon = Daemon::start_env(&config, &[("TMTEST_FAILPOINT", point)]);
+        let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+        c.run("s SELECT Archive").await;
+        c.send(b"m MOVE 1:6 INBOX\r\n").await;
+        assert!(c.closed().await, "{point}: the server was killed");
+        daemon.kill9();
+
+        // The next start finishes the move before serving.
+        let daemon = Daemon::start(&config);
+        let mut c = Imap::login(daemon.addr("imap"), "alice@example.test").await;
+        let r = c.run("s STATUS INBOX (MESSAGES)").await;
+        assert!(r.contains("(MESSAGES 6)"), "{point}: {r}");
+        let r = c.run("s STATUS Archive (MESSAGES)").await;
+        assert!(r.contains("(MESSAGES 0)"), "{point}: {r}");
+        drop(c);
+        assert!(daemon.terminate().success());
+        let (inbox, left) = where_is_everything(&config).await;
+        assert!(left.is_empty(), "{point}: archive copies deleted");
+        let mut got = inbox;
+        let mut want = archived;
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{point}: each message once, bytes unchanged");
+    }
+}

@@ -93,10 +93,14 @@ pub fn check_root(cfg: &ArchiveConfig) -> Result<(), AgentError> {
 }
 
 pub(crate) fn failpoint(name: &str) {
-    // Test hook for crash tests: `TMTEST_FAILPOINT=<name>` aborts the
-    // process at that point, as kill -9 would.
+    // Test hook for crash tests: `TMTEST_FAILPOINT=<name>` kills the
+    // process at that point with SIGKILL, as kill -9 would.
     if std::env::var("TMTEST_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::warn!(failpoint = name, "failpoint hit: aborting");
+        tracing::warn!(failpoint = name, "failpoint hit: killing the process");
+        // SAFETY: kill(2) on our own pid has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
         std::process::abort();
     }
 }
@@ -569,6 +573,60 @@ async fn expire_user(
     Ok(())
 }
 
+/// Finishes moves out of the archive a crash interrupted: messages already
+/// restored into the current store lose their archive copies (unless the
+/// user is on legal hold, which keeps both), and the store forgets them.
+/// Returns how many archive copies were deleted.
+async fn settle_restores(
+    store: &Arc<Store>,
+    archives: &Archives,
+    cfg: &ArchiveConfig,
+) -> Result<u64, AgentError> {
+    if !store.has_restored()? {
+        return Ok(0);
+    }
+    let mut deleted = 0;
+    for user in store.users() {
+        let restored = store.restored(&user).await?;
+        if restored.is_empty() {
+            continue;
+        }
+        if user_dir(cfg, &user).exists() && !cfg.on_hold(&user) {
+            let archive = archives.get(&user).await?;
+            let auids: Vec<u32> = restored.iter().map(|(_, _, a)| *a).collect();
+            let n = crate::background::run(move || {
+                let mut a = archive.lock().unwrap_or_else(|p| p.into_inner());
+                let doomed: Vec<Record> = auids
+                    .into_iter()
+                    .filter(|auid| a.entry(*auid).is_some())
+                    .map(|auid| Record::Delete { auid })
+                    .collect();
+                a.append(&doomed)?;
+                Ok::<_, AgentError>(doomed.len() as u64)
+            })
+            .await
+            .map_err(AgentError::Worker)??;
+            deleted += n;
+        }
+        let mut by_box: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for (mb, uid, _) in restored {
+            by_box.entry(mb).or_default().push(uid);
+        }
+        for (mailbox_id, uids) in by_box {
+            store
+                .submit(&user, Op::RestoreSettled { mailbox_id, uids })
+                .await?;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            "finished moves out of the archive interrupted by a crash"
+        );
+    }
+    Ok(deleted)
+}
+
 /// Finishes moves a crash interrupted: tagged messages already in the
 /// user's archive file are removed from the current store. Returns how
 /// many were removed.
@@ -577,12 +635,12 @@ pub async fn reconcile(
     archives: &Archives,
     cfg: &ArchiveConfig,
 ) -> Result<u64, AgentError> {
+    let mut removed = settle_restores(store, archives, cfg).await?;
     // The usual case (nothing was interrupted) costs one look per group,
     // not one per user.
     if !store.has_tagged()? {
-        return Ok(0);
+        return Ok(removed);
     }
-    let mut removed = 0;
     for user in store.users() {
         let tagged = store.tagged(&user).await?;
         if tagged.is_empty() || !user_dir(cfg, &user).exists() {

@@ -15,7 +15,7 @@ use redb::{
 
 use crate::store::StoreError;
 use crate::store::schema::{
-    BODIES, MAILBOX_IDS, MAILBOXES, MESSAGES, META, SUBSCRIPTIONS, TABLES, TAGS, USERS,
+    BODIES, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };
 
 /// Receives each row's key and value bytes.
@@ -67,6 +67,7 @@ pub fn dump_table(
         5 => dump(txn, BODIES, sink),
         6 => dump(txn, SUBSCRIPTIONS, sink),
         7 => dump(txn, TAGS, sink),
+        8 => dump(txn, RESTORED, sink),
         _ => Err(StoreError::Format(format!("no table number {index}"))),
     }
 }
@@ -86,6 +87,7 @@ pub fn load_rows(
         5 => load(txn, BODIES, rows),
         6 => load(txn, SUBSCRIPTIONS, rows),
         7 => load(txn, TAGS, rows),
+        8 => load(txn, RESTORED, rows),
         _ => Err(StoreError::Format(format!("no table number {index}"))),
     }
 }

@@ -310,38 +310,86 @@ impl Ctx {
     }
 
     /// Restores archived messages into a current mailbox (COPY or MOVE out
-    /// of an archive folder): same bytes, flags and internal date. Returns
-    /// (archive UID, new UID) pairs and the mailbox's UIDVALIDITY.
+    /// of an archive folder): same bytes, flags and internal date, in
+    /// batches of one logged step (one fsync) each. A MOVE is one
+    /// crash-safe operation: the store remembers the archive UIDs with the
+    /// restored messages, then the archive copies are deleted, then the
+    /// store forgets them; a crash in between is finished at the next
+    /// start (`archive::agent::reconcile`). Returns (archive UID, new UID)
+    /// pairs and the mailbox's UIDVALIDITY.
     pub async fn archive_restore(
         &self,
         user: &str,
         view: &View,
         auids: Vec<u32>,
         mailbox: &str,
-    ) -> Result<(u32, Vec<(u32, u32)>), crate::store::StoreError> {
-        let loaded = self
-            .load_messages(user, view, auids, true)
-            .await
-            .map_err(crate::store::StoreError::Unavailable)?;
+        moving: bool,
+    ) -> Result<(u32, Vec<(u32, u32)>), RestoreProblem> {
         let mut pairs = Vec::new();
         let mut validity = 0;
-        for (auid, meta, body) in loaded {
-            let raw = body.unwrap_or_default();
-            let d = Delivery {
+        for chunk in auids.chunks(RESTORE_BATCH) {
+            let loaded = self
+                .load_messages(user, view, chunk.to_vec(), true)
+                .await
+                .map_err(RestoreProblem::Archive)?;
+            let messages = loaded
+                .into_iter()
+                .map(|(auid, meta, body)| {
+                    let d = Delivery {
+                        user: user.to_string(),
+                        mailbox: mailbox.to_string(),
+                        summary: meta.summary,
+                        raw: std::sync::Arc::new(body.unwrap_or_default()),
+                        internal_date: meta.internal_date,
+                        flags: meta.flags,
+                    };
+                    (auid, d)
+                })
+                .collect();
+            let op = Op::Restore {
                 user: user.to_string(),
                 mailbox: mailbox.to_string(),
-                summary: meta.summary,
-                raw: std::sync::Arc::new(raw),
-                internal_date: meta.internal_date,
-                flags: meta.flags,
+                messages,
+                moving,
             };
-            if let Outcome::Appended { uidvalidity, uid } =
-                self.app.store.submit(user, Op::Deliver(d)).await?
-            {
-                validity = uidvalidity;
-                pairs.push((auid, uid));
+            let (mailbox_id, done) = match self.app.store.submit(user, op).await {
+                Ok(Outcome::Restored {
+                    uidvalidity,
+                    mailbox_id,
+                    pairs,
+                }) => {
+                    validity = uidvalidity;
+                    (mailbox_id, pairs)
+                }
+                Ok(_) => continue,
+                Err(e) => return Err(RestoreProblem::Store(e)),
+            };
+            if moving && !done.is_empty() {
+                crate::archive::agent::failpoint("restore-before-archive-delete");
+                let gone: Vec<u32> = done.iter().map(|(a, _)| *a).collect();
+                self.archive_delete(user, gone)
+                    .await
+                    .map_err(RestoreProblem::Delete)?;
+                crate::archive::agent::failpoint("restore-after-archive-delete");
+                let uids = done.iter().map(|(_, u)| *u).collect();
+                self.app
+                    .store
+                    .submit(user, Op::RestoreSettled { mailbox_id, uids })
+                    .await
+                    .map_err(RestoreProblem::Store)?;
             }
+            pairs.extend(done);
         }
         Ok((validity, pairs))
     }
+}
+
+/// Messages restored per logged step (and archive delete).
+const RESTORE_BATCH: usize = 256;
+
+/// Why a restore stopped (what was done before stays done).
+pub enum RestoreProblem {
+    Archive(String),
+    Store(crate::store::StoreError),
+    Delete(DeleteRefused),
 }

@@ -547,6 +547,7 @@ fn live_events(
 fn job_bytes(j: &Job) -> usize {
     match &j.op {
         Op::Deliver(d) => d.raw.len(),
+        Op::Restore { messages, .. } => messages.iter().map(|(_, d)| d.raw.len()).sum(),
         _ => 64,
     }
 }

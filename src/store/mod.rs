@@ -314,6 +314,44 @@ impl Store {
         Ok(false)
     }
 
+    /// Whether a move out of some archive may be unfinished (cheap: one
+    /// table length per group).
+    pub fn has_restored(&self) -> Result<bool, StoreError> {
+        for g in &self.groups {
+            if g.db.begin_read()?.open_table(schema::RESTORED)?.len()? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// (mailbox id, uid, archive UID) of `user`'s messages moved out of the
+    /// archive whose archive copies may still be there.
+    pub async fn restored(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<Vec<(u64, u32, u32)>, StoreError> {
+        let prefix = schema::mailbox_key(user, "");
+        self.read(user, move |txn| {
+            let boxes = txn.open_table(schema::MAILBOXES)?;
+            let restored = txn.open_table(schema::RESTORED)?;
+            let mut out = Vec::new();
+            for row in boxes.range(prefix.as_str()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                let id = MailboxInfo::from_bytes(v.value())?.id;
+                for t in restored.range((id, 0)..=(id, u32::MAX))? {
+                    let (key, auid) = t?;
+                    out.push((id, key.value().1, auid.value()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// (mailbox id, uid) of every message of `user` tagged for archiving.
     pub async fn tagged(self: &Arc<Self>, user: &str) -> Result<Vec<(u64, u32)>, StoreError> {
         let prefix = schema::mailbox_key(user, "");

@@ -85,6 +85,21 @@ pub enum Op {
         mailbox_id: u64,
         uids: Vec<u32>,
     },
+    /// Messages out of the user's archive into one mailbox, in one logged
+    /// step: (archive UID, message). When `moving`, the archive UIDs are
+    /// remembered until `RestoreSettled` (the archive copies deleted), so
+    /// a crash in between is finished, never leaving a message twice.
+    Restore {
+        user: String,
+        mailbox: String,
+        messages: Vec<(u32, Delivery)>,
+        moving: bool,
+    },
+    /// The archive copies of these restored messages are deleted.
+    RestoreSettled {
+        mailbox_id: u64,
+        uids: Vec<u32>,
+    },
     /// COPY (or MOVE when `remove`) of `uids` of one mailbox into another of
     /// the same user.
     Copy {
@@ -118,6 +133,12 @@ pub enum Outcome {
     },
     Copied {
         uidvalidity: u32,
+        pairs: Vec<(u32, u32)>,
+    },
+    /// (archive UID, new UID) of each restored message.
+    Restored {
+        uidvalidity: u32,
+        mailbox_id: u64,
         pairs: Vec<(u32, u32)>,
     },
 }
@@ -164,6 +185,31 @@ pub fn plan(
             flags,
             unchanged_since,
         } => plan_store(txn, *mailbox_id, uids, *action, flags, *unchanged_since),
+        Op::Restore {
+            user,
+            mailbox,
+            messages,
+            moving,
+        } => plan_restore(txn, user, mailbox, messages, *moving),
+        Op::RestoreSettled { mailbox_id, uids } => {
+            let restored = txn.open_table(schema::RESTORED)?;
+            let mut pairs = Vec::new();
+            for uid in uids {
+                if let Some(auid) = restored.get((*mailbox_id, *uid))? {
+                    pairs.push((*uid, auid.value()));
+                }
+            }
+            let records = if pairs.is_empty() {
+                Vec::new()
+            } else {
+                vec![Record::Restored {
+                    mailbox_id: *mailbox_id,
+                    pairs,
+                    pending: false,
+                }]
+            };
+            Ok((records, Outcome::Done))
+        }
         Op::Tag { mailbox_id, uids } => {
             let messages = txn.open_table(MESSAGES)?;
             let tags = txn.open_table(schema::TAGS)?;
@@ -599,6 +645,56 @@ fn plan_copy(
         records,
         Outcome::Copied {
             uidvalidity: dest.uidvalidity,
+            pairs,
+        },
+    ))
+}
+
+fn plan_restore(
+    txn: &WriteTransaction,
+    user: &str,
+    mailbox: &str,
+    messages: &[(u32, Delivery)],
+    moving: bool,
+) -> Result<(Vec<Record>, Outcome), StoreError> {
+    let info = info_by_name(txn, user, mailbox)?
+        .ok_or_else(|| StoreError::NoSuchMailbox(mailbox.into()))?;
+    let room = u32::MAX - info.uidnext;
+    if messages.len() as u64 > u64::from(room) {
+        return Err(StoreError::UidsExhausted(mailbox.to_string()));
+    }
+    let modseq = info.highestmodseq + 1;
+    let mut records = Vec::with_capacity(messages.len() + 1);
+    let mut pairs = Vec::with_capacity(messages.len());
+    for (i, (auid, d)) in messages.iter().enumerate() {
+        let size = u32::try_from(d.raw.len()).map_err(|_| StoreError::TooLarge(d.raw.len()))?;
+        let uid = info.uidnext + i as u32;
+        records.push(Record::MessageAppended {
+            mailbox_id: info.id,
+            uid,
+            meta: MessageMeta {
+                internal_date: d.internal_date,
+                size,
+                modseq,
+                flags: d.flags.clone(),
+                summary: d.summary.clone(),
+            },
+            raw: d.raw.clone(),
+        });
+        pairs.push((*auid, uid));
+    }
+    if moving && !pairs.is_empty() {
+        records.push(Record::Restored {
+            mailbox_id: info.id,
+            pairs: pairs.iter().map(|(a, u)| (*u, *a)).collect(),
+            pending: true,
+        });
+    }
+    Ok((
+        records,
+        Outcome::Restored {
+            uidvalidity: info.uidvalidity,
+            mailbox_id: info.id,
             pairs,
         },
     ))

@@ -18,6 +18,7 @@ pub const T_MAILBOX_RENAMED: u8 = 8;
 pub const T_SUBSCRIPTION: u8 = 9;
 pub const T_TAGGED: u8 = 10;
 pub const T_CLOCK: u8 = 11;
+pub const T_RESTORED: u8 = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -83,6 +84,14 @@ pub enum Record {
         uids: Vec<u32>,
         tagged: bool,
     },
+    /// Messages moved out of the user's archive into `mailbox_id`, as
+    /// (uid, archive UID): `pending` while the archive copies are not yet
+    /// deleted (a crash then is finished by deleting them), cleared after.
+    Restored {
+        mailbox_id: u64,
+        pairs: Vec<(u32, u32)>,
+        pending: bool,
+    },
     /// When the batch of records after it was committed (unix milliseconds).
     /// Changes nothing; point-in-time restore stops at the first clock past
     /// the chosen time.
@@ -104,6 +113,7 @@ impl Record {
             Record::MailboxRenamed { .. } => T_MAILBOX_RENAMED,
             Record::Subscription { .. } => T_SUBSCRIPTION,
             Record::Tagged { .. } => T_TAGGED,
+            Record::Restored { .. } => T_RESTORED,
             Record::Clock { .. } => T_CLOCK,
         }
     }
@@ -190,6 +200,18 @@ impl Record {
                     .u32(uids.len() as u32);
                 for uid in uids {
                     e.u32(*uid);
+                }
+            }
+            Record::Restored {
+                mailbox_id,
+                pairs,
+                pending,
+            } => {
+                e.u64(*mailbox_id)
+                    .u8(u8::from(*pending))
+                    .u32(pairs.len() as u32);
+                for (uid, auid) in pairs {
+                    e.u32(*uid).u32(*auid);
                 }
             }
             Record::Clock { unix_ms } => {
@@ -286,10 +308,48 @@ impl Record {
                     tagged,
                 }
             }
+            T_RESTORED => {
+                let mailbox_id = d.u64()?;
+                let pending = d.u8()? != 0;
+                let n = d.count(8)?;
+                let pairs = (0..n)
+                    .map(|_| Ok((d.u32()?, d.u32()?)))
+                    .collect::<Result<_, DecodeError>>()?;
+                Record::Restored {
+                    mailbox_id,
+                    pairs,
+                    pending,
+                }
+            }
             T_CLOCK => Record::Clock { unix_ms: d.i64()? },
             _ => return Err(DecodeError("unknown record type")),
         };
         d.end()?;
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_round_trips_and_rejects_a_short_count() {
+        for pending in [true, false] {
+            let r = Record::Restored {
+                mailbox_id: 7,
+                pairs: vec![(1, 100), (2, 101), (u32::MAX - 1, 5)],
+                pending,
+            };
+            let mut e = Enc::new();
+            r.encode_payload(&mut e);
+            let bytes = e.finish();
+            assert_eq!(Record::decode(T_RESTORED, &bytes).unwrap(), r);
+            // A count larger than the payload holds is an error, not an
+            // allocation.
+            let mut bad = bytes.clone();
+            bad[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert!(Record::decode(T_RESTORED, &bad).is_err());
+        }
     }
 }

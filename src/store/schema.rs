@@ -30,6 +30,9 @@ pub const SUBSCRIPTIONS: TableDefinition<&str, u8> = TableDefinition::new("subsc
 
 /// (mailbox id, uid) of every message tagged for archiving.
 pub const TAGS: TableDefinition<(u64, u32), ()> = TableDefinition::new("tags");
+/// (mailbox id, uid) -> archive UID of messages moved out of the archive
+/// whose archive copy may still exist (see `Record::Restored`).
+pub const RESTORED: TableDefinition<(u64, u32), u32> = TableDefinition::new("restored");
 
 pub const TABLES: &[&str] = &[
     "meta",
@@ -40,6 +43,7 @@ pub const TABLES: &[&str] = &[
     "bodies",
     "subscriptions",
     "tags",
+    "restored",
 ];
 
 pub const K_FORMAT: &str = "format_version";
@@ -125,6 +129,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BODIES)?;
     txn.open_table(SUBSCRIPTIONS)?;
     txn.open_table(TAGS)?;
+    txn.open_table(RESTORED)?;
     Ok(())
 }
 
@@ -322,6 +327,8 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                 bodies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
                 txn.open_table(TAGS)?
                     .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+                txn.open_table(RESTORED)?
+                    .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
             }
         }
         Record::MailboxRenamed { user, from, to, id } => {
@@ -338,6 +345,20 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
             }
         }
         Record::Clock { .. } => {}
+        Record::Restored {
+            mailbox_id,
+            pairs,
+            pending,
+        } => {
+            let mut restored = txn.open_table(RESTORED)?;
+            for (uid, auid) in pairs {
+                if *pending {
+                    restored.insert((*mailbox_id, *uid), *auid)?;
+                } else {
+                    restored.remove((*mailbox_id, *uid))?;
+                }
+            }
+        }
         Record::Tagged {
             mailbox_id,
             uids,

@@ -10,6 +10,7 @@ use imap_types::response::Code;
 use imap_types::sequence::SequenceSet;
 
 use crate::archive::registry;
+use crate::imap::archive_folder::RestoreProblem;
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx, Next};
 use crate::imap::names;
@@ -206,15 +207,12 @@ impl Ctx {
             Ok(None) => return self.no(tag, Some(Code::TryCreate), "No such mailbox"),
             Err(e) => return self.store_error(tag, e),
         }
-        let (validity, pairs) = match self.archive_restore(&user, v, auids, name).await {
+        let (validity, pairs) = match self.archive_restore(&user, v, auids, name, remove).await {
             Ok(r) => r,
-            Err(e) => return self.store_error(tag, e),
+            Err(RestoreProblem::Store(e)) => return self.store_error(tag, e),
+            Err(RestoreProblem::Archive(why)) => return self.archive_unavailable(&user, tag, &why),
+            Err(RestoreProblem::Delete(why)) => return self.delete_refused(&user, tag, why),
         };
-        let src: Vec<u32> = pairs.iter().map(|(a, _)| *a).collect();
-        // Restored (fsynced) first, then the archive copy goes.
-        if remove && let Err(why) = self.archive_delete(&user, src).await {
-            return self.delete_refused(&user, tag, why);
-        }
         self.copied(tag, copyuid(validity, &pairs), remove, verb, "Restored")
     }
 
