@@ -116,6 +116,9 @@ pub struct ImapConfig {
     pub allow_plaintext_auth: bool,
     pub idle_timeout_secs: u64,
     pub unauthenticated_timeout_secs: u64,
+    /// Flag changes of other sessions reported in one go (FETCH FLAGS);
+    /// the rest wait, one per message at its latest flags, for the next.
+    pub max_flag_updates: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -366,6 +369,9 @@ impl Config {
         }
         if self.backup.keep == 0 {
             return Err(invalid("backup.keep", "must be at least 1"));
+        }
+        if self.imap.max_flag_updates == 0 {
+            return Err(invalid("imap.max_flag_updates", "must be at least 1"));
         }
         for (i, t) in self.backup.targets.iter().enumerate() {
             if t.as_os_str().is_empty() {

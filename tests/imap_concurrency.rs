@@ -207,3 +207,71 @@ async fn stress_checker_finds_no_violations_and_no_stalls() {
     assert_eq!(field(&text, "stalls"), 0, "{text}");
     server.stop().await;
 }
+
+/// The FETCH lines of a transcript, as (sequence number, line).
+fn fetches(r: &str) -> Vec<(u32, String)> {
+    r.lines()
+        .filter_map(|l| {
+            let (n, tail) = l.strip_prefix("* ")?.split_once(' ')?;
+            if !tail.starts_with("FETCH (") {
+                return None;
+            }
+            Some((n.parse().ok()?, l.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_updates_are_coalesced_and_sent_in_bounded_rounds() {
+    let server = TestServer::start_with(|c| c.imap.max_flag_updates = 100).await;
+    let mut a = Imap::login(server.imap(), "alice@example.test").await;
+    let mut b = Imap::login(server.imap(), "alice@example.test").await;
+    let mut w = Vec::new();
+    for i in 0..400 {
+        let m = format!("Subject: n{i}\r\n\r\n{i}\r\n");
+        w.extend_from_slice(format!("f{i} APPEND INBOX {{{}+}}\r\n{m}\r\n", m.len()).as_bytes());
+    }
+    b.send(&w).await;
+    answer(&mut b, "f399").await;
+    a.run("s SELECT INBOX").await;
+    b.run("s SELECT INBOX").await;
+    // Many changes while the first session does not ask.
+    for flag in ["\\Flagged", "$One", "$Two", "\\Answered", "$Three"] {
+        let r = b.run(&format!("t STORE 1:* +FLAGS.SILENT ({flag})")).await;
+        assert!(r.contains("t OK"), "{r}");
+    }
+    // Each NOOP reports at most one round; every message once, at its
+    // latest flags, however many times it changed.
+    let mut seen = std::collections::BTreeMap::new();
+    for round in 0..10 {
+        let r = a.run(&format!("n{round} NOOP")).await;
+        let f = fetches(&r);
+        assert!(f.len() <= 100, "round {round}: {} updates", f.len());
+        for (n, line) in f {
+            assert!(
+                line.contains("\\Flagged") && line.contains("$Three"),
+                "{line}"
+            );
+            assert!(seen.insert(n, line).is_none(), "message {n} reported twice");
+        }
+    }
+    assert_eq!(seen.len(), 400);
+    // In IDLE the rounds follow each other without the client asking.
+    a.send(b"i IDLE\r\n").await;
+    let go = a.line().await;
+    assert!(go.starts_with('+'), "{go}");
+    b.run("t STORE 1:* -FLAGS.SILENT ($One)").await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 400 {
+        let l = tokio::time::timeout(Duration::from_secs(20), a.line())
+            .await
+            .unwrap_or_else(|_| panic!("IDLE reported {} of 400", got.len()));
+        if let Some((n, line)) = fetches(&l).into_iter().next() {
+            assert!(!line.contains("$One"), "{line}");
+            assert!(got.insert(n), "message {n} reported twice");
+        }
+    }
+    a.send(b"DONE\r\n").await;
+    answer(&mut a, "i").await;
+    server.stop().await;
+}

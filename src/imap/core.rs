@@ -321,6 +321,12 @@ impl Core {
         }
     }
 
+    /// Flag changes are still waiting to be reported (more than one round
+    /// holds, see `imap.max_flag_updates`).
+    pub fn has_unreported(&self) -> bool {
+        matches!(&self.state, State::Selected(_, v) if !v.unreported.is_empty())
+    }
+
     /// During IDLE, the user's mail changed: report it now.
     pub async fn idle_update(&mut self) {
         if let State::Selected(a, v) = &mut self.state {

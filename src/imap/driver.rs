@@ -121,7 +121,15 @@ impl Session {
             match read {
                 // The user's mail changed during IDLE (the change is marked
                 // seen by `changed`): report it now.
-                None => self.core.idle_update().await,
+                None => {
+                    self.core.idle_update().await;
+                    // A large change goes out in rounds, each written
+                    // before the next is made.
+                    while self.core.idling() && self.core.has_unreported() {
+                        self.write().await?;
+                        self.core.idle_update().await;
+                    }
+                }
                 Some(0) => return Ok(()),
                 Some(n) => self.core.feed(&chunk[..n]),
             }

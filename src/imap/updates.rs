@@ -100,7 +100,7 @@ impl Ctx {
             }
         }
         let mut flags = up.flags;
-        flags.extend(v.take_unreported());
+        flags.extend(v.take_unreported(self.app.config.imap.max_flag_updates));
         flags.sort_by_key(|(seq, ..)| *seq);
         for (seq, uid, flags, modseq) in flags {
             self.announce(v, &flags);

@@ -324,10 +324,23 @@ impl View {
         up
     }
 
-    /// The flag changes not reported yet, as (seq, uid, flags, modseq),
-    /// and none left.
-    pub fn take_unreported(&mut self) -> Vec<(u32, u32, Vec<String>, u64)> {
-        let uids = std::mem::take(&mut self.unreported);
+    /// Up to `limit` of the flag changes not reported yet, as (seq, uid,
+    /// flags, modseq); the rest stay for the next time.
+    pub fn take_unreported(&mut self, limit: usize) -> Vec<(u32, u32, Vec<String>, u64)> {
+        let uids: Vec<u32> = if self.unreported.len() <= limit {
+            std::mem::take(&mut self.unreported).into_iter().collect()
+        } else {
+            let keep = self
+                .unreported
+                .iter()
+                .nth(limit)
+                .copied()
+                .map(|at| self.unreported.split_off(&at))
+                .unwrap_or_default();
+            std::mem::replace(&mut self.unreported, keep)
+                .into_iter()
+                .collect()
+        };
         uids.into_iter()
             .filter_map(|uid| {
                 let seq = self.seq_of(uid)?;
