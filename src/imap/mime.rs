@@ -247,7 +247,10 @@ fn header_bytes<'a>(raw: &'a [u8], p: &MessagePart<'_>) -> &'a [u8] {
 /// at most `depth` levels deep: a multipart or embedded message at the
 /// limit is described as one text/plain leaf of its raw body (as Dovecot
 /// does past its MIME limits), so nesting never costs more than `depth`
-/// stack frames here and in the encoder.
+/// stack frames here and in the encoder. Each part is described once: a
+/// part list that names a part again (mail-parser can build such lists
+/// from broken boundaries) would otherwise make the description grow
+/// exponentially with the depth; a repeat is shown as an empty text part.
 pub fn structure(
     raw: &[u8],
     m: &Message<'_>,
@@ -255,9 +258,25 @@ pub fn structure(
     ext: bool,
     depth: usize,
 ) -> BodyStructure<'static> {
+    let mut seen = std::collections::HashSet::new();
+    structure_of(raw, m, id, ext, depth, &mut seen)
+}
+
+fn structure_of(
+    raw: &[u8],
+    m: &Message<'_>,
+    id: u32,
+    ext: bool,
+    depth: usize,
+    seen: &mut std::collections::HashSet<(usize, u32)>,
+) -> BodyStructure<'static> {
     let Some(part) = m.part(id) else {
         return empty_text();
     };
+    // Parts are told apart by their message (its address) and number.
+    if !seen.insert((m as *const Message<'_> as usize, id)) {
+        return empty_text();
+    }
     let nested = matches!(part.body, PartType::Multipart(_) | PartType::Message(_));
     if nested && depth <= 1 {
         return leaf_text(body_bytes(raw, part), ext);
@@ -279,7 +298,7 @@ pub fn structure(
     if let PartType::Multipart(children) = &part.body {
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
-            .map(|c| structure(raw, m, *c, ext, depth - 1))
+            .map(|c| structure_of(raw, m, *c, ext, depth - 1, seen))
             .collect();
         let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_text()));
         return BodyStructure::Multi {
@@ -314,7 +333,7 @@ pub fn structure(
     let specific = match &part.body {
         PartType::Message(inner) if ctype == "MESSAGE" => SpecificFields::Message {
             envelope: Box::new(envelope(inner)),
-            body_structure: Box::new(structure(raw, inner, 0, ext, depth - 1)),
+            body_structure: Box::new(structure_of(raw, inner, 0, ext, depth - 1, seen)),
             number_of_lines: lines(body),
         },
         _ if ctype == "TEXT" => SpecificFields::Text {
@@ -714,6 +733,26 @@ Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nJVBERi0=\r\n--b1--\r\
         let text = String::from_utf8_lossy(&shallow);
         assert_eq!(text.matches("\"MIXED\"").count(), 3, "{text}");
         assert!(text.contains("(\"TEXT\" \"PLAIN\""), "{text}");
+    }
+
+    /// Found by the fuzzer: broken boundaries made mail-parser list parts
+    /// that repeat, and describing them blew up exponentially (4 GB from
+    /// 1.7 KB). Each part is described once now.
+    #[test]
+    fn repeated_parts_are_described_once() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/mime/regress-bodystructure-repeated-parts"
+        ))
+        .unwrap();
+        let parts = parse(&raw).parts.len();
+        let out = describe_on_small_stack(raw, 64);
+        assert!(out.starts_with(b"* 1 FETCH (BODYSTRUCTURE ("));
+        assert!(
+            out.len() < 64 * 1024,
+            "{} bytes for {parts} parts",
+            out.len()
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   tiermail-load deliver --addr 127.0.0.1:2424 --lmtp --sessions 16 --messages 5000 --size 4096
 //!   tiermail-load imap --addr 127.0.0.1:1143 --clients 16 --seconds 10 --password pw
 //!   tiermail-load idle --addr 127.0.0.1:1143 --count 5000 --users 16 --password pw
+//!   tiermail-load probe --addr 127.0.0.1:1143 --user 0 --password pw --rounds 200
 //!   tiermail-load imap-stress --addr 127.0.0.1:1143 --clients 10 --seconds 30 --user u@x --password pw
 
 // Input from the network or disk must never panic: no unwrap outside tests.
@@ -125,6 +126,23 @@ enum Cmd {
         days: i64,
         #[arg(long)]
         password: String,
+    },
+    /// Latencies on one user's big mailbox, with a second session making
+    /// changes: SELECT, STATUS (MESSAGES UNSEEN), NOOP after the other
+    /// session's flag change, SEARCH UNSEEN (median and p99 in ms).
+    Probe {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// User number (bench<N>).
+        #[arg(long)]
+        user: usize,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Which measurements: any of select,status,noop,search.
+        #[arg(long, default_value = "select,status,noop,search")]
+        only: String,
     },
     /// Opens N logged-in idle connections, prints `ready N`, holds them
     /// until standard input closes.
@@ -386,6 +404,71 @@ async fn imap_client(
     Ok(st)
 }
 
+/// See `Cmd::Probe`.
+async fn probe(
+    addr: SocketAddr,
+    u: usize,
+    password: &str,
+    rounds: usize,
+    only: &str,
+) -> std::io::Result<String> {
+    let mut a = Imap::login(addr, u, password).await?;
+    let mut b = Imap::login(addr, u, password).await?;
+    let mut st: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let want = |k: &str| only.split(',').any(|x| x == k);
+    if want("select") {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            a.cmd("SELECT INBOX").await?;
+            st.entry("select").or_default().push(t.elapsed());
+            a.cmd("UNSELECT").await?;
+        }
+    }
+    a.cmd("SELECT INBOX").await?;
+    // STATUS from a session that has no mailbox selected, as clients poll
+    // their other folders.
+    if want("status") {
+        for _ in 0..rounds {
+            let t = Instant::now();
+            b.cmd("STATUS INBOX (MESSAGES UNSEEN)").await?;
+            st.entry("status").or_default().push(t.elapsed());
+        }
+    }
+    b.cmd("SELECT INBOX").await?;
+    if want("noop") {
+        // Each round: the other session flips a flag, then this one's NOOP
+        // (which reports it) is timed.
+        for i in 0..rounds {
+            let sign = if i % 2 == 0 { '+' } else { '-' };
+            b.cmd(&format!(
+                "STORE {} {sign}FLAGS.SILENT (\\Flagged)",
+                1 + i / 2
+            ))
+            .await?;
+            let t = Instant::now();
+            a.cmd("NOOP").await?;
+            st.entry("noop_after_change").or_default().push(t.elapsed());
+        }
+    }
+    if want("search") {
+        for _ in 0..rounds.min(50) {
+            let t = Instant::now();
+            a.cmd("SEARCH UNSEEN").await?;
+            st.entry("search_unseen").or_default().push(t.elapsed());
+        }
+    }
+    let parts: Vec<String> = st
+        .iter_mut()
+        .map(|(k, v)| {
+            let n = v.len();
+            let med = pct(v, 0.5);
+            let p99 = pct(v, 0.99);
+            format!("\"{k}\": {{\"n\": {n}, \"median_ms\": {med:.3}, \"p99_ms\": {p99:.3}}}")
+        })
+        .collect();
+    Ok(format!("{{{}}}", parts.join(", ")))
+}
+
 fn json_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -417,6 +500,15 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             println!("{out}");
+        }
+        Cmd::Probe {
+            addr,
+            user,
+            password,
+            rounds,
+            only,
+        } => {
+            println!("{}", probe(addr, user, &password, rounds, &only).await?);
         }
         Cmd::Users {
             count,

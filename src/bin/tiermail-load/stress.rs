@@ -113,6 +113,9 @@ fn is_system(f: &str) -> bool {
 
 struct Client {
     id: usize,
+    /// The last lines sent and received (commands abridged), printed to
+    /// stderr with a violation when tracing.
+    trace: Option<std::collections::VecDeque<String>>,
     s: TcpStream,
     frag: Fragmentizer,
     model: Model,
@@ -132,6 +135,7 @@ impl Client {
         let _ = s.set_nodelay(true);
         let mut c = Client {
             id,
+            trace: std::env::var_os("TMLOAD_TRACE").map(|_| Default::default()),
             s,
             frag: Fragmentizer::without_max_message_size(),
             model: Model::default(),
@@ -179,6 +183,14 @@ impl Client {
 
     /// Applies the response in the framer to the model.
     fn apply(&mut self) -> Option<String> {
+        if let Some(t) = &mut self.trace {
+            let b = self.frag.message_bytes();
+            let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
+            t.push_back(format!("S: {}", text.trim_end()));
+            if t.len() > 60 {
+                t.pop_front();
+            }
+        }
         let decoded = self.frag.decode_message(&ResponseCodec::default());
         let response = match decoded {
             Ok(r) => r.into_static(),
@@ -207,6 +219,10 @@ impl Client {
             _ => None,
         };
         for p in problems {
+            if let Some(t) = &self.trace {
+                let lines: Vec<&str> = t.iter().map(String::as_str).collect();
+                eprintln!("== client {}: {p}\n{}", self.id, lines.join("\n"));
+            }
             self.report.violation(self.id, p);
         }
         tag
@@ -327,6 +343,10 @@ impl Client {
         for (tag, bytes) in &commands {
             wire.extend_from_slice(bytes);
             tags.push(tag.clone());
+            if let Some(t) = &mut self.trace {
+                let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+                t.push_back(format!("C: {}", String::from_utf8_lossy(line).trim_end()));
+            }
         }
         self.s.write_all(&wire).await?;
         let deadline = Instant::now() + STALL;
@@ -493,6 +513,9 @@ impl Client {
             self.s
                 .write_all(format!("{tag} IDLE\r\n").as_bytes())
                 .await?;
+            if let Some(t) = &mut self.trace {
+                t.push_back(format!("C: {tag} IDLE"));
+            }
             let deadline = Instant::now() + STALL;
             // Until the continuation request, then updates for a moment.
             loop {
@@ -526,6 +549,9 @@ impl Client {
                 r?;
             }
             self.s.write_all(b"DONE\r\n").await?;
+            if let Some(t) = &mut self.trace {
+                t.push_back("C: DONE".into());
+            }
             loop {
                 match self.read_response(Instant::now() + STALL).await {
                     Ok(Some(t)) if t == tag => break,
