@@ -395,3 +395,34 @@ async fn sent_dates_come_from_the_date_header() {
     }
     server.stop().await;
 }
+
+/// A message that arrives and is expunged between two of a session's
+/// commands was never announced: the session hears neither EXISTS nor an
+/// EXPUNGE for it (an EXPUNGE would name a number the client never had).
+#[tokio::test]
+async fn a_message_that_came_and_went_is_not_expunged_at_the_client() {
+    let server = TestServer::start().await;
+    let mut a = Imap::login(server.imap(), "alice@example.test").await;
+    let mut b = Imap::login(server.imap(), "alice@example.test").await;
+    fill(&mut a, 3).await;
+    a.run("s SELECT INBOX").await;
+    b.run("s SELECT INBOX").await;
+    // While the first session is quiet: one old message goes, one new
+    // comes and goes, one new stays.
+    b.run("d STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    append(&mut b, "x", "(\\Deleted) ", b"Subject: brief\r\n\r\nx\r\n").await;
+    append(&mut b, "y", "", b"Subject: stays\r\n\r\ny\r\n").await;
+    let r = b.run("e EXPUNGE").await;
+    assert!(r.contains("* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n"), "{r}");
+    let r = a.run("n NOOP").await;
+    assert_eq!(
+        r,
+        "* 2 EXPUNGE\r\n* 3 EXISTS\r\n* 2 RECENT\r\nn OK NOOP completed\r\n"
+    );
+    let r = a.run("f FETCH 1:* (UID)").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 3)\r\n* 3 FETCH (UID 5)\r\nf OK FETCH completed\r\n"
+    );
+    server.stop().await;
+}

@@ -363,6 +363,8 @@ impl View {
         let mut up = Updates::default();
         let mut changed: Vec<u32> = Vec::new();
         let mut added = 0usize;
+        // The client knows the messages up to this UID.
+        let known_last = self.entries.last().map_or(0, |e| e.uid);
         // (Reported flags go through `unreported`.)
         let recent_from = st.recent_from;
         match st.changes_since(self.cursor) {
@@ -435,14 +437,21 @@ impl View {
         }
         drop(st);
         if expunge_ok {
+            // A message that came and went since the last report was
+            // never announced: it leaves without an EXPUNGE (whose number
+            // the client could not know).
             let mut i = 0;
             while i < self.entries.len() {
-                if self.entries[i].gone {
-                    up.expunged.push(i as u32 + 1);
-                    self.entries.remove(i);
-                } else {
+                if !self.entries[i].gone {
                     i += 1;
+                    continue;
                 }
+                if self.entries[i].uid <= known_last {
+                    up.expunged.push(i as u32 + 1);
+                } else {
+                    added -= 1;
+                }
+                self.entries.remove(i);
             }
         }
         self.unreported.extend(changed);

@@ -7,6 +7,7 @@
 //!   tiermail-load deliver --addr 127.0.0.1:2424 --lmtp --sessions 16 --messages 5000 --size 4096
 //!   tiermail-load imap --addr 127.0.0.1:1143 --clients 16 --seconds 10 --password pw
 //!   tiermail-load idle --addr 127.0.0.1:1143 --count 5000 --users 16 --password pw
+//!   tiermail-load maildir --dir mail/example.test/bench0 --messages 100000
 //!   tiermail-load probe --addr 127.0.0.1:1143 --user 0 --password pw --rounds 200
 //!   tiermail-load imap-stress --addr 127.0.0.1:1143 --clients 10 --seconds 30 --user u@x --password pw
 
@@ -143,6 +144,17 @@ enum Cmd {
         /// Which measurements: any of select,status,noop,search.
         #[arg(long, default_value = "select,status,noop,search")]
         only: String,
+    },
+    /// Writes corpus messages (as `deliver --size 0` sends them) straight
+    /// into a Maildir's `new/`, for filling a Dovecot mailbox far faster
+    /// than its LMTP can (the benchmark's fill is not what is measured).
+    Maildir {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        messages: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Opens N logged-in idle connections, prints `ready N`, holds them
     /// until standard input closes.
@@ -500,6 +512,21 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             println!("{out}");
+        }
+        Cmd::Maildir {
+            dir,
+            messages,
+            seed,
+        } => {
+            for sub in ["new", "cur", "tmp"] {
+                std::fs::create_dir_all(dir.join(sub))?;
+            }
+            let now = chrono::Utc::now().timestamp();
+            for n in 0..messages {
+                let m = message(0, seed, n);
+                std::fs::write(dir.join("new").join(format!("{now}.M{n}S{seed}.bench")), m)?;
+            }
+            println!("{{\"written\": {messages}}}");
         }
         Cmd::Probe {
             addr,

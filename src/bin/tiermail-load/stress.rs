@@ -187,7 +187,7 @@ impl Client {
             let b = self.frag.message_bytes();
             let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
             t.push_back(format!("S: {}", text.trim_end()));
-            if t.len() > 60 {
+            while t.len() > 20_000 {
                 t.pop_front();
             }
         }
