@@ -73,22 +73,7 @@ async fn mbsync_mirrors_200_messages_byte_for_byte() {
     );
     let rc_path = dir.join("mbsyncrc");
     std::fs::write(&rc_path, rc).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("mbsync")
-            .arg("-c")
-            .arg(&rc_path)
-            .arg("-a")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "mbsync failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mbsync(rc_path).await;
     // Every Maildir file is one of the delivered messages, each exactly
     // once. mbsync stores them with LF line ends, as Maildir wants, and adds
     // its own X-TUID tracking header; both are undone before comparing.

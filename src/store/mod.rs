@@ -331,17 +331,11 @@ impl Store {
         self: &Arc<Self>,
         user: &str,
     ) -> Result<Vec<(u64, u32, u32)>, StoreError> {
-        let prefix = schema::mailbox_key(user, "");
+        let user_name = user.to_string();
         self.read(user, move |txn| {
-            let boxes = txn.open_table(schema::MAILBOXES)?;
             let restored = txn.open_table(schema::RESTORED)?;
             let mut out = Vec::new();
-            for row in boxes.range(prefix.as_str()..)? {
-                let (k, v) = row?;
-                if !k.value().starts_with(prefix.as_str()) {
-                    break;
-                }
-                let id = MailboxInfo::from_bytes(v.value())?.id;
+            for id in mailbox_ids(txn, &user_name)? {
                 for t in restored.range((id, 0)..=(id, u32::MAX))? {
                     let (key, auid) = t?;
                     out.push((id, key.value().1, auid.value()));
@@ -354,17 +348,11 @@ impl Store {
 
     /// (mailbox id, uid) of every message of `user` tagged for archiving.
     pub async fn tagged(self: &Arc<Self>, user: &str) -> Result<Vec<(u64, u32)>, StoreError> {
-        let prefix = schema::mailbox_key(user, "");
+        let user_name = user.to_string();
         self.read(user, move |txn| {
-            let boxes = txn.open_table(schema::MAILBOXES)?;
             let tags = txn.open_table(schema::TAGS)?;
             let mut out = Vec::new();
-            for row in boxes.range(prefix.as_str()..)? {
-                let (k, v) = row?;
-                if !k.value().starts_with(prefix.as_str()) {
-                    break;
-                }
-                let id = MailboxInfo::from_bytes(v.value())?.id;
+            for id in mailbox_ids(txn, &user_name)? {
                 for t in tags.range((id, 0)..=(id, u32::MAX))? {
                     out.push(t?.0.value());
                 }
@@ -636,4 +624,19 @@ fn mailbox_info(txn: &redb::ReadTransaction, key: &str) -> Result<Option<Mailbox
     Ok(t.get(key)?
         .map(|v| MailboxInfo::from_bytes(v.value()))
         .transpose()?)
+}
+
+/// The ids of every mailbox of `user`.
+fn mailbox_ids(txn: &redb::ReadTransaction, user: &str) -> Result<Vec<u64>, StoreError> {
+    let prefix = schema::mailbox_key(user, "");
+    let boxes = txn.open_table(schema::MAILBOXES)?;
+    let mut ids = Vec::new();
+    for row in boxes.range(prefix.as_str()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(prefix.as_str()) {
+            break;
+        }
+        ids.push(MailboxInfo::from_bytes(v.value())?.id);
+    }
+    Ok(ids)
 }
