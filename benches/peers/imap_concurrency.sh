@@ -8,8 +8,9 @@
 #           UNSEEN), NOOP after another session's flag change, SEARCH
 #           UNSEEN) and SELECT on 1,000 messages
 #   stress  the stress checker: 10 and 50 clients on 1 and 10 mailboxes,
-#           STRESS_SECS each (600 by default); tiermail and Dovecot run side
-#           by side (only violations and stalls count here)
+#           STRESS_SECS each (600 by default); with 10 clients tiermail and
+#           Dovecot run side by side, with 50 one after the other (only
+#           violations and stalls count here)
 #
 #   bash benches/peers/imap_concurrency.sh                 # both phases
 #   PHASES=bench BIG=20000 bash benches/peers/imap_concurrency.sh
@@ -142,17 +143,26 @@ if [[ " $PHASES " == *" bench "* ]]; then
 fi
 
 if [[ " $PHASES " == *" stress "* ]]; then
-    echo "== stress checker, ${STRESS_SECS} s per case, both servers side by side"
+    # Ten clients of each server fit on two cores side by side; fifty of
+    # each do not (both then miss the checker's 5 s deadline), so those
+    # cases run one server at a time.
+    echo "== stress checker, ${STRESS_SECS} s per case"
     u=40
     for clients in 10 50; do
         for boxes in 1 10; do
             u=$((u + 1))
-            jobs=()
-            for srv in tiermail dovecot; do
-                stress "$srv" "$u" "$clients" "$boxes" "$STRESS_SECS" 0 > "$WORK/stress.$srv" &
-                jobs+=("$!")
-            done
-            wait "${jobs[@]}"
+            if ((clients <= 10)); then
+                jobs=()
+                for srv in tiermail dovecot; do
+                    stress "$srv" "$u" "$clients" "$boxes" "$STRESS_SECS" 0 > "$WORK/stress.$srv" &
+                    jobs+=("$!")
+                done
+                wait "${jobs[@]}"
+            else
+                for srv in tiermail dovecot; do
+                    stress "$srv" "$u" "$clients" "$boxes" "$STRESS_SECS" 0 > "$WORK/stress.$srv"
+                done
+            fi
             for srv in tiermail dovecot; do
                 record "stress, $clients clients, $boxes mailboxes, ${STRESS_SECS} s" "$srv" \
                     "$(cat "$WORK/stress.$srv")"
