@@ -77,15 +77,10 @@ async fn mbsync_mirrors_200_messages_byte_for_byte() {
     // Every Maildir file is one of the delivered messages, each exactly
     // once. mbsync stores them with LF line ends, as Maildir wants, and adds
     // its own X-TUID tracking header; both are undone before comparing.
-    let mut files = Vec::new();
-    for sub in ["new", "cur"] {
-        let d = maildir.join("INBOX").join(sub);
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd {
-                files.push(without_tuid(std::fs::read(e.unwrap().path()).unwrap()));
-            }
-        }
-    }
+    let files: Vec<Vec<u8>> = maildir_files(&maildir.join("INBOX"))
+        .iter()
+        .map(|p| without_tuid(std::fs::read(p).unwrap()))
+        .collect();
     assert_eq!(files.len(), 200, "one file per message");
     let mut want: Vec<Vec<u8>> = stored.iter().map(|m| lf(m)).collect();
     let mut got: Vec<Vec<u8>> = files;

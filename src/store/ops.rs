@@ -667,20 +667,8 @@ fn plan_restore(
     let mut records = Vec::with_capacity(messages.len() + 1);
     let mut pairs = Vec::with_capacity(messages.len());
     for (i, (auid, d)) in messages.iter().enumerate() {
-        let size = u32::try_from(d.raw.len()).map_err(|_| StoreError::TooLarge(d.raw.len()))?;
         let uid = info.uidnext + i as u32;
-        records.push(Record::MessageAppended {
-            mailbox_id: info.id,
-            uid,
-            meta: MessageMeta {
-                internal_date: d.internal_date,
-                size,
-                modseq,
-                flags: d.flags.clone(),
-                summary: d.summary.clone(),
-            },
-            raw: d.raw.clone(),
-        });
+        records.push(appended(info.id, uid, modseq, d)?);
         pairs.push((*auid, uid));
     }
     if moving && !pairs.is_empty() {
@@ -700,12 +688,28 @@ fn plan_restore(
     ))
 }
 
+/// The record of one message added to mailbox `mailbox_id`.
+fn appended(mailbox_id: u64, uid: u32, modseq: u64, d: &Delivery) -> Result<Record, StoreError> {
+    let size = u32::try_from(d.raw.len()).map_err(|_| StoreError::TooLarge(d.raw.len()))?;
+    Ok(Record::MessageAppended {
+        mailbox_id,
+        uid,
+        meta: MessageMeta {
+            internal_date: d.internal_date,
+            size,
+            modseq,
+            flags: d.flags.clone(),
+            summary: d.summary.clone(),
+        },
+        raw: d.raw.clone(),
+    })
+}
+
 fn plan_delivery(
     txn: &WriteTransaction,
     d: &Delivery,
     now: i64,
 ) -> Result<(Vec<Record>, Outcome), StoreError> {
-    let size = u32::try_from(d.raw.len()).map_err(|_| StoreError::TooLarge(d.raw.len()))?;
     let mut records = Vec::new();
     let user_known = txn.open_table(USERS)?.get(d.user.as_str())?.is_some();
     let info = if user_known {
@@ -723,18 +727,7 @@ fn plan_delivery(
         return Err(StoreError::UidsExhausted(d.mailbox.clone()));
     }
     let uid = info.uidnext;
-    records.push(Record::MessageAppended {
-        mailbox_id: info.id,
-        uid,
-        meta: MessageMeta {
-            internal_date: d.internal_date,
-            size,
-            modseq: info.highestmodseq + 1,
-            flags: d.flags.clone(),
-            summary: d.summary.clone(),
-        },
-        raw: d.raw.clone(),
-    });
+    records.push(appended(info.id, uid, info.highestmodseq + 1, d)?);
     Ok((
         records,
         Outcome::Appended {
