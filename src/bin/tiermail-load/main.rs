@@ -41,29 +41,7 @@ struct Cli {
 enum Cmd {
     /// The IMAP stress checker: clients of one user pipelining a random
     /// command mix; reports protocol violations, stalls and commands/s.
-    ImapStress {
-        #[arg(long)]
-        addr: SocketAddr,
-        #[arg(long, default_value_t = 10)]
-        clients: usize,
-        #[arg(long, default_value_t = 30)]
-        seconds: u64,
-        /// 1: everyone on INBOX; more: stress0..stressN-1.
-        #[arg(long, default_value_t = 1)]
-        mailboxes: usize,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        password: String,
-        /// Most commands pipelined at once.
-        #[arg(long, default_value_t = 4)]
-        pipeline: usize,
-        /// Log out and in again after this many rounds (0: stay logged in).
-        #[arg(long, default_value_t = 0)]
-        relogin: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    ImapStress(stress::Args),
     /// Writes user files for tiermail (users.toml) and Dovecot (passwd-file).
     Users {
         #[arg(long)]
@@ -488,29 +466,8 @@ fn json_str(s: &str) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::ImapStress {
-            addr,
-            clients,
-            seconds,
-            mailboxes,
-            user,
-            password,
-            pipeline,
-            relogin,
-            seed,
-        } => {
-            let out = stress::run(stress::Args {
-                addr,
-                clients,
-                seconds,
-                mailboxes,
-                user,
-                password,
-                pipeline,
-                relogin,
-                seed,
-            })
-            .await?;
+        Cmd::ImapStress(args) => {
+            let out = stress::run(args).await?;
             println!("{out}");
         }
         Cmd::Maildir {

@@ -37,17 +37,29 @@ use tokio::net::TcpStream;
 /// How long a command may wait for its tagged reply.
 const STALL: Duration = Duration::from_secs(5);
 
+/// The stress checker's options (the `imap-stress` subcommand).
+#[derive(clap::Args)]
 pub struct Args {
+    #[arg(long)]
     pub addr: SocketAddr,
+    #[arg(long, default_value_t = 10)]
     pub clients: usize,
+    #[arg(long, default_value_t = 30)]
     pub seconds: u64,
+    /// 1: everyone on INBOX; more: stress0..stressN-1.
+    #[arg(long, default_value_t = 1)]
     pub mailboxes: usize,
+    #[arg(long)]
     pub user: String,
+    #[arg(long)]
     pub password: String,
-    /// Most commands sent at once.
+    /// Most commands pipelined at once.
+    #[arg(long, default_value_t = 4)]
     pub pipeline: usize,
-    /// Log out and in again after this many batches (0: never).
+    /// Log out and in again after this many rounds (0: stay logged in).
+    #[arg(long, default_value_t = 0)]
     pub relogin: usize,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
