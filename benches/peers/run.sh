@@ -22,70 +22,10 @@ else
 fi
 PASSWORD=benchpw
 
-need=()
-for p in dovecot-imapd dovecot-lmtpd postfix; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if ((${#need[@]})); then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "installing: ${need[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
-ulimit -n 20000 2>/dev/null || true
-
-cargo build --release --locked --bins 2>&1 | tail -1
-TIERMAIL=$ROOT/target/release/tiermail
-LOAD=$ROOT/target/release/tiermail-load
-
-mkdir -p target
-WORK=$(mktemp -d -p "$ROOT/target" peers.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    sleep 1
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2; return 1
-}
-
-mkdir -p "$WORK/t" "$WORK/d/mail"
-"$LOAD" users --count 200 --password "$PASSWORD" --tiermail "$WORK/t/users.toml" --dovecot "$WORK/d/passwd"
-
-# tiermail
-T_SMTP=$(port); T_LMTP=$(port); T_IMAP=$(port)
-sed -e "s|@DIR@|$WORK/t|g" -e "s|@SMTP_PORT@|$T_SMTP|" -e "s|@LMTP_PORT@|$T_LMTP|" \
-    -e "s|@IMAP_PORT@|$T_IMAP|" benches/peers/tiermail.toml.in > "$WORK/t/tiermail.toml"
-"$TIERMAIL" --config "$WORK/t/tiermail.toml" serve > "$WORK/t/ready" 2> "$WORK/t/log" &
-T_PID=$!
-PIDS+=("$T_PID")
-wait_port "$T_IMAP"
-
-# Dovecot
-D_LMTP=$(port); D_IMAP=$(port)
-D_UID=$(id -u nobody); D_GID=$(getent group nogroup | cut -d: -f3)
-mkdir -p "$WORK/d/alt"
-chown "$D_UID:$D_GID" "$WORK/d/mail" "$WORK/d/alt"
-sed -e "s|@DIR@|$WORK/d|g" -e "s|@LMTP_PORT@|$D_LMTP|" -e "s|@IMAP_PORT@|$D_IMAP|" \
-    -e "s|@UID@|$D_UID|" -e "s|@GID@|$D_GID|" benches/peers/dovecot.conf.in > "$WORK/d/dovecot.conf"
-dovecot -c "$WORK/d/dovecot.conf"
-wait_port "$D_IMAP"
-D_PID=$(cat "$WORK/d/run/master.pid")
-PIDS+=("$D_PID")
-
-declare -A LMTP=([tiermail]=$T_LMTP [dovecot]=$D_LMTP)
-declare -A IMAP=([tiermail]=$T_IMAP [dovecot]=$D_IMAP)
-declare -A PID=([tiermail]=$T_PID [dovecot]=$D_PID)
+# shellcheck source=benches/peers/lib.sh
+. benches/peers/lib.sh
+peers_install dovecot-imapd dovecot-lmtpd postfix
+peers_start peers 200
 RES=$WORK/results.jsonl
 : > "$RES"
 

@@ -134,6 +134,10 @@ impl Ctx {
     pub fn announce(&mut self, v: &mut View, flags: &[String]) {
         let mut new = false;
         for f in flags.iter().filter(|f| !f.starts_with('\\')) {
+            // Mostly announced already, spelt the same: no allocation.
+            if v.announced.values().any(|spelt| spelt == f) {
+                continue;
+            }
             let key = f.to_ascii_lowercase();
             if let std::collections::btree_map::Entry::Vacant(e) = v.announced.entry(key) {
                 e.insert(f.clone());

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use imap_codec::ResponseCodec;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
-use imap_types::IntoStatic;
 use imap_types::fetch::MessageDataItem;
 use imap_types::flag::{FlagFetch, FlagPerm};
 use imap_types::response::{Code, Data, Response, Status};
@@ -61,6 +60,12 @@ pub struct Args {
     pub relogin: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Hold the selected mailbox near this many messages (0: let it grow):
+    /// above it, the delete-and-expunge step removes up to 32 messages
+    /// instead of up to 4. Without it the mailbox grows with every command
+    /// run, so a faster server is measured on a bigger mailbox.
+    #[arg(long, default_value_t = 0)]
+    pub steady: usize,
 }
 
 /// What a run found.
@@ -69,6 +74,8 @@ pub struct Report {
     pub commands: AtomicU64,
     pub violations: AtomicU64,
     pub stalls: AtomicU64,
+    /// The most messages a client's selected mailbox held.
+    pub largest: AtomicU64,
     pub examples: std::sync::Mutex<Vec<String>>,
 }
 
@@ -117,6 +124,26 @@ struct Model {
     messages: Vec<Known>,
     /// Flags the server said are in use (`* FLAGS`, PERMANENTFLAGS).
     announced: HashSet<String>,
+}
+
+impl Model {
+    /// UIDs must rise with sequence numbers. Checked once per command (one
+    /// pass) rather than per FETCH response, which made `FETCH 1:*` after
+    /// SELECT quadratic in the checker itself.
+    /// A UID found out of order is forgotten, so it is reported once.
+    fn uid_order(&mut self, problems: &mut Vec<String>) {
+        let mut last: Option<u32> = None;
+        for (i, k) in self.messages.iter_mut().enumerate() {
+            if let Some(u) = k.uid {
+                if last.is_some_and(|l| l >= u) {
+                    problems.push(format!("UID {u} at {} is out of order", i + 1));
+                    k.uid = None;
+                } else {
+                    last = Some(u);
+                }
+            }
+        }
+    }
 }
 
 fn is_system(f: &str) -> bool {
@@ -203,29 +230,30 @@ impl Client {
                 t.pop_front();
             }
         }
-        let decoded = self.frag.decode_message(&ResponseCodec::default());
-        let response = match decoded {
-            Ok(r) => r.into_static(),
+        let mut problems = Vec::new();
+        let model = &mut self.model;
+        let response = match self.frag.decode_message(&ResponseCodec::default()) {
+            Ok(r) => r,
             // Something imap-codec does not know: not ours to judge.
             Err(_) => return None,
         };
-        let mut problems = Vec::new();
         let tag = match response {
-            Response::Status(Status::Tagged(t)) => Some(t.tag.inner().to_string()),
+            Response::Status(Status::Tagged(t)) => {
+                model.uid_order(&mut problems);
+                Some(t.tag.inner().to_string())
+            }
             Response::Status(Status::Untagged(b)) => {
                 if let Some(Code::PermanentFlags(p)) = &b.code {
                     for f in p {
                         if let FlagPerm::Flag(f) = f {
-                            self.model
-                                .announced
-                                .insert(f.to_string().to_ascii_lowercase());
+                            model.announced.insert(f.to_string().to_ascii_lowercase());
                         }
                     }
                 }
                 None
             }
             Response::Data(d) => {
-                self.data(d, &mut problems);
+                Self::data(model, d, &mut problems);
                 None
             }
             _ => None,
@@ -240,8 +268,7 @@ impl Client {
         tag
     }
 
-    fn data(&mut self, d: Data<'_>, problems: &mut Vec<String>) {
-        let m = &mut self.model;
+    fn data(m: &mut Model, d: Data<'_>, problems: &mut Vec<String>) {
         match d {
             Data::Flags(flags) => {
                 m.announced = flags
@@ -335,11 +362,6 @@ impl Client {
                         ));
                     }
                     e.uid = Some(u);
-                    let before = m.messages[..i - 1].iter().rev().find_map(|k| k.uid);
-                    let after = m.messages[i..].iter().find_map(|k| k.uid);
-                    if before.is_some_and(|b| b >= u) || after.is_some_and(|a| a <= u) {
-                        problems.push(format!("UID {u} at {i} is out of order"));
-                    }
                 }
             }
             _ => {}
@@ -379,6 +401,9 @@ impl Client {
         self.report
             .commands
             .fetch_add(tags.len() as u64, Ordering::Relaxed);
+        self.report
+            .largest
+            .fetch_max(self.model.messages.len() as u64, Ordering::Relaxed);
         Ok(done)
     }
 
@@ -417,12 +442,17 @@ impl Client {
 
     /// A random sequence set within the messages the client has.
     fn seqs(&mut self) -> Option<String> {
+        self.seqs_up_to(4)
+    }
+
+    /// A random range of at most `most` messages.
+    fn seqs_up_to(&mut self, most: u64) -> Option<String> {
         let n = self.model.messages.len() as u64;
         if n == 0 {
             return None;
         }
         let a = 1 + self.rng.below(n);
-        let b = (a + self.rng.below(4)).min(n);
+        let b = (a + self.rng.below(most)).min(n);
         Some(if a == b {
             a.to_string()
         } else {
@@ -444,9 +474,9 @@ impl Client {
         &mut self,
         boxes: &[String],
         current: &mut usize,
-        pipeline: usize,
+        a: &Args,
     ) -> std::io::Result<()> {
-        let n = 1 + self.rng.below(pipeline.max(1) as u64) as usize;
+        let n = 1 + self.rng.below(a.pipeline.max(1) as u64) as usize;
         let mut cmds = Vec::new();
         let mut reselect = None;
         let mut idle = false;
@@ -493,7 +523,8 @@ impl Client {
                 }),
                 12 if last => {
                     // Delete one message and expunge, as a batch ends.
-                    if let Some(s) = self.seqs() {
+                    let over = a.steady > 0 && self.model.messages.len() > a.steady;
+                    if let Some(s) = self.seqs_up_to(if over { 32 } else { 4 }) {
                         cmds.push(self.line(&format!("STORE {s} +FLAGS.SILENT (\\Deleted)")));
                     }
                     Some(self.line("EXPUNGE"))
@@ -631,7 +662,7 @@ async fn run_client(id: usize, a: Arc<Args>, report: Arc<Report>, until: Instant
         let mut rounds = 0usize;
         while Instant::now() < until && (a.relogin == 0 || rounds < a.relogin) {
             rounds += 1;
-            if c.round(&boxes, &mut current, a.pipeline).await.is_err() {
+            if c.round(&boxes, &mut current, &a).await.is_err() {
                 break;
             }
         }
@@ -667,10 +698,11 @@ pub async fn run(a: Args) -> std::io::Result<String> {
         .map(|e| format!("\"{}\"", e.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     Ok(format!(
-        "{{\"clients\": {}, \"mailboxes\": {}, \"secs\": {secs:.1}, \"commands\": {commands}, \"commands_per_s\": {:.1}, \"violations\": {}, \"stalls\": {}, \"examples\": [{}]}}",
+        "{{\"clients\": {}, \"mailboxes\": {}, \"secs\": {secs:.1}, \"commands\": {commands}, \"commands_per_s\": {:.1}, \"largest_mailbox\": {}, \"violations\": {}, \"stalls\": {}, \"examples\": [{}]}}",
         a.clients,
         a.mailboxes,
         commands as f64 / secs,
+        report.largest.load(Ordering::Relaxed),
         report.violations.load(Ordering::Relaxed),
         report.stalls.load(Ordering::Relaxed),
         examples.join(", ")
