@@ -141,15 +141,25 @@ pub fn pattern(m: &ListMailbox<'_>) -> String {
 /// pattern positions, one pass over the name: time is O(name × pattern / 64)
 /// whatever the wildcards, where a backtracking matcher is exponential in
 /// the number of `*` (a 21-byte pattern over a 40-byte name took seconds).
+/// As wildcard runs are collapsed and a pattern with more literal bytes
+/// than the name is refused at once, the pattern that is simulated is at
+/// most about twice the name: a 60 KB pattern (sent as a literal) costs no
+/// more than one as long as the longest mailbox name.
 pub struct Pattern {
     /// The pattern with runs of wildcards collapsed (`**`, `*%`, `%*` are
     /// `*`; `%%` is `%`), which changes nothing they match.
     len: usize,
     words: usize,
+    /// Bytes that are not wildcards: each matches one byte of the name, so
+    /// a name shorter than this cannot match (checked first, which bounds
+    /// the work by the name's length, not the pattern's).
+    literals: usize,
     star: Vec<u64>,
     percent: Vec<u64>,
-    /// Positions holding each literal byte (only bytes the pattern has).
-    literal: Vec<(u8, Vec<u64>)>,
+    /// Positions holding each literal byte (only bytes the pattern has),
+    /// found through `slot` (the index + 1 for a byte, 0 for none).
+    literal: Vec<Vec<u64>>,
+    slot: Box<[u16; 256]>,
 }
 
 impl Pattern {
@@ -172,28 +182,34 @@ impl Pattern {
         let words = len / 64 + 1;
         let mut star = vec![0u64; words];
         let mut percent = vec![0u64; words];
-        let mut literal: Vec<(u8, Vec<u64>)> = Vec::new();
+        let mut literal: Vec<Vec<u64>> = Vec::new();
+        let mut slot = Box::new([0u16; 256]);
+        let mut literals = 0;
         for (i, &c) in p.iter().enumerate() {
             let (w, b) = (i / 64, 1u64 << (i % 64));
             match c {
                 b'*' => star[w] |= b,
                 b'%' => percent[w] |= b,
-                _ => match literal.iter_mut().find(|(x, _)| *x == c) {
-                    Some((_, m)) => m[w] |= b,
-                    None => {
-                        let mut m = vec![0u64; words];
-                        m[w] |= b;
-                        literal.push((c, m));
+                _ => {
+                    literals += 1;
+                    if slot[c as usize] == 0 {
+                        literal.push(vec![0u64; words]);
+                        // At most 256 distinct bytes: the index fits.
+                        slot[c as usize] = literal.len() as u16;
                     }
-                },
+                    let m = &mut literal[slot[c as usize] as usize - 1];
+                    m[w] |= b;
+                }
             }
         }
         Pattern {
             len,
             words,
+            literals,
             star,
             percent,
             literal,
+            slot,
         }
     }
 
@@ -210,12 +226,18 @@ impl Pattern {
     }
 
     fn matches_bytes(&self, name: &[u8]) -> bool {
+        if self.literals > name.len() {
+            return false;
+        }
         let mut cur = vec![0u64; self.words];
         let mut next = vec![0u64; self.words];
         cur[0] = 1;
         self.close(&mut cur);
         for &c in name {
-            let lit = self.literal.iter().find(|(x, _)| *x == c).map(|(_, m)| m);
+            let lit = match self.slot[c as usize] {
+                0 => None,
+                i => self.literal.get(i as usize - 1),
+            };
             let mut carry = 0u64;
             let mut any = 0u64;
             for w in 0..self.words {
@@ -395,6 +417,22 @@ mod tests {
         assert!(!matches(&pattern, &name));
         let big = "a".repeat(4000);
         assert!(!matches(&("*a".repeat(2000) + "b"), &big));
+    }
+
+    #[test]
+    fn more_literal_bytes_than_the_name_never_match() {
+        // Refused before any simulation; wildcards do not count.
+        assert!(!matches(&"ab".repeat(30_000), "abab"));
+        assert!(matches("a*b*%", "ab"));
+        assert!(!matches("a*b*c", "ab"));
+        assert!(matches(&("*%".repeat(30_000) + "ab"), "ab"));
+        // Every byte value may be a literal (the slot table holds 256).
+        let all: String = (1u8..128)
+            .map(char::from)
+            .filter(|c| *c != '*' && *c != '%')
+            .collect();
+        assert!(matches(&all, &all));
+        assert!(!matches(&all, &all[1..]));
     }
 
     #[test]

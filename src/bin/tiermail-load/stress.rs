@@ -304,6 +304,7 @@ impl Client {
                 }
                 let mut kinds: Vec<&'static str> = Vec::new();
                 let mut uid = None;
+                let mut modseq = None;
                 for item in items.as_ref() {
                     let kind = match item {
                         MessageDataItem::Uid(u) => {
@@ -329,15 +330,7 @@ impl Client {
                             "FLAGS"
                         }
                         MessageDataItem::ModSeq(ms) => {
-                            let e = &mut m.messages[i - 1];
-                            if ms.get() < e.modseq {
-                                problems.push(format!(
-                                    "MODSEQ of message {i} went down from {} to {}",
-                                    e.modseq,
-                                    ms.get()
-                                ));
-                            }
-                            e.modseq = ms.get();
+                            modseq = Some(ms.get());
                             "MODSEQ"
                         }
                         MessageDataItem::Rfc822Size(_) => "RFC822.SIZE",
@@ -362,6 +355,19 @@ impl Client {
                         ));
                     }
                     e.uid = Some(u);
+                }
+                // After the UID check: a lower MODSEQ for the same UID is the
+                // server's fault, for another UID the model's.
+                if let Some(ms) = modseq {
+                    let e = &mut m.messages[i - 1];
+                    if ms < e.modseq {
+                        problems.push(format!(
+                            "MODSEQ of message {i} (UID {}) went down from {} to {ms}",
+                            e.uid.map_or("unknown".to_string(), |u| u.to_string()),
+                            e.modseq
+                        ));
+                    }
+                    e.modseq = ms;
                 }
             }
             _ => {}
