@@ -20,7 +20,7 @@ for t in "${targets[@]}"; do
     log="fuzz/logs/$t-$(date -u +%Y%m%dT%H%M%SZ).log"
     echo "== $t for ${secs}s -> $log"
     (cd fuzz && cargo +nightly fuzz run -O "$t" "work/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=4096 -max_len=262144 -timeout=30 -detect_leaks=0 \
+        -max_total_time="$secs" -rss_limit_mb=4096 -max_len=262144 -timeout=60 -detect_leaks=0 \
         -print_final_stats=1) >"$log" 2>&1 || echo "   $t stopped early (see $log)"
     grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" "$log" | tail -4 || true
 done
