@@ -115,6 +115,9 @@ struct Known {
     uid: Option<u32>,
     flags: Vec<String>,
     modseq: u64,
+    /// The batch whose responses gave `modseq`, and whether that response
+    /// carried the UID (for the report when MODSEQ goes down).
+    modseq_from: (u64, bool),
 }
 
 /// The client's model of its selected mailbox.
@@ -124,6 +127,9 @@ struct Model {
     messages: Vec<Known>,
     /// Flags the server said are in use (`* FLAGS`, PERMANENTFLAGS).
     announced: HashSet<String>,
+    /// The batch being answered, and the command lines of the last ones.
+    batch: u64,
+    recent: std::collections::VecDeque<(u64, String)>,
 }
 
 impl Model {
@@ -361,13 +367,25 @@ impl Client {
                 if let Some(ms) = modseq {
                     let e = &mut m.messages[i - 1];
                     if ms < e.modseq {
+                        let (from, had_uid) = e.modseq_from;
+                        let batches: Vec<String> = m
+                            .recent
+                            .iter()
+                            .filter(|(b, _)| *b >= from)
+                            .map(|(b, c)| format!("[{b}] {c}"))
+                            .collect();
                         problems.push(format!(
-                            "MODSEQ of message {i} (UID {}) went down from {} to {ms}",
+                            "MODSEQ of message {i} (UID {}) went down from {} to {ms} \
+                             (set in batch {from}, {} UID; now batch {}: {})",
                             e.uid.map_or("unknown".to_string(), |u| u.to_string()),
-                            e.modseq
+                            e.modseq,
+                            if had_uid { "with" } else { "without" },
+                            m.batch,
+                            batches.join(" | ")
                         ));
                     }
                     e.modseq = ms;
+                    e.modseq_from = (m.batch, uid.is_some());
                 }
             }
             _ => {}
@@ -387,6 +405,20 @@ impl Client {
                 let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
                 t.push_back(format!("C: {}", String::from_utf8_lossy(line).trim_end()));
             }
+        }
+        self.model.batch += 1;
+        let lines: Vec<String> = commands
+            .iter()
+            .map(|(_, b)| {
+                let line = b.split(|&c| c == b'\n').next().unwrap_or_default();
+                String::from_utf8_lossy(line).trim_end().to_string()
+            })
+            .collect();
+        self.model
+            .recent
+            .push_back((self.model.batch, lines.join("; ")));
+        if self.model.recent.len() > 64 {
+            self.model.recent.pop_front();
         }
         self.s.write_all(&wire).await?;
         let deadline = Instant::now() + STALL;
@@ -432,6 +464,8 @@ impl Client {
     async fn select(&mut self, mailbox: &str, condstore: bool) -> std::io::Result<()> {
         self.model = Model {
             selected: true,
+            batch: self.model.batch,
+            recent: std::mem::take(&mut self.model.recent),
             ..Model::default()
         };
         let cmd = if condstore {
