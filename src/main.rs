@@ -8,12 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// glibc's malloc took about a third of the server's CPU under the IMAP
-/// stress load (many small, short-lived response buffers); mimalloc's
-/// thread-local free lists make those nearly free.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tiermail::config::Config;
 
 #[derive(Parser)]

@@ -27,9 +27,11 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// glibc's malloc took about a third of the server's CPU under the IMAP
-/// stress load (many small, short-lived response buffers); mimalloc's
-/// thread-local free lists make those nearly free.
+/// The load generator shares the machine with the server it measures: with
+/// glibc's malloc a third of the stress checker's CPU went to allocation
+/// (many small, short-lived response values); mimalloc's thread-local free
+/// lists leave more of the two cores to the server. (The server keeps the
+/// system allocator: mimalloc's retained pages broke its RSS bounds.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
