@@ -398,22 +398,19 @@ impl Client {
     async fn batch(&mut self, commands: Vec<(String, Vec<u8>)>) -> std::io::Result<Vec<String>> {
         let mut wire = Vec::new();
         let mut tags = Vec::new();
+        let mut lines = Vec::new();
         for (tag, bytes) in &commands {
             wire.extend_from_slice(bytes);
             tags.push(tag.clone());
+            // The command line (an APPEND's literal left out).
+            let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line).trim_end().to_string();
             if let Some(t) = &mut self.trace {
-                let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-                t.push_back(format!("C: {}", String::from_utf8_lossy(line).trim_end()));
+                t.push_back(format!("C: {line}"));
             }
+            lines.push(line);
         }
         self.model.batch += 1;
-        let lines: Vec<String> = commands
-            .iter()
-            .map(|(_, b)| {
-                let line = b.split(|&c| c == b'\n').next().unwrap_or_default();
-                String::from_utf8_lossy(line).trim_end().to_string()
-            })
-            .collect();
         self.model
             .recent
             .push_back((self.model.batch, lines.join("; ")));
