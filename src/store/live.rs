@@ -337,7 +337,12 @@ impl Registry {
         if events.is_empty() {
             return;
         }
-        let mut touched: Vec<Arc<LiveMailbox>> = Vec::new();
+        // One commit's events, grouped by mailbox in their order: each
+        // mailbox takes them all under one lock, so a session catching up
+        // sees all of a modseq's changes or none. (Taken one by one, a
+        // session could set its cursor to a modseq between two of its
+        // changes and never see the second.)
+        let mut touched: Vec<(Arc<LiveMailbox>, Vec<Event>)> = Vec::new();
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let targets: Vec<(u64, Option<Arc<LiveMailbox>>, Event)> = events
             .into_iter()
@@ -363,19 +368,22 @@ impl Registry {
                 }
                 continue;
             };
-            {
-                let mut st = live.write();
+            match touched.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &live)) {
+                Some((_, list)) => list.push(e),
+                None => touched.push((live, vec![e])),
+            }
+        }
+        for (live, list) in &mut touched {
+            let mut st = live.write();
+            for e in list.drain(..) {
                 if st.ready {
                     st.apply(e);
                 } else {
                     st.pending.push(e);
                 }
             }
-            if !touched.iter().any(|t| Arc::ptr_eq(t, &live)) {
-                touched.push(live);
-            }
         }
-        for live in touched {
+        for (live, _) in touched {
             live.changed.send_modify(|v| *v += 1);
         }
     }
@@ -679,5 +687,82 @@ mod tests {
         assert_eq!(uids, vec![2, 3]);
         assert_eq!(st.highestmodseq, 12);
         assert_eq!(st.uidnext, 4);
+    }
+
+    /// A session catches up while a commit is being published: it must
+    /// see all of a modseq's changes or none, or its cursor passes the
+    /// ones not applied yet and it never sees them (a message whose flags
+    /// or expunge a session never learns).
+    #[tokio::test]
+    async fn a_commit_is_seen_whole_or_not_at_all() {
+        const UIDS: u32 = 64;
+        let reg = Registry::new(1_000_000);
+        let live = reg
+            .open(0, 7, move || {
+                let info = super::super::MailboxInfo {
+                    id: 7,
+                    uidvalidity: 1,
+                    uidnext: UIDS + 1,
+                    highestmodseq: 1,
+                    special_use: String::new(),
+                };
+                let msgs = (1..=UIDS)
+                    .map(|uid| MessageState {
+                        uid,
+                        flags: vec![],
+                        modseq: 1,
+                        size: 1,
+                        internal_date: 0,
+                    })
+                    .collect();
+                Ok(Some((info, msgs)))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let live = live.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut partial = 0u32;
+                let mut reads = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    {
+                        let st = live.read();
+                        let top = st.highestmodseq;
+                        let at_top = st.log.iter().rev().take_while(|c| c.modseq == top).count();
+                        if top > 1 && at_top != UIDS as usize {
+                            partial += 1;
+                        }
+                        reads += 1;
+                    }
+                    std::thread::yield_now();
+                }
+                (partial, reads)
+            })
+        };
+        for modseq in 2..300u64 {
+            let events = (1..=UIDS)
+                .map(|uid| {
+                    (
+                        7,
+                        Event::Change(Change {
+                            modseq,
+                            uid,
+                            kind: ChangeKind::Flags(FlagSet::new(&[format!("$K{modseq}")])),
+                        }),
+                    )
+                })
+                .collect();
+            reg.publish(0, events);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (partial, reads) = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(
+            partial, 0,
+            "{partial} of {reads} reads saw part of a commit"
+        );
     }
 }

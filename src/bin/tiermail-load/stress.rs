@@ -159,8 +159,12 @@ fn is_system(f: &str) -> bool {
 struct Client {
     id: usize,
     /// The last lines sent and received (commands abridged), printed to
-    /// stderr with a violation when tracing.
+    /// stderr with a client's first violations: the last 400 lines, or
+    /// 20,000 with `TMLOAD_TRACE` set.
     trace: Option<std::collections::VecDeque<String>>,
+    trace_lines: usize,
+    /// Violations printed with their trace so far.
+    traced: usize,
     s: TcpStream,
     frag: Fragmentizer,
     model: Model,
@@ -180,7 +184,13 @@ impl Client {
         let _ = s.set_nodelay(true);
         let mut c = Client {
             id,
-            trace: std::env::var_os("TMLOAD_TRACE").map(|_| Default::default()),
+            trace: Some(Default::default()),
+            trace_lines: if std::env::var_os("TMLOAD_TRACE").is_some() {
+                20_000
+            } else {
+                400
+            },
+            traced: 0,
             s,
             frag: Fragmentizer::without_max_message_size(),
             model: Model::default(),
@@ -232,7 +242,7 @@ impl Client {
             let b = self.frag.message_bytes();
             let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
             t.push_back(format!("S: {}", text.trim_end()));
-            while t.len() > 20_000 {
+            while t.len() > self.trace_lines {
                 t.pop_front();
             }
         }
@@ -265,7 +275,10 @@ impl Client {
             _ => None,
         };
         for p in problems {
-            if let Some(t) = &self.trace {
+            if let Some(t) = &self.trace
+                && self.traced < 3
+            {
+                self.traced += 1;
                 let lines: Vec<&str> = t.iter().map(String::as_str).collect();
                 eprintln!("== client {}: {p}\n{}", self.id, lines.join("\n"));
             }
