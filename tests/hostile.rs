@@ -615,6 +615,48 @@ async fn logins_and_bodies_keep_memory_bounded() {
     .await
 }
 
+// 10: a FETCH of many large bodies holds a few of them at a time, not a
+// batch of 64 (12 x 8 MB once held every body and its response at once).
+#[tokio::test]
+async fn fetch_holds_few_large_bodies_at_once() {
+    within(600, async {
+        let mut s = Server::start("");
+        let mut body = b"Subject: large\r\n\r\n".to_vec();
+        for i in 0..(8 << 20) / 64 {
+            body.extend_from_slice(format!("{i:062}\r\n").as_bytes());
+        }
+        for _ in 0..12 {
+            assert!(deliver(s.smtp(), &body).await.starts_with("250"));
+        }
+        let peak = || {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", s.d.pid())).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+                * 1024
+        };
+        let before = peak();
+        let mut c = login(s.imap(), "alice@example.test").await;
+        c.run("s SELECT INBOX").await;
+        let r = c.run("f FETCH 1:* BODY.PEEK[]").await;
+        assert!(r.contains("f OK"), "{}", &r[r.len().saturating_sub(200)..]);
+        assert_eq!(r.matches(" FETCH (BODY[] {").count(), 12);
+        let grown = peak().saturating_sub(before);
+        // A message, its response and the output buffer, a few times over;
+        // twelve of them would be 96 MB each.
+        let bound = 64 << 20;
+        assert!(
+            grown < bound,
+            "peak RSS grew by {grown} during the FETCH (bound {bound})"
+        );
+        s.alive_and_serving().await;
+    })
+    .await
+}
+
 /// `n` SMTP clients sending `body` to alice at the same time; their
 /// final replies.
 fn send_at_once(

@@ -293,7 +293,23 @@ impl Ctx {
         } else {
             META_BATCH
         };
-        let end = (job.next + size).min(job.uids.len());
+        let mut end = (job.next + size).min(job.uids.len());
+        if job.needs_body
+            && let Some(live) = &v.live
+        {
+            // Bodies are loaded whole: as many as fill one batch's output
+            // (at least one), so a session holds a few large messages at a
+            // time, never 64 of them.
+            let st = live.read();
+            let mut bytes = 0usize;
+            for (i, uid) in job.uids[job.next..end].iter().enumerate() {
+                if i > 0 && bytes >= BATCH_OUTPUT {
+                    end = job.next + i;
+                    break;
+                }
+                bytes = bytes.saturating_add(st.message(*uid).map_or(0, |m| m.size as usize));
+            }
+        }
         let batch = job.uids[job.next..end].to_vec();
         let loaded = self
             .load_messages(&a.user, v, batch.clone(), job.needs_body)
