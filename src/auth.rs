@@ -753,4 +753,37 @@ mod tests {
         ));
         assert!(verify_hash("pw", &h));
     }
+
+    /// Finding 13: an unknown login is checked against a hash of the same
+    /// algorithm and cost as the users' own, so it takes as long as a
+    /// wrong password for a real account (the same argon2 work, nothing
+    /// skipped).
+    #[tokio::test]
+    async fn unknown_logins_cost_what_known_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let cost = Params::new(4096, 3, 1, None).unwrap();
+        let h = hash_password_with("right", cost.clone()).unwrap();
+        std::fs::write(
+            &path,
+            format!("[[user]]\naddress = 'a@x.test'\npassword = '{h}'\n"),
+        )
+        .unwrap();
+        let d = Directory::open(&path).unwrap();
+        let dummy = d.dummy.read().unwrap().clone();
+        let parsed = PasswordHash::new(&dummy).unwrap();
+        assert_eq!(parsed.algorithm.as_str(), "argon2id");
+        let p = Params::try_from(&parsed).unwrap();
+        assert_eq!(
+            (p.m_cost(), p.t_cost(), p.p_cost()),
+            (cost.m_cost(), cost.t_cost(), cost.p_cost())
+        );
+        assert_ne!(dummy.as_str(), h, "a hash of its own");
+        assert_eq!(
+            d.verify("a@x.test", "right").await.as_deref(),
+            Some("a@x.test")
+        );
+        assert_eq!(d.verify("a@x.test", "wrong").await, None);
+        assert_eq!(d.verify("nobody@x.test", "right").await, None);
+    }
 }

@@ -289,9 +289,13 @@ impl Writer {
                 && (self.since_checkpoint >= self.every_records
                     || self.last_checkpoint.elapsed() >= self.interval);
             match control {
-                Some(Msg::Checkpoint(reply)) => {
-                    let _ = reply.send(self.checkpoint());
-                }
+                Some(Msg::Checkpoint(reply)) => match self.checkpoint() {
+                    // Answered once the pruned segments are gone.
+                    Ok(_) => self.prune(Some(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Some(Msg::BackedUp(lsn, reply)) => {
                     // No checkpoint here (it would stall this writer once per
                     // backup): the next regular one records the new floor.
@@ -301,7 +305,7 @@ impl Writer {
                     self.stats
                         .backup_lsn
                         .store(self.backup_floor, Ordering::Relaxed);
-                    let _ = reply.send(self.prune());
+                    self.prune(Some(reply));
                 }
                 Some(Msg::Shutdown) => {
                     self.checkpoint_logged();
@@ -409,8 +413,9 @@ impl Writer {
     }
 
     fn checkpoint_logged(&mut self) {
-        if let Err(e) = self.checkpoint() {
-            tracing::error!(group = self.id, error = %e, "checkpoint failed");
+        match self.checkpoint() {
+            Ok(_) => self.prune(None),
+            Err(e) => tracing::error!(group = self.id, error = %e, "checkpoint failed"),
         }
     }
 
@@ -427,22 +432,28 @@ impl Writer {
         self.stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.checkpointed = applied;
-        self.prune()?;
         Ok(applied)
     }
 
-    /// Deletes the log segments that neither recovery (the last checkpoint
+    /// Prunes the log segments that neither recovery (the last checkpoint
     /// covers them) nor the next backup (the last one holds them) needs;
-    /// returns the checkpointed LSN.
-    fn prune(&mut self) -> Result<u64, StoreError> {
-        self.wal.prune(self.checkpointed.min(self.backup_floor))?;
+    /// `reply` hears the checkpointed LSN once they are deleted, which
+    /// happens off this thread.
+    fn prune(&mut self, reply: Option<oneshot::Sender<Result<u64, StoreError>>>) {
+        let checkpointed = self.checkpointed;
+        let then = reply.map(|r| {
+            Box::new(move || {
+                let _ = r.send(Ok(checkpointed));
+            }) as wal::AfterPrune
+        });
+        self.wal
+            .prune(self.checkpointed.min(self.backup_floor), then);
         self.stats
             .wal_bytes
             .store(self.wal.total_bytes(), Ordering::Relaxed);
         self.stats
             .wal_segments
             .store(self.wal.segment_count() as u64, Ordering::Relaxed);
-        Ok(self.checkpointed)
     }
 }
 

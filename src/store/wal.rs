@@ -258,6 +258,59 @@ pub struct Wal {
     /// (first lsn, path) of every segment, the active one last.
     segments: Vec<(u64, PathBuf)>,
     pub fsyncs: u64,
+    /// Pruned segments go to this thread to be deleted: unlinking
+    /// gigabytes of segments takes long enough to stall the writer's
+    /// commits (about a second for 2 GB) if done on its thread.
+    deleter: std::sync::mpsc::Sender<Deletion>,
+}
+
+/// What runs after a batch of segments is deleted (an answer to whoever
+/// asked for the prune).
+pub type AfterPrune = Box<dyn FnOnce() + Send>;
+
+/// Segments to delete, oldest first, then what to run.
+struct Deletion {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+    then: Option<AfterPrune>,
+}
+
+/// Deletes batches in the order they were pruned, oldest segment first,
+/// so that a crash part way leaves the log's remaining segments
+/// contiguous (recovery skips those a checkpoint covers). A failure is
+/// logged: the segment stays on disk, where recovery ignores it and
+/// `status` counts it no more.
+fn start_deleter() -> std::sync::mpsc::Sender<Deletion> {
+    let (tx, rx) = std::sync::mpsc::channel::<Deletion>();
+    let spawned = std::thread::Builder::new()
+        .name("tiermail-wal-prune".into())
+        .spawn(move || {
+            for d in rx {
+                delete_segments(&d.dir, &d.paths);
+                if let Some(then) = d.then {
+                    then();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for deleting log segments: they stay on disk");
+    }
+    tx
+}
+
+fn delete_segments(dir: &Path, paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), error = %e, "cannot delete a pruned log segment");
+        }
+    }
+    if !paths.is_empty()
+        && let Err(e) = sync_dir(dir)
+    {
+        tracing::warn!(error = %e, "cannot sync the log directory after pruning");
+    }
 }
 
 impl Wal {
@@ -281,6 +334,7 @@ impl Wal {
                     len,
                     segments,
                     fsyncs: 0,
+                    deleter: start_deleter(),
                 })
             }
             None => {
@@ -293,6 +347,7 @@ impl Wal {
                     len: HEADER_LEN,
                     segments: vec![(next_lsn, path)],
                     fsyncs: 0,
+                    deleter: start_deleter(),
                 })
             }
         }
@@ -344,18 +399,33 @@ impl Wal {
         }
     }
 
-    /// Deletes closed segments whose records all have LSN <= `upto`.
-    pub fn prune(&mut self, upto: u64) -> Result<usize, WalError> {
-        let mut removed = 0;
+    /// Hands the closed segments whose records all have LSN <= `upto` to
+    /// the deleting thread, which runs `then` (if any) once they and every
+    /// segment pruned before are gone; returns how many were handed over.
+    /// The caller does not wait for the disk.
+    pub fn prune(&mut self, upto: u64, then: Option<AfterPrune>) -> usize {
+        let mut paths = Vec::new();
         while self.segments.len() >= 2 && self.segments[1].0 <= upto + 1 {
             let (_, path) = self.segments.remove(0);
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-            removed += 1;
+            paths.push(path);
         }
-        if removed > 0 {
-            sync_dir(&self.dir)?;
+        let removed = paths.len();
+        if removed == 0 && then.is_none() {
+            return 0;
         }
-        Ok(removed)
+        let d = Deletion {
+            dir: self.dir.clone(),
+            paths,
+            then,
+        };
+        if let Err(std::sync::mpsc::SendError(d)) = self.deleter.send(d) {
+            // No deleting thread: do it here rather than never.
+            delete_segments(&d.dir, &d.paths);
+            if let Some(then) = d.then {
+                then();
+            }
+        }
+        removed
     }
 
     pub fn segment_count(&self) -> usize {
@@ -406,8 +476,18 @@ mod tests {
             all.extend(l);
         }
         assert_eq!(all, (1..=8).collect::<Vec<_>>());
-        let removed = wal.prune(8).unwrap();
+        // Deleted off the caller's thread (the group's writer), and only
+        // then is the caller's answer sent.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let removed = wal.prune(
+            8,
+            Some(Box::new(move || {
+                let name = std::thread::current().name().map(str::to_string);
+                tx.send(name).unwrap()
+            })),
+        );
         assert_eq!(removed, segs.len() - 1);
+        assert_eq!(rx.recv().unwrap().as_deref(), Some("tiermail-wal-prune"));
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
     }
 

@@ -159,9 +159,9 @@ fn is_system(f: &str) -> bool {
 struct Client {
     id: usize,
     /// The last lines sent and received (commands abridged), printed to
-    /// stderr with a client's first violations: the last 400 lines, or
+    /// stderr with a client's first violations: the last 2,000 lines, or
     /// 20,000 with `TMLOAD_TRACE` set.
-    trace: Option<std::collections::VecDeque<String>>,
+    trace: std::collections::VecDeque<String>,
     trace_lines: usize,
     /// Violations printed with their trace so far.
     traced: usize,
@@ -184,11 +184,11 @@ impl Client {
         let _ = s.set_nodelay(true);
         let mut c = Client {
             id,
-            trace: Some(Default::default()),
+            trace: Default::default(),
             trace_lines: if std::env::var_os("TMLOAD_TRACE").is_some() {
                 20_000
             } else {
-                400
+                2_000
             },
             traced: 0,
             s,
@@ -238,13 +238,11 @@ impl Client {
 
     /// Applies the response in the framer to the model.
     fn apply(&mut self) -> Option<String> {
-        if let Some(t) = &mut self.trace {
-            let b = self.frag.message_bytes();
-            let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
-            t.push_back(format!("S: {}", text.trim_end()));
-            while t.len() > self.trace_lines {
-                t.pop_front();
-            }
+        let b = self.frag.message_bytes();
+        let text = String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned();
+        self.trace.push_back(format!("S: {}", text.trim_end()));
+        while self.trace.len() > self.trace_lines {
+            self.trace.pop_front();
         }
         let mut problems = Vec::new();
         let model = &mut self.model;
@@ -275,11 +273,9 @@ impl Client {
             _ => None,
         };
         for p in problems {
-            if let Some(t) = &self.trace
-                && self.traced < 3
-            {
+            if self.traced < 3 {
                 self.traced += 1;
-                let lines: Vec<&str> = t.iter().map(String::as_str).collect();
+                let lines: Vec<&str> = self.trace.iter().map(String::as_str).collect();
                 eprintln!("== client {}: {p}\n{}", self.id, lines.join("\n"));
             }
             self.report.violation(self.id, p);
@@ -418,9 +414,7 @@ impl Client {
             // The command line (an APPEND's literal left out).
             let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
             let line = String::from_utf8_lossy(line).trim_end().to_string();
-            if let Some(t) = &mut self.trace {
-                t.push_back(format!("C: {line}"));
-            }
+            self.trace.push_back(format!("C: {line}"));
             lines.push(line);
         }
         self.model.batch += 1;
@@ -606,9 +600,7 @@ impl Client {
             self.s
                 .write_all(format!("{tag} IDLE\r\n").as_bytes())
                 .await?;
-            if let Some(t) = &mut self.trace {
-                t.push_back(format!("C: {tag} IDLE"));
-            }
+            self.trace.push_back(format!("C: {tag} IDLE"));
             let deadline = Instant::now() + STALL;
             // Until the continuation request, then updates for a moment.
             loop {
@@ -642,9 +634,7 @@ impl Client {
                 r?;
             }
             self.s.write_all(b"DONE\r\n").await?;
-            if let Some(t) = &mut self.trace {
-                t.push_back("C: DONE".into());
-            }
+            self.trace.push_back("C: DONE".into());
             loop {
                 match self.read_response(Instant::now() + STALL).await {
                     Ok(Some(t)) if t == tag => break,
@@ -686,6 +676,16 @@ pub async fn prepare(a: &Args) -> std::io::Result<()> {
             let m = c.append(&name, k);
             c.batch(vec![m]).await?;
         }
+        // Used once with CONDSTORE, as a client that synchronised it
+        // before would have. Dovecot starts keeping per-message modseqs
+        // on a mailbox the first time CONDSTORE is used there; until its
+        // index has them it answers the highest modseq for a message, and
+        // then a lower one for the same unchanged message, which this
+        // checker would rightly report as a MODSEQ going down.
+        let select = c.line(&format!("SELECT {name} (CONDSTORE)"));
+        let fetch = c.line("FETCH 1:* (UID MODSEQ)");
+        let close = c.line("UNSELECT");
+        c.batch(vec![select, fetch, close]).await?;
     }
     let logout = c.line("LOGOUT");
     let _ = c.batch(vec![logout]).await;
