@@ -427,8 +427,9 @@ impl Directory {
             return Login::Throttled;
         }
         let result = self.verify(login, password).await;
-        drop(turn);
-        match result {
+        // The turn is held until the failure is counted: the next check
+        // from this address must see it.
+        let outcome = match result {
             Some(address) => Login::Ok(address),
             None => {
                 throttle.record_failure(ip, &account);
@@ -440,7 +441,9 @@ impl Directory {
                 log_failure(service, ip, login, why);
                 Login::Invalid
             }
-        }
+        };
+        drop(turn);
+        outcome
     }
 }
 
