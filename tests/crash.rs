@@ -160,6 +160,34 @@ async fn stored(config: &Path) -> (HashMap<(String, Vec<u8>), usize>, Arc<Store>
     (out, store)
 }
 
+/// Sixteen SMTP sessions stream mail to the server of `config`; SIGKILL
+/// once `want` deliveries were acknowledged (or after 30 s), while every
+/// session is in the middle of its next message. Returns what was sent
+/// whole and what was acknowledged.
+async fn stream_then_kill(
+    config: &Path,
+    want: usize,
+) -> (HashSet<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+    let daemon = Daemon::start(config);
+    let addr = daemon.addr("smtp");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let tasks: Vec<_> = (0..16)
+        .map(|t| tokio::spawn(sender(addr, t, ledger.clone())))
+        .collect();
+    for _ in 0..600 {
+        if ledger.lock().unwrap().acked.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let l = ledger.lock().unwrap();
+    (l.sent.clone(), l.acked.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,28 +197,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_message() {
         dir.path(),
         "[store]\ngroups = 3\ncheckpoint_interval_secs = 1\n",
     );
-    let daemon = Daemon::start(&config);
-    let addr = daemon.addr("smtp");
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let tasks: Vec<_> = (0..16)
-        .map(|t| tokio::spawn(sender(addr, t, ledger.clone())))
-        .collect();
-    // Kill once a good amount has been acknowledged, while all 16 sessions
-    // are in the middle of their next message.
-    for _ in 0..600 {
-        if ledger.lock().unwrap().acked.len() >= 600 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    daemon.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (sent, acked) = {
-        let l = ledger.lock().unwrap();
-        (l.sent.clone(), l.acked.clone())
-    };
+    let (sent, acked) = stream_then_kill(&config, 600).await;
     assert!(
         acked.len() >= 100,
         "only {} acknowledged before the kill",
@@ -254,23 +261,7 @@ async fn sigkill_while_segments_are_pruned() {
         "[store]\ngroups = 1\nwal_segment_bytes = 1048576\ncheckpoint_records = 50\n\
          [backup]\ntargets = []\n",
     );
-    let daemon = Daemon::start(&config);
-    let addr = daemon.addr("smtp");
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let tasks: Vec<_> = (0..16)
-        .map(|t| tokio::spawn(sender(addr, t, ledger.clone())))
-        .collect();
-    for _ in 0..600 {
-        if ledger.lock().unwrap().acked.len() >= 800 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    daemon.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = ledger.lock().unwrap().acked.clone();
+    let (_, acked) = stream_then_kill(&config, 800).await;
     assert!(acked.len() >= 100, "only {} acknowledged", acked.len());
 
     // The segments left follow each other without a gap.
