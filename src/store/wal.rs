@@ -270,7 +270,6 @@ pub type AfterPrune = Box<dyn FnOnce() + Send>;
 
 /// Segments to delete, oldest first, then what to run.
 struct Deletion {
-    dir: PathBuf,
     paths: Vec<PathBuf>,
     then: Option<AfterPrune>,
 }
@@ -280,13 +279,14 @@ struct Deletion {
 /// contiguous (recovery skips those a checkpoint covers). A failure is
 /// logged: the segment stays on disk, where recovery ignores it and
 /// `status` counts it no more.
-fn start_deleter() -> std::sync::mpsc::Sender<Deletion> {
+fn start_deleter(dir: &Path) -> std::sync::mpsc::Sender<Deletion> {
     let (tx, rx) = std::sync::mpsc::channel::<Deletion>();
+    let dir = dir.to_path_buf();
     let spawned = std::thread::Builder::new()
         .name("tiermail-wal-prune".into())
         .spawn(move || {
             for d in rx {
-                delete_segments(&d.dir, &d.paths);
+                delete_segments(&dir, &d.paths);
                 if let Some(then) = d.then {
                     then();
                 }
@@ -334,7 +334,7 @@ impl Wal {
                     len,
                     segments,
                     fsyncs: 0,
-                    deleter: start_deleter(),
+                    deleter: start_deleter(dir),
                 })
             }
             None => {
@@ -347,7 +347,7 @@ impl Wal {
                     len: HEADER_LEN,
                     segments: vec![(next_lsn, path)],
                     fsyncs: 0,
-                    deleter: start_deleter(),
+                    deleter: start_deleter(dir),
                 })
             }
         }
@@ -413,14 +413,9 @@ impl Wal {
         if removed == 0 && then.is_none() {
             return 0;
         }
-        let d = Deletion {
-            dir: self.dir.clone(),
-            paths,
-            then,
-        };
-        if let Err(std::sync::mpsc::SendError(d)) = self.deleter.send(d) {
+        if let Err(std::sync::mpsc::SendError(d)) = self.deleter.send(Deletion { paths, then }) {
             // No deleting thread: do it here rather than never.
-            delete_segments(&d.dir, &d.paths);
+            delete_segments(&self.dir, &d.paths);
             if let Some(then) = d.then {
                 then();
             }
