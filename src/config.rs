@@ -57,6 +57,14 @@ pub struct BackupConfig {
     pub min_free_mib: u64,
 }
 
+impl StoreConfig {
+    pub fn reclaim_schedule(&self) -> crate::scheduler::Schedule {
+        self.reclaim_schedule
+            .parse()
+            .unwrap_or(crate::scheduler::Schedule::Off)
+    }
+}
+
 impl BackupConfig {
     pub fn schedule(&self) -> crate::scheduler::Schedule {
         self.schedule
@@ -260,6 +268,12 @@ pub struct StoreConfig {
     pub groups: u32,
     pub cache_mib: usize,
     pub wal_segment_bytes: u64,
+    /// Size at which a body segment is sealed and a new one started.
+    pub body_segment_mib: u64,
+    /// When sealed body segments that are mostly dead are rewritten.
+    pub reclaim_schedule: String,
+    /// A sealed segment is reclaimed once at least this share of it is dead.
+    pub reclaim_dead_percent: u8,
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,
     pub live_cache_messages: usize,
@@ -345,6 +359,7 @@ impl Config {
         cfg.archive.schedule = "off".into();
         cfg.backup.schedule = "off".into();
         cfg.backup.drill_schedule = "off".into();
+        cfg.store.reclaim_schedule = "off".into();
         cfg.backup.targets = vec![dir.join("data/backups")];
         cfg.server.shutdown_grace_secs = 5;
         cfg
@@ -513,6 +528,19 @@ impl Config {
         }
         if self.store.groups == 0 || self.store.groups > 1024 {
             return Err(invalid("store.groups", "must be between 1 and 1024"));
+        }
+        if let Err(e) = self
+            .store
+            .reclaim_schedule
+            .parse::<crate::scheduler::Schedule>()
+        {
+            return Err(invalid("store.reclaim_schedule", e));
+        }
+        if !(1..=100).contains(&self.store.reclaim_dead_percent) {
+            return Err(invalid("store.reclaim_dead_percent", "must be 1 to 100"));
+        }
+        if !(1..=4096).contains(&self.store.body_segment_mib) {
+            return Err(invalid("store.body_segment_mib", "must be 1 to 4096"));
         }
         if self.store.wal_segment_bytes < 1 << 20 {
             return Err(invalid("store.wal_segment_bytes", "must be at least 1 MiB"));

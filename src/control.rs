@@ -194,11 +194,11 @@ fn groups_table(status: Result<Vec<GroupStatus>, crate::store::StoreError>) -> S
         Err(e) => return format!("storage groups: error: {e}\n"),
     };
     let mut s = String::from(
-        "group  users  messages  applied_lsn  checkpoint_lsn  backup_lsn  wal_segments   wal_bytes    db_bytes  fsyncs  writes\n",
+        "group  users  messages  applied_lsn  checkpoint_lsn  backup_lsn  wal_segments   wal_bytes    db_bytes  body_bytes  bodies  fsyncs  writes\n",
     );
     for g in groups {
         s.push_str(&format!(
-            "g{:03} {:>6} {:>9} {:>12} {:>15} {:>11} {:>13} {:>11} {:>11} {:>7} {:>7}\n",
+            "g{:03} {:>6} {:>9} {:>12} {:>15} {:>11} {:>13} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7}\n",
             g.id,
             g.users,
             g.messages,
@@ -208,6 +208,8 @@ fn groups_table(status: Result<Vec<GroupStatus>, crate::store::StoreError>) -> S
             g.wal_segments,
             g.wal_bytes,
             g.db_bytes,
+            g.body_bytes,
+            g.distinct_bodies,
             g.fsyncs,
             g.ops
         ));

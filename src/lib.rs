@@ -16,6 +16,7 @@ pub mod backup;
 pub mod config;
 pub mod control;
 pub mod corpus;
+pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod imap;

@@ -206,11 +206,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let server = tiermail::server::Server::start(config).await?;
+        // Handlers first: a SIGTERM right after the ready line must shut
+        // down cleanly, not kill the process with the default action.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         // One machine-readable line on stdout: scripts and tests wait for it.
         println!("tiermail ready {}", server.bound);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
         server.shutdown().await;

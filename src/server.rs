@@ -276,6 +276,16 @@ impl Server {
             |app, next| app.backup.set_next_drill(next),
             drill_activity,
         );
+        spawn_activity(
+            &tracker,
+            &token,
+            &app,
+            "reclaim",
+            app.config.store.reclaim_schedule(),
+            None,
+            |_, _| {},
+            reclaim_activity,
+        );
         tracker.spawn(crate::control::serve(app.clone(), token.clone()));
         Ok(Server {
             app,
@@ -356,6 +366,16 @@ async fn backup_activity(app: Arc<App>) {
     let cfg = Arc::new(app.config.backup.clone());
     if let Err(e) = app.backup.run_once(app.store.clone(), cfg).await {
         tracing::warn!(error = %e, "scheduled backup did not complete");
+    }
+}
+
+async fn reclaim_activity(app: Arc<App>) {
+    if let Err(e) = app
+        .store
+        .reclaim(app.config.store.reclaim_dead_percent)
+        .await
+    {
+        tracing::warn!(error = %e, "body segment reclaim failed");
     }
 }
 

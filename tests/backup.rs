@@ -178,9 +178,9 @@ async fn a_backup_under_load_restores_the_live_state() {
     .unwrap();
     assert_eq!(rebuilt.len(), 2);
     for r in &rebuilt {
-        let db = redb::Database::open(&r.path).unwrap();
+        let (db, bodies) = tiermail::store::migrate::open_path(&r.path, 16 << 20).unwrap();
         let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let got = manifest::compute(&txn, &Default::default()).unwrap();
+        let got = manifest::compute(&txn, &bodies, &Default::default()).unwrap();
         assert!(
             manifest::differences(&r.manifest, &got).is_empty(),
             "{:?}",

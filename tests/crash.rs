@@ -168,14 +168,24 @@ async fn stream_then_kill(
     config: &Path,
     want: usize,
 ) -> (HashSet<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
-    let daemon = Daemon::start(config);
+    stream_then_kill_env(config, want, &[]).await
+}
+
+/// As [`stream_then_kill`], with `env` for the server (a failpoint that
+/// kills it first ends the stream there).
+async fn stream_then_kill_env(
+    config: &Path,
+    want: usize,
+    env: &[(&str, &str)],
+) -> (HashSet<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>) {
+    let mut daemon = Daemon::start_env(config, env);
     let addr = daemon.addr("smtp");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let tasks: Vec<_> = (0..16)
         .map(|t| tokio::spawn(sender(addr, t, ledger.clone())))
         .collect();
     for _ in 0..600 {
-        if ledger.lock().unwrap().acked.len() >= want {
+        if ledger.lock().unwrap().acked.len() >= want || daemon.exited() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -296,6 +306,81 @@ async fn sigkill_while_segments_are_pruned() {
     }
     assert!(found.values().all(|n| *n == 1), "no duplicates");
     store.shutdown();
+}
+
+/// Every acknowledged message of a stream is there exactly once after a
+/// restart, and nothing else is, with the SIGKILL landing at `failpoint`.
+async fn stream_killed_at(failpoint: &str, store_toml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), store_toml);
+    let (sent, acked) =
+        stream_then_kill_env(&config, 100_000, &[("TMTEST_FAILPOINT", failpoint)]).await;
+    assert!(acked.len() >= 20, "only {} acknowledged", acked.len());
+    let log = std::fs::read_to_string(dir.path().join("serve-0.log")).unwrap();
+    assert!(
+        log.contains("failpoint hit"),
+        "{failpoint} was never reached"
+    );
+    let daemon = Daemon::start(&config);
+    assert!(daemon.terminate().success());
+    let (found, store) = stored(&config).await;
+    for key in &acked {
+        assert_eq!(
+            found.get(key).copied().unwrap_or(0),
+            1,
+            "acknowledged message stored once"
+        );
+    }
+    for (key, n) in &found {
+        assert_eq!(*n, 1, "no duplicates");
+        assert!(
+            sent.contains(key),
+            "a stored message was never completely sent"
+        );
+    }
+    store.shutdown();
+}
+
+/// SIGKILL between the body segments' fsync and the checkpoint's durable
+/// redb commit: the redb state falls back to the previous checkpoint, the
+/// segments hold more than it refers to (cut off at start), and the log
+/// brings the rest back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_body_sync_and_checkpoint_commit() {
+    stream_killed_at(
+        "checkpoint-after-body-sync",
+        "[store]\ngroups = 2\ncheckpoint_interval_secs = 1\nbody_segment_mib = 1\n",
+    )
+    .await;
+}
+
+/// An upgrade of a format 1 store killed after it moved bodies (before its
+/// one durable commit) or after that commit (before compaction) runs again
+/// or finishes at the next start, and the store holds exactly what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_killed_midway_completes_at_the_next_start() {
+    for point in ["upgrade-after-batch", "upgrade-before-compact"] {
+        let dir = tempfile::tempdir().unwrap();
+        common::install_store_v1(dir.path());
+        let config = write_config(dir.path(), "[store]\ngroups = 2\n");
+        let status = common::daemon::tiermail(&config)
+            .arg("serve")
+            .env("TMTEST_FAILPOINT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            !status.success(),
+            "{point}: the failpoint killed the upgrade"
+        );
+        let daemon = Daemon::start(&config);
+        assert!(daemon.terminate().success());
+        let cfg = Config::load(Some(&config)).unwrap();
+        let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+        common::assert_store_v1_contents(&store).await;
+        store.shutdown();
+    }
 }
 
 /// Delivers `n` messages to alice one after the other, then SIGKILLs.
@@ -525,4 +610,114 @@ async fn total_loss_restores_every_acknowledged_message_from_backup_and_log() {
         "{} acknowledged ({at_backup} before the backup), all restored; {out}",
         acked.len()
     );
+}
+
+/// SIGKILL at each step of a body segment reclaim (after bodies were moved,
+/// after the checkpoint that makes the moves durable, after an old segment
+/// was deleted): at the next start every message that was left is there
+/// with its exact bytes, nothing expunged came back, and a reclaim then
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_step_of_a_reclaim() {
+    use tiermail::store::{Delivery, Op, Summary};
+    for point in [
+        "reclaim-after-relocate",
+        "reclaim-after-checkpoint",
+        "reclaim-after-delete",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            "[store]\ngroups = 1\nbody_segment_mib = 1\nreclaim_schedule = \"off\"\n",
+        );
+        let cfg = Config::load(Some(&config)).unwrap();
+        let user = "alice@example.test";
+        // 600 messages of 10 KB, 90% expunged.
+        let mut kept = HashMap::new();
+        {
+            let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+            for i in 0..600u32 {
+                let mut raw = format!("Subject: m{i}\r\n\r\n").into_bytes();
+                while raw.len() < 10_000 {
+                    raw.extend_from_slice(format!("{i} line of message {i}\r\n").as_bytes());
+                }
+                store
+                    .deliver(Delivery {
+                        user: user.into(),
+                        mailbox: "INBOX".into(),
+                        summary: Summary::parse(&raw),
+                        raw: Arc::new(raw.clone()),
+                        internal_date: 1_700_000_000,
+                        flags: Vec::new(),
+                    })
+                    .await
+                    .unwrap();
+                if (i + 1) % 10 == 0 {
+                    kept.insert(i + 1, raw);
+                }
+            }
+            let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
+            let gone: Vec<u32> = (1..=600).filter(|u| u % 10 != 0).collect();
+            store
+                .submit(
+                    user,
+                    Op::Expunge {
+                        mailbox_id: inbox,
+                        uids: gone,
+                    },
+                )
+                .await
+                .unwrap();
+            store.shutdown();
+        }
+        // The server reclaims at once and dies at the failpoint.
+        let mut child = common::daemon::tiermail(&config)
+            .arg("serve")
+            .env("TIERMAIL_STORE__RECLAIM_SCHEDULE", "continuous")
+            .env("TMTEST_FAILPOINT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("reclaim.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut died = false;
+        for _ in 0..600 {
+            if child.try_wait().unwrap().is_some() {
+                died = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !died {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("reclaim.log")).unwrap();
+        assert!(
+            died && log.contains("failpoint hit"),
+            "{point} not reached:\n{log}"
+        );
+
+        let check = |store: Arc<Store>, kept: HashMap<u32, Vec<u8>>| async move {
+            let msgs = store.messages(user, "INBOX").await.unwrap();
+            let uids: Vec<u32> = msgs.iter().map(|(u, _)| *u).collect();
+            let mut want: Vec<u32> = kept.keys().copied().collect();
+            want.sort();
+            assert_eq!(uids, want, "{point}: exactly the kept messages");
+            for (uid, raw) in &kept {
+                let got = store.raw(user, "INBOX", *uid).await.unwrap().unwrap();
+                assert!(got == *raw, "{point}: uid {uid} bytes");
+            }
+        };
+        let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+        check(store.clone(), kept.clone()).await;
+        store.reclaim(50).await.unwrap();
+        check(store.clone(), kept.clone()).await;
+        let st = &store.status().unwrap()[0];
+        assert!(
+            st.body_bytes < 2 << 20,
+            "{point}: {} bytes left after the reclaim",
+            st.body_bytes
+        );
+        store.shutdown();
+    }
 }

@@ -2,10 +2,12 @@
 //! stability, user placement. (Crash recovery is tested on the real binary
 //! in crash.rs.)
 
+mod common;
+
 use std::sync::Arc;
 
 use tiermail::config::Config;
-use tiermail::store::{Delivery, Outcome, Store, Summary};
+use tiermail::store::{Delivery, Op, Outcome, Store, Summary};
 
 fn delivery(user: &str, n: usize) -> Delivery {
     let raw = format!("Subject: m{n}\r\nFrom: a@remote.test\r\n\r\nbody {n}\r\n").into_bytes();
@@ -94,5 +96,308 @@ async fn reopen_keeps_uids_uidvalidity_and_placement() {
     for (i, g) in placement.iter().enumerate() {
         assert_eq!(store.group_of(&format!("u{i}@example.test")).id, *g);
     }
+    store.shutdown();
+}
+
+fn traced(rcpt: &str, body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "Return-Path: <list@remote.test>\r\nReceived: from mx ([127.0.0.1])\r\n\tby h (tiermail) with LMTP id {rcpt}\r\n\tfor <{rcpt}>; Tue, 1 Dec 2026 10:00:00 +0000\r\n"
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+fn deliver_raw(user: &str, mailbox: &str, raw: Vec<u8>) -> Delivery {
+    Delivery {
+        user: user.into(),
+        mailbox: mailbox.into(),
+        summary: Summary::parse(&raw),
+        raw: Arc::new(raw),
+        internal_date: 1_700_000_000,
+        flags: Vec::new(),
+    }
+}
+
+async fn mailbox_id(store: &Arc<Store>, user: &str, name: &str) -> u64 {
+    store.mailbox(user, name).await.unwrap().unwrap().id
+}
+
+/// One body, delivered to three users (two with their own trace headers,
+/// one sharing another's bytes), COPYed and delivered again: stored once,
+/// every message still returns its exact bytes, and the body leaves the
+/// index when the last message referring to it is expunged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_stored_once_however_many_messages_refer_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.store.groups = 1;
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let mut body = b"From: list@remote.test\r\nSubject: big\r\n\r\n".to_vec();
+    while body.len() < 300_000 {
+        body.extend_from_slice(format!("line {} of the one body\r\n", body.len()).as_bytes());
+    }
+    let users = [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+    ];
+    let alice_raw = traced(users[0], &body);
+    let bob_raw = traced(users[1], &body);
+    store
+        .deliver(deliver_raw(users[0], "INBOX", alice_raw.clone()))
+        .await
+        .unwrap();
+    store
+        .deliver(deliver_raw(users[1], "INBOX", bob_raw.clone()))
+        .await
+        .unwrap();
+    store
+        .deliver(deliver_raw(users[2], "INBOX", bob_raw.clone()))
+        .await
+        .unwrap();
+    let inbox = mailbox_id(&store, users[0], "INBOX").await;
+    let sent = mailbox_id(&store, users[0], "Sent").await;
+    store
+        .submit(
+            users[0],
+            Op::Copy {
+                from: inbox,
+                uids: vec![1],
+                to: sent,
+                remove: false,
+            },
+        )
+        .await
+        .unwrap();
+    // The same message again (a client's APPEND of what it fetched).
+    store
+        .deliver(deliver_raw(users[0], "Drafts", alice_raw.clone()))
+        .await
+        .unwrap();
+
+    let st = &store.status().unwrap()[0];
+    assert_eq!(st.distinct_bodies, 1, "five messages, one body");
+    assert!(
+        st.body_bytes < body.len() as u64 + 4096,
+        "{} bytes of segments for one body of {}",
+        st.body_bytes,
+        body.len()
+    );
+    for (user, mailbox, want) in [
+        (users[0], "INBOX", &alice_raw),
+        (users[0], "Sent", &alice_raw),
+        (users[0], "Drafts", &alice_raw),
+        (users[1], "INBOX", &bob_raw),
+        (users[2], "INBOX", &bob_raw),
+    ] {
+        let got = store.raw(user, mailbox, 1).await.unwrap().unwrap();
+        assert!(got == *want, "{user} {mailbox}: bytes differ");
+    }
+
+    // Expunge all but one: the body stays for the last.
+    for (user, mailbox) in [
+        (users[0], "INBOX"),
+        (users[0], "Sent"),
+        (users[0], "Drafts"),
+        (users[1], "INBOX"),
+    ] {
+        let id = mailbox_id(&store, user, mailbox).await;
+        store
+            .submit(
+                user,
+                Op::Expunge {
+                    mailbox_id: id,
+                    uids: vec![1],
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.status().unwrap()[0].distinct_bodies, 1);
+    assert!(store.raw(users[2], "INBOX", 1).await.unwrap().unwrap() == bob_raw);
+    // Deleting the mailbox of the last one drops it.
+    store
+        .submit(
+            users[2],
+            Op::RenameMailbox {
+                user: users[2].into(),
+                from: "INBOX".into(),
+                to: "Old".into(),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .submit(
+            users[2],
+            Op::DeleteMailbox {
+                user: users[2].into(),
+                name: "Old".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.status().unwrap()[0].distinct_bodies, 0);
+
+    // A new body after a restart (recovery replays what the checkpoint at
+    // shutdown did not need to) is read back exactly.
+    let other = traced(users[1], b"Subject: another\r\n\r\nsmall\r\n");
+    store
+        .deliver(deliver_raw(users[1], "INBOX", other.clone()))
+        .await
+        .unwrap();
+    store.shutdown();
+    drop(store);
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    assert!(store.raw(users[1], "INBOX", 2).await.unwrap().unwrap() == other);
+    assert_eq!(store.status().unwrap()[0].distinct_bodies, 1);
+    store.shutdown();
+}
+
+/// A store written by the previous format (bodies in a redb table, part of
+/// the mail only in the log after a SIGKILL) is upgraded on first start:
+/// every message keeps its UID, flags and bytes, and a second start finds
+/// nothing to upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_store_is_upgraded_on_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    common::install_store_v1(dir.path());
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.store.groups = 2;
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let moved: u64 = store.groups().iter().map(|g| g.upgrade.bodies_moved).sum();
+    assert!(moved >= 5, "{moved} bodies moved");
+    common::assert_store_v1_contents(&store).await;
+    let st = store.status().unwrap();
+    assert!(st.iter().map(|g| g.distinct_bodies).sum::<u64>() >= 4);
+    store.shutdown();
+    drop(store);
+
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    assert!(store.groups().iter().all(|g| g.upgrade.bodies_moved == 0));
+    common::assert_store_v1_contents(&store).await;
+    store.shutdown();
+}
+
+/// `n` distinct messages of about `size` bytes for `user`'s INBOX.
+async fn fill(store: &Arc<Store>, user: &str, n: usize, size: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut body = format!("Subject: m{i}\r\n\r\n").into_bytes();
+        while body.len() < size {
+            body.extend_from_slice(format!("{i:08} filler line of message {i}\r\n").as_bytes());
+        }
+        let raw = traced(user, &body);
+        store
+            .deliver(deliver_raw(user, "INBOX", raw.clone()))
+            .await
+            .unwrap();
+        out.push(raw);
+    }
+    out
+}
+
+/// After 90% of the mail is expunged, a reclaim gives the space back while
+/// sessions read and deliver: the segment files end within 1.25x of the
+/// live bodies (plus the open segment), every remaining message reads back
+/// byte for byte during and after it, and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_shrinks_the_body_files_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.store.groups = 1;
+    cfg.store.body_segment_mib = 1;
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let user = "alice@example.test";
+    let raws = fill(&store, user, 1500, 20_000).await;
+    let inbox = mailbox_id(&store, user, "INBOX").await;
+    let gone: Vec<u32> = (1..=raws.len() as u32).filter(|u| u % 10 != 0).collect();
+    store
+        .submit(
+            user,
+            Op::Expunge {
+                mailbox_id: inbox,
+                uids: gone,
+            },
+        )
+        .await
+        .unwrap();
+    let before = store.status().unwrap()[0].clone();
+    assert!(
+        before.body_segments >= 20,
+        "{} segments",
+        before.body_segments
+    );
+
+    // Readers and a writer run while the reclaim does.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop, raws) = (store.clone(), stop.clone(), raws.clone());
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for uid in (10..=raws.len() as u32).step_by(10) {
+                    let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
+                    assert!(
+                        got == raws[uid as usize - 1],
+                        "uid {uid} read wrong during reclaim"
+                    );
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { fill(&store, "bob@example.test", 100, 20_000).await })
+    };
+    let report = store.reclaim(50).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    let bob = writer.await.unwrap();
+    assert!(reads > 0);
+    let (_, r) = report[0];
+    assert!(r.segments >= 15, "{r:?}");
+
+    let after = store.status().unwrap()[0].clone();
+    let live: u64 = raws
+        .iter()
+        .skip(9)
+        .step_by(10)
+        .chain(bob.iter())
+        .map(|r| r.len() as u64)
+        .sum();
+    println!(
+        "body files {} -> {} bytes for {live} live bytes ({} -> {} segments; {r:?})",
+        before.body_bytes, after.body_bytes, before.body_segments, after.body_segments
+    );
+    assert!(
+        after.body_bytes as f64 <= live as f64 * 1.25 + (1 << 20) as f64,
+        "{} bytes of segments for {live} live bytes",
+        after.body_bytes
+    );
+    let check = |store: Arc<Store>| {
+        let (raws, bob) = (raws.clone(), bob.clone());
+        async move {
+            for uid in (10..=raws.len() as u32).step_by(10) {
+                let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
+                assert!(got == raws[uid as usize - 1], "uid {uid}");
+            }
+            for (i, want) in bob.iter().enumerate() {
+                let got = store
+                    .raw("bob@example.test", "INBOX", i as u32 + 1)
+                    .await
+                    .unwrap();
+                assert!(got.as_ref() == Some(want), "bob {}", i + 1);
+            }
+        }
+    };
+    check(store.clone()).await;
+    store.shutdown();
+    drop(store);
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    check(store.clone()).await;
     store.shutdown();
 }

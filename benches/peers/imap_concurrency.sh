@@ -19,6 +19,7 @@
 #
 #   bash benches/peers/imap_concurrency.sh                 # every phase
 #   PHASES=bench BIG=20000 bash benches/peers/imap_concurrency.sh
+#   PHASES=stress STRESS_CLIENTS=10 bash benches/peers/imap_concurrency.sh
 #
 # Results: one JSON object per line on stdout and in
 # target/imap-concurrency.jsonl. Every process started is stopped on exit.
@@ -29,6 +30,7 @@ PHASES=${PHASES:-bench stress}
 PHASES=${PHASES//bench/throughput latency}
 STEADY=${STEADY:-1000}
 STRESS_SECS=${STRESS_SECS:-600}
+STRESS_CLIENTS=${STRESS_CLIENTS:-10 50}
 BIG=${BIG:-100000}
 PASSWORD=benchpw
 
@@ -104,6 +106,7 @@ if [[ " $PHASES " == *" stress "* ]]; then
     for clients in 10 50; do
         for boxes in 1 10; do
             u=$((u + 1))
+            [[ " $STRESS_CLIENTS " == *" $clients "* ]] || continue
             if ((clients <= 10)); then
                 jobs=()
                 for srv in tiermail dovecot; do

@@ -93,16 +93,7 @@ pub fn check_root(cfg: &ArchiveConfig) -> Result<(), AgentError> {
 }
 
 pub(crate) fn failpoint(name: &str) {
-    // Test hook for crash tests: `TMTEST_FAILPOINT=<name>` kills the
-    // process at that point with SIGKILL, as kill -9 would.
-    if std::env::var("TMTEST_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::warn!(failpoint = name, "failpoint hit: killing the process");
-        // SAFETY: kill(2) on our own pid has no memory effects.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        std::process::abort();
-    }
+    crate::failpoint::hit(name);
 }
 
 /// The archive activity as the server holds it: one run at a time, the

@@ -88,10 +88,10 @@ fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError>
     )?;
     let mut out = Vec::new();
     for r in &restored {
-        let db = redb::Database::open(&r.path)
+        let (db, bodies) = crate::store::migrate::open_path(&r.path, 64 << 20)
             .map_err(|e| BackupError::Restore(format!("{}: {e}", r.path.display())))?;
         let txn = redb::ReadableDatabase::begin_read(&db)?;
-        let got = manifest::compute(&txn, &Default::default())?;
+        let got = manifest::compute(&txn, &bodies, &Default::default())?;
         out.push((r.manifest.clone(), got));
     }
     Ok((restored.len(), out))

@@ -14,8 +14,10 @@ use redb::{
 };
 
 use crate::store::StoreError;
+use crate::store::bodies::{self, BodyStore};
 use crate::store::schema::{
-    BODIES, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
+    BLOBS, BODY_REFS, DERIVED_TABLES, K_FORMAT, LOCAL_META, MAILBOX_IDS, MAILBOXES, MESSAGES, META,
+    RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };
 
 /// Receives each row's key and value bytes.
@@ -52,19 +54,40 @@ fn load<K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
+/// Every message's exact bytes, keyed as format 1's `bodies` table was.
+fn dump_bodies(
+    txn: &ReadTransaction,
+    store: &BodyStore,
+    sink: &mut RowSink<'_>,
+) -> Result<(), StoreError> {
+    let refs = txn.open_table(BODY_REFS)?;
+    let blobs = txn.open_table(BLOBS)?;
+    for row in refs.iter()? {
+        let key = row?.0.value();
+        if let Some(raw) = bodies::read_with(&refs, &blobs, store, key)? {
+            sink(<(u64, u32)>::as_bytes(&key).as_ref(), &raw)?;
+        }
+    }
+    Ok(())
+}
+
 /// Calls `sink` with every row of table `index` (of [`TABLES`]), in key order.
 pub fn dump_table(
     txn: &ReadTransaction,
+    store: &BodyStore,
     index: u8,
     sink: &mut RowSink<'_>,
 ) -> Result<(), StoreError> {
     match index {
-        0 => dump(txn, META, sink),
+        0 => dump(txn, META, &mut |k, v| {
+            let local = std::str::from_utf8(k).is_ok_and(|k| LOCAL_META.contains(&k));
+            if local { Ok(()) } else { sink(k, v) }
+        }),
         1 => dump(txn, USERS, sink),
         2 => dump(txn, MAILBOXES, sink),
         3 => dump(txn, MAILBOX_IDS, sink),
         4 => dump(txn, MESSAGES, sink),
-        5 => dump(txn, BODIES, sink),
+        5 => dump_bodies(txn, store, sink),
         6 => dump(txn, SUBSCRIPTIONS, sink),
         7 => dump(txn, TAGS, sink),
         8 => dump(txn, RESTORED, sink),
@@ -72,19 +95,42 @@ pub fn dump_table(
     }
 }
 
-/// Inserts rows into table `index` of a database being restored.
+/// Inserts rows into table `index` of a database being restored (bodies
+/// into its segments).
 pub fn load_rows(
     txn: &WriteTransaction,
+    store: &BodyStore,
     index: u8,
     rows: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), StoreError> {
     match index {
-        0 => load(txn, META, rows),
+        0 => {
+            // The restored store has its own format and files.
+            let keep: Vec<(Vec<u8>, Vec<u8>)> = rows
+                .iter()
+                .filter(|(k, _)| {
+                    std::str::from_utf8(k).is_ok_and(|k| k != K_FORMAT && !LOCAL_META.contains(&k))
+                })
+                .cloned()
+                .collect();
+            load(txn, META, &keep)
+        }
         1 => load(txn, USERS, rows),
         2 => load(txn, MAILBOXES, rows),
         3 => load(txn, MAILBOX_IDS, rows),
         4 => load(txn, MESSAGES, rows),
-        5 => load(txn, BODIES, rows),
+        5 => {
+            for (k, v) in rows {
+                if k.len() != 12 {
+                    return Err(StoreError::Format(format!(
+                        "a body row keyed by {} bytes",
+                        k.len()
+                    )));
+                }
+                bodies::put(txn, store, <(u64, u32)>::from_bytes(k), v)?;
+            }
+            Ok(())
+        }
         6 => load(txn, SUBSCRIPTIONS, rows),
         7 => load(txn, TAGS, rows),
         8 => load(txn, RESTORED, rows),
@@ -95,7 +141,7 @@ pub fn load_rows(
 /// Fails when the database holds a table the image would leave out.
 pub fn check_tables(txn: &ReadTransaction) -> Result<(), StoreError> {
     for t in txn.list_tables()? {
-        if !TABLES.contains(&t.name()) {
+        if !TABLES.contains(&t.name()) && !DERIVED_TABLES.contains(&t.name()) {
             return Err(StoreError::Format(format!(
                 "table `{}` is not known to the backup image",
                 t.name()

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use redb::{ReadTransaction, ReadableTable};
 
 use crate::store::StoreError;
+use crate::store::bodies::{self, BodyStore};
 use crate::store::codec::{Dec, DecodeError, Enc};
 use crate::store::message::MessageMeta;
 use crate::store::schema::{self, MailboxInfo};
@@ -25,15 +26,17 @@ pub type Manifest = BTreeMap<String, UserDigest>;
 /// already computed (by (mailbox id, uid)); other bodies are read.
 pub fn compute(
     txn: &ReadTransaction,
+    store: &BodyStore,
     known: &HashMap<(u64, u32), u32>,
 ) -> Result<Manifest, StoreError> {
-    compute_paced(txn, known, &mut || {})
+    compute_paced(txn, store, known, &mut || {})
 }
 
 /// As [`compute`], calling `tick` every few hundred messages (a backup
 /// pauses there while sessions are active).
 pub fn compute_paced(
     txn: &ReadTransaction,
+    store: &BodyStore,
     known: &HashMap<(u64, u32), u32>,
     tick: &mut dyn FnMut(),
 ) -> Result<Manifest, StoreError> {
@@ -43,7 +46,8 @@ pub fn compute_paced(
     }
     let boxes = txn.open_table(schema::MAILBOXES)?;
     let messages = txn.open_table(schema::MESSAGES)?;
-    let bodies = txn.open_table(schema::BODIES)?;
+    let refs = txn.open_table(schema::BODY_REFS)?;
+    let blobs = txn.open_table(schema::BLOBS)?;
     for row in boxes.iter()? {
         let (k, v) = row?;
         let key = k.value();
@@ -58,9 +62,8 @@ pub fn compute_paced(
             let (_, _, _, flags) = MessageMeta::state_from_bytes(mv.value())?;
             let body_crc = match known.get(&(info.id, uid)) {
                 Some(c) => *c,
-                None => bodies
-                    .get((info.id, uid))?
-                    .map(|b| crc32c::crc32c(b.value()))
+                None => bodies::read_with(&refs, &blobs, store, (info.id, uid))?
+                    .map(|b| crc32c::crc32c(&b))
                     .unwrap_or(0),
             };
             let mut c = crc32c::crc32c_append(d.checksum, name.as_bytes());

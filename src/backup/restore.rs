@@ -20,7 +20,9 @@ use super::format::{Kind, Reader, Skimmer};
 use super::image;
 use super::manifest::Manifest;
 use super::marks::{self, GroupEnd, GroupStart, Header};
+use crate::store::bodies::{self, BodyStore};
 use crate::store::group::group_dir;
+use crate::store::migrate;
 use crate::store::record::Record;
 use crate::store::recovery;
 use crate::store::schema::{self, K_APPLIED_LSN, K_BACKUP_LSN, K_CHECKPOINT_LSN};
@@ -44,10 +46,8 @@ pub struct Restored {
     pub manifest: Manifest,
 }
 
-fn open_db(path: &Path) -> Result<Database, BackupError> {
-    Database::builder()
-        .set_cache_size(256 << 20)
-        .create(path)
+fn open_db(path: &Path) -> Result<(Database, BodyStore), BackupError> {
+    migrate::open_path(path, 256 << 20)
         .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))
 }
 
@@ -61,6 +61,7 @@ fn damaged(file: &Path, offset: u64, problem: impl std::fmt::Display) -> BackupE
 /// Applies decoded log records in batches, checking that LSNs follow on.
 struct Replayer<'a> {
     db: &'a Database,
+    bodies: &'a BodyStore,
     applied: u64,
     pending: Vec<Record>,
     /// Stop before the first commit clock after this (unix ms).
@@ -71,9 +72,10 @@ struct Replayer<'a> {
 }
 
 impl<'a> Replayer<'a> {
-    fn new(db: &'a Database, applied: u64, until_ms: Option<i64>) -> Self {
+    fn new(db: &'a Database, bodies: &'a BodyStore, applied: u64, until_ms: Option<i64>) -> Self {
         Replayer {
             db,
+            bodies,
             applied,
             pending: Vec::new(),
             until_ms,
@@ -121,7 +123,7 @@ impl<'a> Replayer<'a> {
         txn.set_durability(redb::Durability::None)
             .map_err(crate::store::StoreError::from)?;
         for rec in &self.pending {
-            schema::apply(&txn, rec)?;
+            schema::apply(&txn, self.bodies, rec)?;
         }
         schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
         txn.commit()?;
@@ -133,6 +135,7 @@ impl<'a> Replayer<'a> {
     /// Applies what is pending and makes the state durable at `applied`.
     fn finish(mut self, backup_lsn: Option<u64>) -> Result<(u64, u64, Option<i64>), BackupError> {
         self.flush()?;
+        self.bodies.sync()?;
         let txn = self.db.begin_write()?;
         schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
         schema::set_meta(&txn, K_CHECKPOINT_LSN, self.applied)?;
@@ -146,7 +149,7 @@ impl<'a> Replayer<'a> {
 
 struct Current {
     start: GroupStart,
-    db: Option<(Database, PathBuf)>,
+    db: Option<(Database, BodyStore, PathBuf)>,
     table: Option<u8>,
     rows: Vec<u8>,
     pending: Vec<(Vec<u8>, Vec<u8>)>,
@@ -160,13 +163,13 @@ struct Current {
 
 impl Current {
     fn load_pending(&mut self) -> Result<(), BackupError> {
-        if let (Some((db, _)), Some(t)) = (&self.db, self.table)
+        if let (Some((db, bodies, _)), Some(t)) = (&self.db, self.table)
             && !self.pending.is_empty()
         {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::None)
                 .map_err(crate::store::StoreError::from)?;
-            image::load_rows(&txn, t, &self.pending)?;
+            image::load_rows(&txn, bodies, t, &self.pending)?;
             txn.commit()?;
         }
         self.pending.clear();
@@ -188,7 +191,7 @@ pub fn materialize(
     let result = materialize_inner(file, select, progress, &mut made);
     if result.is_err() {
         for p in made {
-            let _ = std::fs::remove_file(p);
+            bodies::remove_with(&p);
         }
     }
     result
@@ -237,13 +240,10 @@ fn materialize_inner(
                 let start = GroupStart::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
                 let db = match select(start.id) {
                     Some(path) => {
-                        let _ = std::fs::remove_file(&path);
+                        bodies::remove_with(&path);
                         made.push(path.clone());
-                        let db = open_db(&path)?;
-                        let txn = db.begin_write()?;
-                        schema::create_tables(&txn)?;
-                        txn.commit()?;
-                        Some((db, path))
+                        let (db, bodies) = open_db(&path)?;
+                        Some((db, bodies, path))
                     }
                     None => None,
                 };
@@ -334,8 +334,8 @@ fn materialize_inner(
                 let mut recs = Vec::new();
                 wal::take_framed(&mut c.records, &mut recs).map_err(&bad)?;
                 match &c.db {
-                    Some((db, _)) => {
-                        let mut rp = Replayer::new(db, c.patch_lsn, None);
+                    Some((db, bodies, _)) => {
+                        let mut rp = Replayer::new(db, bodies, c.patch_lsn, None);
                         for r in recs {
                             rp.feed(r, &|| {
                                 format!("{}: patch block at byte {at}", file.display())
@@ -381,9 +381,9 @@ fn materialize_inner(
                         c.patch_lsn, end.end_lsn
                     )));
                 }
-                if let Some((db, path)) = c.db.take() {
-                    Replayer::new(&db, end.end_lsn, None).finish(Some(end.end_lsn))?;
-                    drop(db);
+                if let Some((db, bodies, path)) = c.db.take() {
+                    Replayer::new(&db, &bodies, end.end_lsn, None).finish(Some(end.end_lsn))?;
+                    drop((db, bodies));
                     done.push(Restored {
                         id: c.start.id,
                         path,
@@ -612,10 +612,10 @@ pub fn restore(
     let result = (|| {
         for r in &restored {
             let gdir = group_dir(&opts.data_dir, r.id);
-            let db = open_db(&r.path)?;
+            let (db, bodies) = open_db(&r.path)?;
             let report = match opts.until {
                 None => {
-                    let rec = recovery::recover(&db, &gdir.join("wal")).map_err(|e| {
+                    let rec = recovery::recover(&db, &bodies, &gdir.join("wal")).map_err(|e| {
                         BackupError::Restore(format!(
                             "group {}: rolling forward with the live log failed: {e}",
                             r.id
@@ -630,7 +630,7 @@ pub fn restore(
                     }
                 }
                 Some(t) => {
-                    let mut rp = Replayer::new(&db, r.end_lsn, Some(t.timestamp_millis()));
+                    let mut rp = Replayer::new(&db, &bodies, r.end_lsn, Some(t.timestamp_millis()));
                     for later in &opts.later {
                         feed_backup_logs(later, r.id, &mut rp)?;
                     }
@@ -651,7 +651,7 @@ pub fn restore(
     })();
     if let Err(e) = result {
         for r in &restored {
-            let _ = std::fs::remove_file(&r.path);
+            bodies::remove_with(&r.path);
         }
         return Err(e);
     }
@@ -662,7 +662,8 @@ pub fn restore(
         let db = gdir.join("store.redb");
         let io = |e| BackupError::io(&gdir, e);
         if db.exists() {
-            std::fs::rename(&db, gdir.join(format!("store.redb.replaced-{stamp}"))).map_err(io)?;
+            bodies::rename_with(&db, &gdir.join(format!("store.redb.replaced-{stamp}")))
+                .map_err(io)?;
         }
         if opts.until.is_some() {
             // The live log goes on past the chosen time: it must not be
@@ -676,7 +677,7 @@ pub fn restore(
             }
             std::fs::create_dir_all(&wal_dir).map_err(io)?;
         }
-        std::fs::rename(&r.path, &db).map_err(io)?;
+        bodies::rename_with(&r.path, &db).map_err(io)?;
         std::fs::File::open(&gdir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;

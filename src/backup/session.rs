@@ -341,6 +341,9 @@ fn backup_group(
         u64::MAX => 0,
         f => f,
     };
+    // The image reads bodies from this snapshot: no segment it names may
+    // be deleted by a reclaim until the group is done.
+    let _pin = g.bodies.pin();
     let txn = g.db.begin_read()?;
     image::check_tables(&txn)?;
     let image_lsn = applied(&txn)?;
@@ -365,7 +368,7 @@ fn backup_group(
     let mut body_crcs: HashMap<(u64, u32), u32> = HashMap::new();
     for index in 0..TABLES.len() as u8 {
         let mut c = Chunker::new(w, Kind::Image, Some(index), progress, pacer);
-        image::dump_table(&txn, index, &mut |k, v| {
+        image::dump_table(&txn, &g.bodies, index, &mut |k, v| {
             if index == image::BODIES_TABLE && k.len() == 12 {
                 let mb = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
                 let uid = u32::from_le_bytes(k[8..].try_into().expect("4 bytes"));
@@ -387,7 +390,7 @@ fn backup_group(
     let txn = g.db.begin_read()?;
     let end_lsn = applied(&txn)?;
     let end_ms = chrono::Utc::now().timestamp_millis();
-    let digests = manifest::compute_paced(&txn, &body_crcs, &mut || pacer.pace(w))?;
+    let digests = manifest::compute_paced(&txn, &g.bodies, &body_crcs, &mut || pacer.pace(w))?;
     drop(txn);
     drop(body_crcs);
 

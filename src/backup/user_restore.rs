@@ -84,10 +84,9 @@ async fn copy(
             file.display()
         )));
     }
-    let db = Arc::new(
-        redb::Database::open(&path)
-            .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))?,
-    );
+    let (db, bodies) = crate::store::migrate::open_path(&path, 64 << 20)
+        .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))?;
+    let (db, bodies) = (Arc::new(db), Arc::new(bodies));
     let read = {
         let db = db.clone();
         let prefix = schema::mailbox_key(user, "");
@@ -135,23 +134,30 @@ async fn copy(
         }
         report.folders += 1;
         for chunk in uids.chunks(STEP) {
-            let db = db.clone();
+            let (db, bodies) = (db.clone(), bodies.clone());
             let chunk = chunk.to_vec();
             let msgs = tokio::task::spawn_blocking(
                 move || -> Result<Vec<(MessageMeta, Vec<u8>)>, BackupError> {
                     let txn = db.begin_read()?;
                     let metas = txn.open_table(schema::MESSAGES)?;
-                    let bodies = txn.open_table(schema::BODIES)?;
+                    let refs = txn.open_table(schema::BODY_REFS)?;
+                    let blobs = txn.open_table(schema::BLOBS)?;
                     let mut v = Vec::new();
                     for uid in chunk {
-                        let (Some(m), Some(b)) = (
-                            metas.get((mailbox_id, uid))?,
-                            bodies.get((mailbox_id, uid))?,
-                        ) else {
+                        let Some(m) = metas.get((mailbox_id, uid))? else {
+                            continue;
+                        };
+                        let Some(raw) = crate::store::bodies::read_with(
+                            &refs,
+                            &blobs,
+                            &bodies,
+                            (mailbox_id, uid),
+                        )?
+                        else {
                             continue;
                         };
                         let meta = MessageMeta::from_bytes(m.value()).map_err(StoreError::from)?;
-                        v.push((meta, b.value().to_vec()));
+                        v.push((meta, raw));
                     }
                     Ok(v)
                 },

@@ -19,8 +19,10 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use super::bodies::{self, BodyStore};
 use super::codec::Enc;
 use super::live;
+use super::migrate;
 use super::ops::{self, Op, Outcome};
 use super::record::{self, Record};
 use super::recovery::{self, RecoveryReport};
@@ -61,6 +63,11 @@ enum Msg {
     /// A backup now holds every record up to this LSN: log segments up to
     /// it may go once a checkpoint covers them too.
     BackedUp(u64, oneshot::Sender<Result<u64, StoreError>>),
+    /// Bodies read out of a segment being reclaimed, to append again.
+    Relocate(
+        Vec<bodies::Relocation>,
+        oneshot::Sender<Result<usize, StoreError>>,
+    ),
     Shutdown,
 }
 
@@ -68,6 +75,10 @@ pub struct Group {
     pub id: u32,
     pub dir: PathBuf,
     pub db: Arc<Database>,
+    /// The group's body segments (`bodies`).
+    pub bodies: Arc<BodyStore>,
+    /// What opening found to upgrade.
+    pub upgrade: migrate::Upgrade,
     pub stats: Arc<GroupStats>,
     pub recovery: RecoveryReport,
     tx: Sender<Msg>,
@@ -91,14 +102,17 @@ impl Group {
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(|e| StoreError::io(&wal_dir, e))?;
         let db_path = dir.join("store.redb");
-        let db = Database::builder()
+        let mut db = Database::builder()
             .set_cache_size(cfg.cache_mib.max(1) << 20)
             .create(&db_path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(db_path.clone()),
                 other => StoreError::Db(format!("{}: {other}", db_path.display())),
             })?;
-        let report = recovery::recover(&db, &wal_dir)?;
+        let (bodies, upgrade) =
+            migrate::open(&mut db, &db_path, cfg.body_segment_mib.max(1) << 20)?;
+        let bodies = Arc::new(bodies);
+        let report = recovery::recover(&db, &bodies, &wal_dir)?;
         if report.replayed > 0 || report.truncated.is_some() {
             tracing::info!(
                 group = id,
@@ -129,6 +143,7 @@ impl Group {
         let writer = Writer {
             id,
             db: db.clone(),
+            bodies: bodies.clone(),
             wal,
             next_lsn: report.next_lsn,
             stats: stats.clone(),
@@ -150,6 +165,8 @@ impl Group {
             id,
             dir,
             db,
+            bodies,
+            upgrade,
             stats,
             recovery: report,
             tx,
@@ -195,6 +212,27 @@ impl Group {
         rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
     }
 
+    /// As [`Group::checkpoint`], for a blocking caller.
+    pub fn checkpoint_blocking(&self) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Appends bodies read out of a segment being reclaimed to the open
+    /// segment, for those still where they were read; returns how many
+    /// moved. Not logged: until the next checkpoint the old places stay
+    /// valid (the reclaimed segment is deleted only after one).
+    pub fn relocate_blocking(&self, items: Vec<bodies::Relocation>) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Relocate(items, reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
     /// Checkpoints and stops the writer; waits for it.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
@@ -207,6 +245,7 @@ impl Group {
 struct Writer {
     id: u32,
     db: Arc<Database>,
+    bodies: Arc<BodyStore>,
     wal: Wal,
     next_lsn: u64,
     stats: Arc<GroupStats>,
@@ -307,6 +346,9 @@ impl Writer {
                         .store(self.backup_floor, Ordering::Relaxed);
                     self.prune(Some(reply));
                 }
+                Some(Msg::Relocate(items, reply)) => {
+                    let _ = reply.send(self.relocate(&items));
+                }
                 Some(Msg::Shutdown) => {
                     self.checkpoint_logged();
                     return;
@@ -372,7 +414,7 @@ impl Writer {
             match ops::plan(&txn, &job.op, now) {
                 Ok((records, outcome)) => {
                     for rec in &records {
-                        schema::apply(&txn, rec)?;
+                        schema::apply(&txn, &self.bodies, rec)?;
                         live_events(&txn, rec, &mut events)?;
                         let mut e = Enc::new();
                         rec.encode_payload(&mut e);
@@ -412,6 +454,20 @@ impl Writer {
         Ok((results, events))
     }
 
+    fn relocate(&mut self, items: &[bodies::Relocation]) -> Result<usize, StoreError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(format!(
+                "storage group {} stopped after a write failure",
+                self.id
+            )));
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let moved = bodies::relocate(&txn, &self.bodies, items)?;
+        txn.commit()?;
+        Ok(moved)
+    }
+
     fn checkpoint_logged(&mut self) {
         match self.checkpoint() {
             Ok(_) => self.prune(None),
@@ -421,6 +477,9 @@ impl Writer {
 
     fn checkpoint(&mut self) -> Result<u64, StoreError> {
         let applied = self.next_lsn - 1;
+        // A durable state may refer only to bodies that are on disk.
+        self.bodies.sync()?;
+        crate::failpoint::hit("checkpoint-after-body-sync");
         let txn = self.db.begin_write()?;
         schema::set_meta(&txn, K_CHECKPOINT_LSN, applied)?;
         if self.backup_floor != u64::MAX {

@@ -8,11 +8,14 @@
 //! group count never moves anyone silently. Reads run on the blocking pool
 //! as redb MVCC snapshots and never wait for the writer.
 
+pub mod bodies;
 pub mod codec;
 pub mod group;
 pub mod live;
 pub mod message;
+pub mod migrate;
 pub mod ops;
+pub mod reclaim;
 pub mod record;
 pub mod recovery;
 pub mod schema;
@@ -65,6 +68,9 @@ pub enum StoreError {
     Limit(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A body segment named by an old snapshot was reclaimed: read again.
+    #[error("{0}: reclaimed while it was read")]
+    BodyMoved(PathBuf),
     #[error("store is shutting down")]
     ShuttingDown,
 }
@@ -138,7 +144,13 @@ pub struct GroupStatus {
     pub backup_lsn: Option<u64>,
     pub wal_bytes: u64,
     pub wal_segments: u64,
+    /// Size of the redb file (metadata and indexes).
     pub db_bytes: u64,
+    /// Size of the body segment files, and how many segments and distinct
+    /// bodies there are.
+    pub body_bytes: u64,
+    pub body_segments: u64,
+    pub distinct_bodies: u64,
 }
 
 pub struct Store {
@@ -332,7 +344,7 @@ impl Store {
         user: &str,
     ) -> Result<Vec<(u64, u32, u32)>, StoreError> {
         let user_name = user.to_string();
-        self.read(user, move |txn| {
+        self.read(user, move |txn, _| {
             let restored = txn.open_table(schema::RESTORED)?;
             let mut out = Vec::new();
             for id in mailbox_ids(txn, &user_name)? {
@@ -349,7 +361,7 @@ impl Store {
     /// (mailbox id, uid) of every message of `user` tagged for archiving.
     pub async fn tagged(self: &Arc<Self>, user: &str) -> Result<Vec<(u64, u32)>, StoreError> {
         let user_name = user.to_string();
-        self.read(user, move |txn| {
+        self.read(user, move |txn, _| {
             let tags = txn.open_table(schema::TAGS)?;
             let mut out = Vec::new();
             for id in mailbox_ids(txn, &user_name)? {
@@ -388,13 +400,13 @@ impl Store {
         name: &str,
     ) -> Result<Option<MailboxInfo>, StoreError> {
         let key = schema::mailbox_key(user, name);
-        self.read(user, move |txn| mailbox_info(txn, &key)).await
+        self.read(user, move |txn, _| mailbox_info(txn, &key)).await
     }
 
     /// Names the user subscribed to (existing or not), sorted.
     pub async fn subscriptions(self: &Arc<Self>, user: &str) -> Result<Vec<String>, StoreError> {
         let prefix = schema::mailbox_key(user, "");
-        self.read(user, move |txn| {
+        self.read(user, move |txn, _| {
             let t = txn.open_table(schema::SUBSCRIPTIONS)?;
             let mut v = Vec::new();
             for row in t.range(prefix.as_str()..)? {
@@ -416,7 +428,7 @@ impl Store {
         user: &str,
         mailbox_id: u64,
     ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
-        self.read(user, move |txn| snapshot_in(txn, mailbox_id))
+        self.read(user, move |txn, _| snapshot_in(txn, mailbox_id))
             .await
     }
 
@@ -439,8 +451,10 @@ impl Store {
         uids: Vec<u32>,
         with_body: bool,
     ) -> Result<Vec<Fetched>, StoreError> {
-        self.read(user, move |txn| fetch_in(txn, mailbox_id, &uids, with_body))
-            .await
+        self.read(user, move |txn, bodies| {
+            fetch_in(txn, bodies, mailbox_id, &uids, with_body)
+        })
+        .await
     }
 
     /// As [`Store::fetch`], on the calling thread (for background work
@@ -452,20 +466,36 @@ impl Store {
         uids: &[u32],
         with_body: bool,
     ) -> Result<Vec<Fetched>, StoreError> {
-        let txn = self.group_of(user).db.begin_read()?;
-        fetch_in(&txn, mailbox_id, uids, with_body)
+        let group = self.group_of(user);
+        let mut tries = 0;
+        loop {
+            let txn = group.db.begin_read()?;
+            match fetch_in(&txn, &group.bodies, mailbox_id, uids, with_body) {
+                // Reclaimed since the snapshot: a newer one has the place.
+                Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         user: &str,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&redb::ReadTransaction, &bodies::BodyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.activity.fetch_add(1, Ordering::Relaxed);
         let group = self.group_of(user).clone();
         tokio::task::spawn_blocking(move || {
-            let txn = group.db.begin_read()?;
-            f(&txn)
+            let mut tries = 0;
+            loop {
+                let txn = group.db.begin_read()?;
+                match f(&txn, &group.bodies) {
+                    // A reclaim moved a body since this snapshot was
+                    // taken: a newer one names where it is now.
+                    Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
+                    other => return other,
+                }
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -477,7 +507,7 @@ impl Store {
         user: &str,
     ) -> Result<Vec<(String, MailboxInfo)>, StoreError> {
         let prefix = schema::mailbox_key(user, "");
-        self.read(user, move |txn| {
+        self.read(user, move |txn, _| {
             let t = txn.open_table(schema::MAILBOXES)?;
             let mut v = Vec::new();
             for row in t.range(prefix.as_str()..)? {
@@ -500,8 +530,9 @@ impl Store {
     ) -> Result<Vec<(u32, MessageMeta)>, StoreError> {
         let key = schema::mailbox_key(user, mailbox);
         let name = mailbox.to_string();
-        self.read(user, move |txn| {
-            let info = mailbox_info(txn, &key)?.ok_or(StoreError::NoSuchMailbox(name))?;
+        self.read(user, move |txn, _| {
+            let info =
+                mailbox_info(txn, &key)?.ok_or_else(|| StoreError::NoSuchMailbox(name.clone()))?;
             let t = txn.open_table(schema::MESSAGES)?;
             let mut v = Vec::new();
             for row in t.range((info.id, 0)..=(info.id, u32::MAX))? {
@@ -522,10 +553,10 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let key = schema::mailbox_key(user, mailbox);
         let name = mailbox.to_string();
-        self.read(user, move |txn| {
-            let info = mailbox_info(txn, &key)?.ok_or(StoreError::NoSuchMailbox(name))?;
-            let t = txn.open_table(schema::BODIES)?;
-            Ok(t.get((info.id, uid))?.map(|v| v.value().to_vec()))
+        self.read(user, move |txn, bodies| {
+            let info =
+                mailbox_info(txn, &key)?.ok_or_else(|| StoreError::NoSuchMailbox(name.clone()))?;
+            bodies::read(txn, bodies, (info.id, uid))
         })
         .await
     }
@@ -536,6 +567,7 @@ impl Store {
         for g in &self.groups {
             let txn = g.db.begin_read()?;
             let s = &g.stats;
+            let segments = bodies::list_segments(g.bodies.dir())?;
             out.push(GroupStatus {
                 id: g.id,
                 users: txn.open_table(schema::USERS)?.len()?,
@@ -552,9 +584,39 @@ impl Store {
                 db_bytes: std::fs::metadata(g.dir.join("store.redb"))
                     .map(|m| m.len())
                     .unwrap_or(0),
+                body_bytes: segments
+                    .iter()
+                    .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                    .sum(),
+                body_segments: segments.len() as u64,
+                distinct_bodies: txn.open_table(schema::BLOBS)?.len()?,
             });
         }
         Ok(out)
+    }
+
+    /// Reclaims the mostly-dead body segments of every group (blocking:
+    /// run it on a background thread); one report per group.
+    pub fn reclaim_blocking(
+        &self,
+        dead_percent: u8,
+    ) -> Result<Vec<(u32, reclaim::ReclaimReport)>, StoreError> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            out.push((g.id, reclaim::reclaim_group(g, dead_percent, &mut || {})?));
+        }
+        Ok(out)
+    }
+
+    /// As [`Store::reclaim_blocking`], on a background thread of its own.
+    pub async fn reclaim(
+        self: &Arc<Self>,
+        dead_percent: u8,
+    ) -> Result<Vec<(u32, reclaim::ReclaimReport)>, StoreError> {
+        let store = self.clone();
+        crate::background::run_alone("reclaim", move || store.reclaim_blocking(dead_percent))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     /// Checkpoints and stops every group writer.
@@ -597,12 +659,14 @@ fn snapshot_in(
 
 fn fetch_in(
     txn: &redb::ReadTransaction,
+    store: &bodies::BodyStore,
     mailbox_id: u64,
     uids: &[u32],
     with_body: bool,
 ) -> Result<Vec<Fetched>, StoreError> {
     let metas = txn.open_table(schema::MESSAGES)?;
-    let bodies = txn.open_table(schema::BODIES)?;
+    let refs = txn.open_table(schema::BODY_REFS)?;
+    let blobs = txn.open_table(schema::BLOBS)?;
     let mut v = Vec::with_capacity(uids.len());
     for &uid in uids {
         let Some(m) = metas.get((mailbox_id, uid))? else {
@@ -610,7 +674,7 @@ fn fetch_in(
         };
         let meta = MessageMeta::from_bytes(m.value())?;
         let body = if with_body {
-            bodies.get((mailbox_id, uid))?.map(|b| b.value().to_vec())
+            bodies::read_with(&refs, &blobs, store, (mailbox_id, uid))?
         } else {
             None
         };

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use redb::Database;
 
 use super::StoreError;
+use super::bodies::BodyStore;
 use super::record::Record;
 use super::schema::{self, K_APPLIED_LSN, K_CHECKPOINT_LSN};
 use super::wal::{self, SegmentEnd, WalError};
@@ -26,7 +27,11 @@ pub struct RecoveryReport {
 
 const REPLAY_BATCH: usize = 2_000;
 
-pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreError> {
+pub fn recover(
+    db: &Database,
+    bodies: &BodyStore,
+    wal_dir: &Path,
+) -> Result<RecoveryReport, StoreError> {
     let txn = db.begin_write()?;
     schema::create_tables(&txn)?;
     let applied = schema::get_meta(&txn, K_APPLIED_LSN)?;
@@ -92,7 +97,7 @@ pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreErr
             }
             expect = Some(*first);
         }
-        flush(db, &mut pending, &mut report)?;
+        flush(db, bodies, &mut pending, &mut report)?;
         if let SegmentEnd::Damaged { offset, problem } = end {
             if !is_last {
                 return Err(StoreError::Wal(WalError::Corrupt {
@@ -132,6 +137,7 @@ pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreErr
     }
 
     // Make the replayed state durable so the log before it may be pruned.
+    bodies.sync()?;
     let txn = db.begin_write()?;
     let applied_now = schema::get_meta(&txn, K_APPLIED_LSN)?;
     schema::set_meta(&txn, K_CHECKPOINT_LSN, applied_now)?;
@@ -142,6 +148,7 @@ pub fn recover(db: &Database, wal_dir: &Path) -> Result<RecoveryReport, StoreErr
 
 fn flush(
     db: &Database,
+    bodies: &BodyStore,
     pending: &mut Vec<(u64, Record)>,
     report: &mut RecoveryReport,
 ) -> Result<(), StoreError> {
@@ -149,7 +156,7 @@ fn flush(
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         for (_, rec) in chunk {
-            schema::apply(&txn, rec)?;
+            schema::apply(&txn, bodies, rec)?;
         }
         let last = chunk.last().map(|(l, _)| *l).unwrap_or(0);
         schema::set_meta(&txn, K_APPLIED_LSN, last)?;

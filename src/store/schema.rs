@@ -8,6 +8,7 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::StoreError;
+use super::bodies::BodyStore;
 use super::codec::{Dec, DecodeError, Enc};
 use super::message::MessageMeta;
 use super::record::Record;
@@ -22,8 +23,17 @@ pub const MAILBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("mailbo
 pub const MAILBOX_IDS: TableDefinition<u64, &str> = TableDefinition::new("mailbox_ids");
 /// (mailbox id, uid) -> encoded [`MessageMeta`].
 pub const MESSAGES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("messages");
-/// (mailbox id, uid) -> the exact message bytes.
-pub const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
+/// Format 1 only: (mailbox id, uid) -> the exact message bytes. Format 2
+/// keeps bodies in segment files (`bodies`); [`super::migrate`] moves them.
+pub const BODIES_V1: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
+/// (mailbox id, uid) -> the BLAKE3 hash of the message's body followed by
+/// the message's own trace headers (`bodies::encode_ref`).
+pub const BODY_REFS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("body_refs");
+/// body hash -> encoded `bodies::BlobLoc` (segment, offset, length, refs).
+pub const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+/// (segment, offset) -> hash (32 bytes) and length (u32) of every live
+/// body, in segment order (what a reclaim of one segment reads).
+pub const LOCATIONS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("locations");
 
 /// `user \0 mailbox name` -> 1 for every subscribed name (which need not exist).
 pub const SUBSCRIPTIONS: TableDefinition<&str, u8> = TableDefinition::new("subscriptions");
@@ -34,6 +44,10 @@ pub const TAGS: TableDefinition<(u64, u32), ()> = TableDefinition::new("tags");
 /// whose archive copy may still exist (see `Record::Restored`).
 pub const RESTORED: TableDefinition<(u64, u32), u32> = TableDefinition::new("restored");
 
+/// The tables of a backup image, by their index there. "bodies" is no
+/// longer a redb table: an image still holds each message's bytes under
+/// that name (so images of every format restore alike), read from and
+/// loaded into the body segments.
 pub const TABLES: &[&str] = &[
     "meta",
     "users",
@@ -46,6 +60,9 @@ pub const TABLES: &[&str] = &[
     "restored",
 ];
 
+/// Tables an image leaves out because loading its bodies rebuilds them.
+pub const DERIVED_TABLES: &[&str] = &["body_refs", "blobs", "locations"];
+
 pub const K_FORMAT: &str = "format_version";
 pub const K_APPLIED_LSN: &str = "applied_lsn";
 pub const K_CHECKPOINT_LSN: &str = "checkpoint_lsn";
@@ -53,7 +70,14 @@ pub const K_CHECKPOINT_LSN: &str = "checkpoint_lsn";
 pub const K_BACKUP_LSN: &str = "backup_lsn";
 pub const K_NEXT_MAILBOX_ID: &str = "next_mailbox_id";
 pub const K_LAST_UIDVALIDITY: &str = "last_uidvalidity";
-pub const FORMAT_VERSION: u64 = 1;
+/// The body segment appended to, and how far it reaches in this state.
+pub const K_BODY_SEGMENT: &str = "body_segment";
+pub const K_BODY_END: &str = "body_end";
+/// Meta keys that describe this group's files, not its mail: an image
+/// leaves them out.
+pub const LOCAL_META: &[&str] = &[K_BODY_SEGMENT, K_BODY_END];
+/// 1: bodies in the `bodies` table; 2: bodies in segment files.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Mailboxes every user gets on first use, with their SPECIAL-USE attribute.
 pub const DEFAULT_MAILBOXES: &[(&str, &str)] = &[
@@ -108,25 +132,31 @@ pub fn mailbox_key(user: &str, name: &str) -> String {
     format!("{user}\0{name}")
 }
 
+/// The format version of the store in `txn`, `None` for a new one.
+pub fn format_version(txn: &WriteTransaction) -> Result<Option<u64>, StoreError> {
+    Ok(txn.open_table(META)?.get(K_FORMAT)?.map(|g| g.value()))
+}
+
 /// Creates every table so that read transactions never meet a missing one.
+/// A store of another format is refused (`super::migrate` upgrades format 1
+/// before this runs).
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut meta = txn.open_table(META)?;
-    if meta.get(K_FORMAT)?.is_none() {
-        meta.insert(K_FORMAT, FORMAT_VERSION)?;
-    } else {
-        let v = meta.get(K_FORMAT)?.map(|g| g.value()).unwrap_or(0);
-        if v != FORMAT_VERSION {
+    match format_version(txn)? {
+        None => set_meta(txn, K_FORMAT, FORMAT_VERSION)?,
+        Some(FORMAT_VERSION) => {}
+        Some(v) => {
             return Err(StoreError::Format(format!(
                 "store format version {v}, this tiermail reads {FORMAT_VERSION}"
             )));
         }
     }
-    drop(meta);
     txn.open_table(USERS)?;
     txn.open_table(MAILBOXES)?;
     txn.open_table(MAILBOX_IDS)?;
     txn.open_table(MESSAGES)?;
-    txn.open_table(BODIES)?;
+    txn.open_table(BODY_REFS)?;
+    txn.open_table(BLOBS)?;
+    txn.open_table(LOCATIONS)?;
     txn.open_table(SUBSCRIPTIONS)?;
     txn.open_table(TAGS)?;
     txn.open_table(RESTORED)?;
@@ -183,8 +213,12 @@ fn update_info(
     Ok(())
 }
 
-/// Applies one record to the group's tables.
-pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> {
+/// Applies one record to the group's tables and body segments.
+pub fn apply(
+    txn: &WriteTransaction,
+    bodies: &BodyStore,
+    record: &Record,
+) -> Result<(), StoreError> {
     match record {
         Record::UserCreated { user, created } => {
             let mut users = txn.open_table(USERS)?;
@@ -231,8 +265,7 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
             })?;
             txn.open_table(MESSAGES)?
                 .insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?;
-            txn.open_table(BODIES)?
-                .insert((*mailbox_id, *uid), raw.as_slice())?;
+            super::bodies::put(txn, bodies, (*mailbox_id, *uid), raw)?;
             info.uidnext = info.uidnext.max(uid + 1);
             info.highestmodseq = info.highestmodseq.max(meta.modseq);
             txn.open_table(MAILBOXES)?
@@ -265,14 +298,13 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
             uids,
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut bodies = txn.open_table(BODIES)?;
             let mut tags = txn.open_table(TAGS)?;
             for uid in uids {
                 messages.remove((*mailbox_id, *uid))?;
-                bodies.remove((*mailbox_id, *uid))?;
                 tags.remove((*mailbox_id, *uid))?;
+                super::bodies::unlink(txn, (*mailbox_id, *uid))?;
             }
-            drop((messages, bodies, tags));
+            drop((messages, tags));
             update_info(txn, *mailbox_id, |i| {
                 i.highestmodseq = i.highestmodseq.max(*modseq)
             })?;
@@ -284,7 +316,6 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
             pairs,
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
-            let mut bodies = txn.open_table(BODIES)?;
             let mut last = 0;
             for (src, dst) in pairs {
                 last = last.max(*dst);
@@ -295,17 +326,20 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                     .get((*from, *src))?
                     .map(|v| MessageMeta::from_bytes(v.value()))
                     .transpose()?;
-                let body = bodies.get((*from, *src))?.map(|v| v.value().to_vec());
-                let (Some(mut meta), Some(body)) = (meta, body) else {
+                let Some(mut meta) = meta else {
                     return Err(StoreError::Format(format!(
                         "copy of missing message {from}/{src}"
                     )));
                 };
+                if !super::bodies::link(txn, (*from, *src), (*to, *dst))? {
+                    return Err(StoreError::Format(format!(
+                        "copy of message {from}/{src}, which has no body"
+                    )));
+                }
                 meta.modseq = *modseq;
                 messages.insert((*to, *dst), meta.to_bytes().as_slice())?;
-                bodies.insert((*to, *dst), body.as_slice())?;
             }
-            drop((messages, bodies));
+            drop(messages);
             update_info(txn, *to, |i| {
                 i.uidnext = i.uidnext.max(last.saturating_add(1));
                 i.highestmodseq = i.highestmodseq.max(*modseq);
@@ -322,9 +356,9 @@ pub fn apply(txn: &WriteTransaction, record: &Record) -> Result<(), StoreError> 
                 mailboxes.remove(key.as_str())?;
                 txn.open_table(MAILBOX_IDS)?.remove(*id)?;
                 let mut messages = txn.open_table(MESSAGES)?;
-                let mut bodies = txn.open_table(BODIES)?;
                 messages.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
-                bodies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+                drop(messages);
+                super::bodies::unlink_mailbox(txn, *id)?;
                 txn.open_table(TAGS)?
                     .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
                 txn.open_table(RESTORED)?

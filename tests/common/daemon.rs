@@ -144,6 +144,11 @@ impl Daemon {
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
+    /// Whether the process has exited (a failpoint killed it).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();

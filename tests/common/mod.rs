@@ -385,3 +385,85 @@ pub fn require(tool: &str, package: &str) {
         "{tool} is missing: apt-get install -y {package} (bash .ci/run does this)"
     );
 }
+
+/// Copies the checked-in format 1 store (tests/data/store-v1: two storage
+/// groups and their users file) into `dir` as `dir/data` and
+/// `dir/users.toml`.
+pub fn install_store_v1(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1");
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+    copy_dir(&src.join("groups"), &dir.join("data/groups"));
+    std::fs::copy(src.join("users.toml"), dir.join("users.toml")).unwrap();
+}
+
+/// UID, flags and bytes of one message.
+type ExpectedMessage = (u32, Vec<String>, Vec<u8>);
+
+/// Asserts that `store` holds exactly what the format 1 store held (every
+/// message's UID, flags and bytes, from tests/data/store-v1/expected.toml).
+pub async fn assert_store_v1_contents(store: &Arc<Store>) {
+    use base64::Engine;
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1/expected.toml"),
+    )
+    .unwrap();
+    let want: toml::Table = text.parse().unwrap();
+    let mut expected: std::collections::BTreeMap<(String, String), Vec<ExpectedMessage>> =
+        Default::default();
+    for m in want["message"].as_array().unwrap() {
+        let get = |k: &str| m[k].as_str().unwrap().to_string();
+        let flags = m["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(get("body"))
+            .unwrap();
+        expected
+            .entry((get("user"), get("mailbox")))
+            .or_default()
+            .push((m["uid"].as_integer().unwrap() as u32, flags, body));
+    }
+    assert!(expected.len() >= 4);
+    for user in [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+    ] {
+        for (name, _) in store.mailboxes(user).await.unwrap() {
+            let mut got = Vec::new();
+            for (uid, meta) in store.messages(user, &name).await.unwrap() {
+                let raw = store.raw(user, &name, uid).await.unwrap().unwrap();
+                assert_eq!(raw.len() as u32, meta.size, "{user} {name} {uid}: size");
+                got.push((uid, meta.flags, raw));
+            }
+            let want = expected
+                .remove(&(user.to_string(), name.clone()))
+                .unwrap_or_default();
+            assert_eq!(got.len(), want.len(), "{user} {name}: message count");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "{user} {name}: UID");
+                assert_eq!(g.1, w.1, "{user} {name} {}: flags", g.0);
+                assert!(g.2 == w.2, "{user} {name} {}: bytes differ", g.0);
+            }
+        }
+    }
+    assert!(
+        expected.is_empty(),
+        "mailboxes missing: {:?}",
+        expected.keys()
+    );
+}

@@ -1,0 +1,119 @@
+//! Giving back the space of expunged and archived mail, online.
+//!
+//! A body whose last message is gone leaves dead bytes in its segment.
+//! Reclaim picks the sealed segments that are mostly dead, reads their live
+//! bodies in small steps (on the caller's thread, from a snapshot) and has
+//! the group writer append them to the open segment, one step per writer
+//! message, so deliveries and flag changes interleave with it. Once a
+//! durable checkpoint covers the moves, nothing durable refers to the old
+//! segments and they are deleted. A crash anywhere before that leaves the
+//! old places valid (the moves were not durable); after it, the old
+//! segments hold nothing anyone needs. A running backup pins the segments:
+//! they are then deleted by the next cycle instead.
+
+use std::time::Duration;
+
+use redb::ReadableDatabase;
+
+use super::StoreError;
+use super::bodies;
+use super::group::Group;
+
+/// Live bytes read and moved per writer step.
+const STEP_BYTES: usize = 4 << 20;
+/// How long the handle of a deleted segment stays open for readers of
+/// older snapshots.
+const RETIRED_GRACE: Duration = Duration::from_secs(5);
+
+/// What one reclaim of one group did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// Segments deleted.
+    pub segments: u64,
+    /// Live bytes moved out of them.
+    pub moved_bytes: u64,
+    /// File bytes given back.
+    pub freed_bytes: u64,
+    /// Emptied segments left for the next cycle (a backup was running).
+    pub deferred: u64,
+}
+
+/// Reclaims the sealed segments of `g` that are at least `dead_percent`
+/// dead; calls `pace` between steps (background work yields there).
+pub fn reclaim_group(
+    g: &Group,
+    dead_percent: u8,
+    pace: &mut dyn FnMut(),
+) -> Result<ReclaimReport, StoreError> {
+    let store = &g.bodies;
+    store.forget_retired(RETIRED_GRACE);
+    let chosen: Vec<bodies::SegmentUse> = {
+        let txn = g.db.begin_read()?;
+        bodies::usage(&txn, store)?
+            .into_iter()
+            .filter(|u| {
+                let dead = u.bytes.saturating_sub(u.live);
+                dead * 100 >= u.bytes * u64::from(dead_percent)
+            })
+            .collect()
+    };
+    let mut report = ReclaimReport::default();
+    if chosen.is_empty() {
+        return Ok(report);
+    }
+    for seg in &chosen {
+        let mut after = None;
+        loop {
+            let items = {
+                let txn = g.db.begin_read()?;
+                bodies::live_entries(&txn, store, seg.id, after, STEP_BYTES)?
+            };
+            let Some(last) = items.last() else { break };
+            after = Some(last.offset);
+            report.moved_bytes += items.iter().map(|i| i.body.len() as u64).sum::<u64>();
+            g.relocate_blocking(items)?;
+            crate::failpoint::hit("reclaim-after-relocate");
+            pace();
+        }
+    }
+    // The moves become durable; from here no durable state names the old
+    // segments.
+    g.checkpoint_blocking()?;
+    crate::failpoint::hit("reclaim-after-checkpoint");
+    let txn = g.db.begin_read()?;
+    for seg in &chosen {
+        if bodies::has_live(&txn, seg.id)? {
+            // Cannot happen (sealed segments only lose bodies), but a
+            // segment with a live body is never deleted.
+            tracing::warn!(
+                group = g.id,
+                segment = seg.id,
+                "segment still live after its reclaim"
+            );
+            continue;
+        }
+        if store.pinned() {
+            report.deferred += 1;
+            continue;
+        }
+        store.retire(seg.id)?;
+        crate::failpoint::hit("reclaim-after-delete");
+        report.segments += 1;
+        report.freed_bytes += seg.bytes;
+    }
+    drop(txn);
+    if report.segments > 0 {
+        // Readers of a snapshot from before the moves may still be
+        // reading; then the space is given back.
+        std::thread::sleep(RETIRED_GRACE);
+        store.forget_retired(RETIRED_GRACE.saturating_sub(Duration::from_millis(100)));
+        tracing::info!(
+            group = g.id,
+            segments = report.segments,
+            moved_bytes = report.moved_bytes,
+            freed_bytes = report.freed_bytes,
+            "body segments reclaimed"
+        );
+    }
+    Ok(report)
+}
