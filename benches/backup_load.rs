@@ -25,13 +25,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fetcher, p99, read_until};
+use common::{fetcher, p99, sender};
 use tiermail::backup::restore;
 use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const USERS: usize = 50;
 /// Alternating windows without and with backups for the latency figures.
@@ -62,33 +60,6 @@ async fn fill(store: Arc<Store>, first: usize, until_bytes: u64, max: usize) -> 
     }
     while set.join_next().await.is_some() {}
     (n - first, bytes)
-}
-
-/// One SMTP session delivering 4 KB messages; latency of each (DATA to 250).
-async fn sender(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, b"220 ").await;
-    s.write_all(b"EHLO bench.test\r\n").await.unwrap();
-    read_until(&mut s, &mut buf, b"250 ").await;
-    let mut body = b"Subject: latency\r\n\r\n".to_vec();
-    while body.len() < 4096 {
-        body.extend_from_slice(b"latency probe text latency probe text latency\r\n");
-    }
-    body.extend_from_slice(b".\r\n");
-    let mut lat = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let t = Instant::now();
-        s.write_all(b"MAIL FROM:<p@remote.test>\r\nRCPT TO:<reader@example.test>\r\nDATA\r\n")
-            .await
-            .unwrap();
-        read_until(&mut s, &mut buf, b"354 ").await;
-        s.write_all(&body).await.unwrap();
-        read_until(&mut s, &mut buf, b"250 ").await;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    lat
 }
 
 fn mb(b: u64) -> f64 {
@@ -183,11 +154,13 @@ fn main() {
         );
 
         // Baseline: a plain copy of the store files, then the backup.
-        let files: Vec<PathBuf> = store
-            .groups()
-            .iter()
-            .map(|g| g.dir.join("store.redb"))
-            .collect();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for g in store.groups() {
+            files.push(g.dir.join("store.redb"));
+            for (_, seg) in tiermail::store::bodies::list_segments(g.bodies.dir()).unwrap() {
+                files.push(seg);
+            }
+        }
         let (cp_bytes, cp_secs) = raw_copy(&files, &dir.path().join("cp-baseline"));
         std::fs::remove_dir_all(dir.path().join("cp-baseline")).unwrap();
         let app = server.app.clone();
@@ -313,14 +286,17 @@ fn main() {
             &|_, _| {},
         )
         .unwrap();
-        let restored_bytes: u64 = std::fs::read_dir(alone.join("groups"))
-            .unwrap()
-            .flatten()
-            .filter_map(|g| std::fs::metadata(g.path().join("store.redb")).ok())
-            .map(|m| m.len())
-            .sum();
+        let mut restored_bytes = 0u64;
+        for g in std::fs::read_dir(alone.join("groups")).unwrap().flatten() {
+            let db = g.path().join("store.redb");
+            restored_bytes += std::fs::metadata(&db).map_or(0, |m| m.len());
+            let bodies = tiermail::store::bodies::dir_for(&db);
+            for (_, seg) in tiermail::store::bodies::list_segments(&bodies).unwrap() {
+                restored_bytes += std::fs::metadata(seg).unwrap().len();
+            }
+        }
         println!(
-            "restore of {} ({:.0} MB) into an empty data directory: {:.1}s; redb files {:.0} MB (live store: {:.0} MB)",
+            "restore of {} ({:.0} MB) into an empty data directory: {:.1}s; files (redb + body segments) {:.0} MB (live store: {:.0} MB)",
             file.file_name().unwrap().to_string_lossy(),
             mb(std::fs::metadata(&file).unwrap().len()),
             t.elapsed().as_secs_f64(),

@@ -1,5 +1,5 @@
-//! What the in-process benchmarks share: an IMAP client timing FETCHes
-//! and the percentile they report.
+//! What the in-process benchmarks share: an IMAP client timing FETCHes,
+//! an SMTP client timing deliveries, and the percentile they report.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -54,6 +54,33 @@ pub async fn fetcher(
         if !think.is_zero() {
             tokio::time::sleep(think).await;
         }
+    }
+    lat
+}
+
+/// One SMTP session delivering 4 KB messages; latency of each (DATA to 250).
+pub async fn sender(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"220 ").await;
+    s.write_all(b"EHLO bench.test\r\n").await.unwrap();
+    read_until(&mut s, &mut buf, b"250 ").await;
+    let mut body = b"Subject: latency\r\n\r\n".to_vec();
+    while body.len() < 4096 {
+        body.extend_from_slice(b"latency probe text latency probe text latency\r\n");
+    }
+    body.extend_from_slice(b".\r\n");
+    let mut lat = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        s.write_all(b"MAIL FROM:<p@remote.test>\r\nRCPT TO:<reader@example.test>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        read_until(&mut s, &mut buf, b"354 ").await;
+        s.write_all(&body).await.unwrap();
+        read_until(&mut s, &mut buf, b"250 ").await;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     lat
 }
