@@ -274,6 +274,9 @@ pub struct StoreConfig {
     pub reclaim_schedule: String,
     /// A sealed segment is reclaimed once at least this share of it is dead.
     pub reclaim_dead_percent: u8,
+    /// After a reclaim, a database file at least this large (MiB) that is
+    /// mostly free pages is rebuilt into a fresh one.
+    pub compact_min_mib: u64,
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,
     pub live_cache_messages: usize,

@@ -721,3 +721,114 @@ async fn sigkill_at_every_step_of_a_reclaim() {
         store.shutdown();
     }
 }
+
+/// SIGKILL during a rebuild of the database file (after the copy, and
+/// after the new file was made durable but before it replaced the old):
+/// at the next start the store holds exactly the messages it held, the
+/// half-built file is gone, and a rebuild then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_database_rebuild() {
+    use tiermail::store::{Delivery, Op, Summary};
+    for point in ["compact-after-copy", "compact-before-rename"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            "[store]\ngroups = 1\ncompact_min_mib = 1\nreclaim_schedule = \"off\"\n",
+        );
+        let cfg = Config::load(Some(&config)).unwrap();
+        let user = "alice@example.test";
+        let mut kept = HashMap::new();
+        {
+            let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+            for i in 0..4000u32 {
+                let raw = format!("Subject: m{i}\r\n\r\nsmall message {i}\r\n").into_bytes();
+                store
+                    .deliver(Delivery {
+                        user: user.into(),
+                        mailbox: "INBOX".into(),
+                        summary: Summary::parse(&raw),
+                        raw: Arc::new(raw.clone()),
+                        internal_date: 1_700_000_000,
+                        flags: Vec::new(),
+                    })
+                    .await
+                    .unwrap();
+                if (i + 1) % 10 == 0 {
+                    kept.insert(i + 1, raw);
+                }
+            }
+            let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
+            let gone: Vec<u32> = (1..=4000).filter(|u| u % 10 != 0).collect();
+            store
+                .submit(
+                    user,
+                    Op::Expunge {
+                        mailbox_id: inbox,
+                        uids: gone,
+                    },
+                )
+                .await
+                .unwrap();
+            store.shutdown();
+        }
+        let mut child = common::daemon::tiermail(&config)
+            .arg("serve")
+            .env("TIERMAIL_STORE__RECLAIM_SCHEDULE", "continuous")
+            .env("TMTEST_FAILPOINT", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("compact.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut died = false;
+        for _ in 0..600 {
+            if child.try_wait().unwrap().is_some() {
+                died = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !died {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("compact.log")).unwrap();
+        assert!(
+            died && log.contains("failpoint hit"),
+            "{point} not reached:\n{log}"
+        );
+
+        let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+        assert!(
+            !dir.path()
+                .join("data/groups/g000/store.redb.compacting")
+                .exists(),
+            "{point}: the half-built file is removed"
+        );
+        for round in 0..2 {
+            let uids: Vec<u32> = store
+                .messages(user, "INBOX")
+                .await
+                .unwrap()
+                .iter()
+                .map(|(u, _)| *u)
+                .collect();
+            let mut want: Vec<u32> = kept.keys().copied().collect();
+            want.sort();
+            assert_eq!(
+                uids, want,
+                "{point} round {round}: exactly the kept messages"
+            );
+            for (uid, raw) in &kept {
+                let got = store.raw(user, "INBOX", *uid).await.unwrap().unwrap();
+                assert!(got == *raw, "{point}: uid {uid}");
+            }
+            // Then a rebuild completes.
+            let g = store.groups()[0].clone();
+            tokio::task::spawn_blocking(move || g.compact_blocking(16 << 20, 1 << 20))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        store.shutdown();
+    }
+}

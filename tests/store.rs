@@ -401,3 +401,95 @@ async fn reclaim_shrinks_the_body_files_online() {
     check(store.clone()).await;
     store.shutdown();
 }
+
+/// A database file that is mostly free pages (90% of its messages
+/// expunged) is rebuilt into a small one while a writer delivers and a
+/// reader reads; every message, and the ones delivered during the rebuild,
+/// are there afterwards and after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mostly_free_database_is_rebuilt_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.store.groups = 1;
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let user = "alice@example.test";
+    let raws = fill(&store, user, 4000, 300).await;
+    let inbox = mailbox_id(&store, user, "INBOX").await;
+    let gone: Vec<u32> = (1..=raws.len() as u32).filter(|u| u % 10 != 0).collect();
+    store
+        .submit(
+            user,
+            Op::Expunge {
+                mailbox_id: inbox,
+                uids: gone,
+            },
+        )
+        .await
+        .unwrap();
+    store.groups()[0].checkpoint().await.unwrap();
+    let before = store.status().unwrap()[0].db_bytes;
+
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { fill(&store, "bob@example.test", 300, 300).await })
+    };
+    let g = store.groups()[0].clone();
+    let rebuilt = tokio::task::spawn_blocking(move || g.compact_blocking(16 << 20, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    let bob = writer.await.unwrap();
+    let (was, now) = rebuilt.expect("the database was worth rebuilding");
+    println!("database file {before} ({was}) -> {now} bytes");
+    assert!(now * 2 < was, "{was} -> {now} bytes");
+    assert_eq!(store.status().unwrap()[0].db_bytes, now);
+
+    let check = |store: Arc<Store>| {
+        let (raws, bob) = (raws.clone(), bob.clone());
+        async move {
+            let uids: Vec<u32> = store
+                .messages(user, "INBOX")
+                .await
+                .unwrap()
+                .iter()
+                .map(|(u, _)| *u)
+                .filter(|u| *u <= raws.len() as u32)
+                .collect();
+            assert_eq!(
+                uids,
+                (10..=raws.len() as u32).step_by(10).collect::<Vec<_>>()
+            );
+            for uid in uids {
+                let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
+                assert!(got == raws[uid as usize - 1], "uid {uid}");
+            }
+            for (i, want) in bob.iter().enumerate() {
+                let got = store
+                    .raw("bob@example.test", "INBOX", i as u32 + 1)
+                    .await
+                    .unwrap();
+                assert!(got.as_ref() == Some(want), "bob {}", i + 1);
+            }
+        }
+    };
+    check(store.clone()).await;
+    // Writes after the switch land in the new file.
+    let late = traced(user, b"Subject: after\r\n\r\nafter the rebuild\r\n");
+    store
+        .deliver(deliver_raw(user, "INBOX", late.clone()))
+        .await
+        .unwrap();
+    store.shutdown();
+    drop(store);
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    check(store.clone()).await;
+    let last = *store
+        .messages(user, "INBOX")
+        .await
+        .unwrap()
+        .last()
+        .map(|(u, _)| u)
+        .unwrap();
+    assert!(store.raw(user, "INBOX", last).await.unwrap().unwrap() == late);
+    store.shutdown();
+}

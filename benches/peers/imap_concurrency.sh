@@ -20,6 +20,7 @@
 #   bash benches/peers/imap_concurrency.sh                 # every phase
 #   PHASES=bench BIG=20000 bash benches/peers/imap_concurrency.sh
 #   PHASES=stress STRESS_CLIENTS=10 bash benches/peers/imap_concurrency.sh
+#   PHASES=stress STRESS_CLIENTS=50 STRESS_SERVERS=tiermail bash benches/peers/imap_concurrency.sh
 #
 # Results: one JSON object per line on stdout and in
 # target/imap-concurrency.jsonl. Every process started is stopped on exit.
@@ -31,6 +32,7 @@ PHASES=${PHASES//bench/throughput latency}
 STEADY=${STEADY:-1000}
 STRESS_SECS=${STRESS_SECS:-600}
 STRESS_CLIENTS=${STRESS_CLIENTS:-10 50}
+STRESS_SERVERS=${STRESS_SERVERS:-tiermail dovecot}
 BIG=${BIG:-100000}
 PASSWORD=benchpw
 
@@ -109,17 +111,17 @@ if [[ " $PHASES " == *" stress "* ]]; then
             [[ " $STRESS_CLIENTS " == *" $clients "* ]] || continue
             if ((clients <= 10)); then
                 jobs=()
-                for srv in tiermail dovecot; do
+                for srv in $STRESS_SERVERS; do
                     stress "$srv" "$u" "$clients" "$boxes" "$STRESS_SECS" 0 > "$WORK/stress.$srv" &
                     jobs+=("$!")
                 done
                 wait "${jobs[@]}"
             else
-                for srv in tiermail dovecot; do
+                for srv in $STRESS_SERVERS; do
                     stress "$srv" "$u" "$clients" "$boxes" "$STRESS_SECS" 0 > "$WORK/stress.$srv"
                 done
             fi
-            for srv in tiermail dovecot; do
+            for srv in $STRESS_SERVERS; do
                 record "stress, $clients clients, $boxes mailboxes, ${STRESS_SECS} s" "$srv" \
                     "$(cat "$WORK/stress.$srv")"
             done

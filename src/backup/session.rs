@@ -344,7 +344,7 @@ fn backup_group(
     // The image reads bodies from this snapshot: no segment it names may
     // be deleted by a reclaim until the group is done.
     let _pin = g.bodies.pin();
-    let txn = g.db.begin_read()?;
+    let txn = g.db().begin_read()?;
     image::check_tables(&txn)?;
     let image_lsn = applied(&txn)?;
     // Log files continue the previous backup; the first backup of a group
@@ -387,7 +387,7 @@ fn backup_group(
     drop(txn);
 
     // The end of this group's backup: everything applied by now.
-    let txn = g.db.begin_read()?;
+    let txn = g.db().begin_read()?;
     let end_lsn = applied(&txn)?;
     let end_ms = chrono::Utc::now().timestamp_millis();
     let digests = manifest::compute_paced(&txn, &g.bodies, &body_crcs, &mut || pacer.pace(w))?;

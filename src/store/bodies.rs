@@ -377,23 +377,7 @@ impl BodyStore {
             Some((_, _, at)) => *at > SEGMENT_HEADER && at + need > self.segment_bytes,
         };
         if rotate {
-            let id = w.open.as_ref().map_or(1, |(id, _, _)| id + 1);
-            let path = self.dir.join(segment_name(id));
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StoreError::io(&path, e))?;
-            let mut header = [0u8; SEGMENT_HEADER as usize];
-            header[..8].copy_from_slice(SEGMENT_MAGIC);
-            header[8..12].copy_from_slice(&id.to_le_bytes());
-            f.write_all_at(&header, 0)
-                .map_err(|e| StoreError::io(&path, e))?;
-            let f = Arc::new(f);
-            w.dirty.insert(id, f.clone());
-            w.new_file = true;
-            w.open = Some((id, f, SEGMENT_HEADER));
+            self.start_segment(&mut w)?;
         }
         let (id, file, at) = w.open.clone().expect("a segment is open");
         let mut entry = Vec::with_capacity(need as usize);
@@ -415,6 +399,40 @@ impl BodyStore {
             len,
             refs: 1,
         })
+    }
+
+    /// Creates the next segment and makes it the one appended to.
+    fn start_segment(&self, w: &mut Writer) -> Result<(), StoreError> {
+        let id = w.open.as_ref().map_or(1, |(id, _, _)| id + 1);
+        let path = self.dir.join(segment_name(id));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let mut header = [0u8; SEGMENT_HEADER as usize];
+        header[..8].copy_from_slice(SEGMENT_MAGIC);
+        header[8..12].copy_from_slice(&id.to_le_bytes());
+        f.write_all_at(&header, 0)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let f = Arc::new(f);
+        w.dirty.insert(id, f.clone());
+        w.new_file = true;
+        w.open = Some((id, f, SEGMENT_HEADER));
+        Ok(())
+    }
+
+    /// Seals segment `id` if it is the open one (the next body goes to a
+    /// new segment), so that a reclaim may rewrite it. A crash before the
+    /// next append leaves the new, empty segment unreferenced: it is removed
+    /// at start and `id` is open again.
+    pub fn seal(&self, id: u32) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.open.as_ref().is_some_and(|(open, _, _)| *open == id) {
+            self.start_segment(&mut w)?;
+        }
+        Ok(())
     }
 
     /// Makes every body written so far durable; called before each durable
@@ -492,9 +510,11 @@ pub struct SegmentUse {
     pub id: u32,
     pub bytes: u64,
     pub live: u64,
+    /// The segment appended to (its file may have grown past the snapshot).
+    pub open: bool,
 }
 
-/// Every segment but the open one, with its live bytes in the snapshot.
+/// Every segment with its live bytes in the snapshot.
 pub fn usage(txn: &ReadTransaction, store: &BodyStore) -> Result<Vec<SegmentUse>, StoreError> {
     let open = store.open_segment();
     let mut live: BTreeMap<u32, u64> = BTreeMap::new();
@@ -505,14 +525,12 @@ pub fn usage(txn: &ReadTransaction, store: &BodyStore) -> Result<Vec<SegmentUse>
     }
     let mut out = Vec::new();
     for (id, path) in list_segments(&store.dir)? {
-        if Some(id) == open {
-            continue;
-        }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         out.push(SegmentUse {
             id,
             bytes,
             live: live.get(&id).copied().unwrap_or(0),
+            open: Some(id) == open,
         });
     }
     Ok(out)

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use super::StoreError;
 use super::bodies::{self, BodyStore};
 use super::codec::Enc;
+use super::compact;
 use super::live;
 use super::migrate;
 use super::ops::{self, Op, Outcome};
@@ -68,13 +69,20 @@ enum Msg {
         Vec<bodies::Relocation>,
         oneshot::Sender<Result<usize, StoreError>>,
     ),
+    /// A rebuild starts: a snapshot of the state now, and the log after it
+    /// kept until it ends.
+    RebuildBegin(oneshot::Sender<Result<redb::ReadTransaction, StoreError>>),
+    /// The copy of that snapshot (`None`: it failed): bring it up to date
+    /// and switch to it.
+    RebuildFinish(Option<Database>, oneshot::Sender<Result<(), StoreError>>),
     Shutdown,
 }
 
 pub struct Group {
     pub id: u32,
     pub dir: PathBuf,
-    pub db: Arc<Database>,
+    /// The group's database: swapped for a rebuilt one by `compact`.
+    db: Arc<std::sync::RwLock<Arc<Database>>>,
     /// The group's body segments (`bodies`).
     pub bodies: Arc<BodyStore>,
     /// What opening found to upgrade.
@@ -112,6 +120,8 @@ impl Group {
         let (bodies, upgrade) =
             migrate::open(&mut db, &db_path, cfg.body_segment_mib.max(1) << 20)?;
         let bodies = Arc::new(bodies);
+        // A rebuild that a crash cut before its rename left this behind.
+        let _ = std::fs::remove_file(compact::temp_path(&db_path));
         let report = recovery::recover(&db, &bodies, &wal_dir)?;
         if report.replayed > 0 || report.truncated.is_some() {
             tracing::info!(
@@ -123,6 +133,7 @@ impl Group {
         }
         let wal = Wal::open(&wal_dir, cfg.wal_segment_bytes, report.next_lsn)?;
         let db = Arc::new(db);
+        let shared = Arc::new(std::sync::RwLock::new(db.clone()));
         let stats = Arc::new(GroupStats::default());
         let applied = report.next_lsn - 1;
         let backup_floor = if cfg.hold_wal_for_backup {
@@ -143,6 +154,10 @@ impl Group {
         let writer = Writer {
             id,
             db: db.clone(),
+            shared: shared.clone(),
+            db_path: db_path.clone(),
+            wal_dir: wal_dir.clone(),
+            hold: None,
             bodies: bodies.clone(),
             wal,
             next_lsn: report.next_lsn,
@@ -164,7 +179,7 @@ impl Group {
         Ok(Group {
             id,
             dir,
-            db,
+            db: shared,
             bodies,
             upgrade,
             stats,
@@ -233,6 +248,56 @@ impl Group {
         rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
     }
 
+    /// The group's database (a rebuild may replace it: take it for each
+    /// snapshot, do not keep it).
+    pub fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rebuilds the database into a fresh file if most of the current one
+    /// is free pages (see `compact`); returns (file bytes before, after)
+    /// when it did.
+    pub fn compact_blocking(
+        &self,
+        cache_bytes: usize,
+        min_file_bytes: u64,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let db_path = self.dir.join("store.redb");
+        if compact::worth_it(&self.db(), &db_path, min_file_bytes)?.is_none() {
+            return Ok(None);
+        }
+        let before = std::fs::metadata(&db_path).map_or(0, |m| m.len());
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::RebuildBegin(reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let snapshot = rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+        let temp = compact::temp_path(&db_path);
+        let copied = compact::copy(&snapshot, &temp, cache_bytes);
+        drop(snapshot);
+        crate::failpoint::hit("compact-after-copy");
+        let (reply, rx) = oneshot::channel();
+        let new = match copied {
+            Ok((db, _)) => Some(db),
+            Err(e) => {
+                tracing::warn!(group = self.id, error = %e, "rebuilding the database failed");
+                None
+            }
+        };
+        let failed = new.is_none();
+        self.tx
+            .send(Msg::RebuildFinish(new, reply))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+        if failed {
+            let _ = std::fs::remove_file(&temp);
+            return Ok(None);
+        }
+        let after = std::fs::metadata(&db_path).map_or(0, |m| m.len());
+        tracing::info!(group = self.id, before, after, "database file rebuilt");
+        Ok(Some((before, after)))
+    }
+
     /// Checkpoints and stops the writer; waits for it.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
@@ -245,6 +310,12 @@ impl Group {
 struct Writer {
     id: u32,
     db: Arc<Database>,
+    /// What readers take the database from (see `Group::db`).
+    shared: Arc<std::sync::RwLock<Arc<Database>>>,
+    db_path: PathBuf,
+    wal_dir: PathBuf,
+    /// A rebuild copies the state at this LSN: the log after it is kept.
+    hold: Option<u64>,
     bodies: Arc<BodyStore>,
     wal: Wal,
     next_lsn: u64,
@@ -348,6 +419,22 @@ impl Writer {
                 }
                 Some(Msg::Relocate(items, reply)) => {
                     let _ = reply.send(self.relocate(&items));
+                }
+                Some(Msg::RebuildBegin(reply)) => {
+                    self.hold = Some(self.next_lsn - 1);
+                    let r = self.db.begin_read().map_err(StoreError::from);
+                    if r.is_err() {
+                        self.hold = None;
+                    }
+                    let _ = reply.send(r);
+                }
+                Some(Msg::RebuildFinish(new, reply)) => {
+                    let r = match new {
+                        Some(db) => self.switch_to(db),
+                        None => Ok(()),
+                    };
+                    self.hold = None;
+                    let _ = reply.send(r);
                 }
                 Some(Msg::Shutdown) => {
                     self.checkpoint_logged();
@@ -454,6 +541,56 @@ impl Writer {
         Ok((results, events))
     }
 
+    /// Applies the log after the rebuild's snapshot to `db`, makes it
+    /// durable, renames it over the store file and continues with it.
+    fn switch_to(&mut self, db: Database) -> Result<(), StoreError> {
+        let from = self.hold.unwrap_or(u64::MAX);
+        let mut records = Vec::new();
+        for (_, path) in wal::list_segments(&self.wal_dir)? {
+            wal::read_segment(&path, |r| {
+                if r.lsn > from {
+                    records.push(r);
+                }
+                Ok(())
+            })?;
+        }
+        let applied = self.next_lsn - 1;
+        if records.first().is_some_and(|r| r.lsn != from + 1)
+            || (records.is_empty() && from != applied)
+        {
+            return Err(StoreError::Format(format!(
+                "log after LSN {from} is not all there for the rebuild"
+            )));
+        }
+        for chunk in records.chunks(2_000) {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            for r in chunk {
+                let rec = Record::decode(r.kind, &r.payload)?;
+                schema::apply(&txn, &self.bodies, &rec)?;
+            }
+            txn.commit()?;
+        }
+        self.bodies.sync()?;
+        let txn = db.begin_write()?;
+        schema::set_meta(&txn, K_APPLIED_LSN, applied)?;
+        schema::set_meta(&txn, K_CHECKPOINT_LSN, applied)?;
+        if self.backup_floor != u64::MAX {
+            schema::set_meta(&txn, K_BACKUP_LSN, self.backup_floor)?;
+        }
+        txn.commit()?;
+        crate::failpoint::hit("compact-before-rename");
+        compact::swap_files(&compact::temp_path(&self.db_path), &self.db_path)?;
+        let db = Arc::new(db);
+        self.db = db.clone();
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = db;
+        self.checkpointed = applied;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.stats.checkpoint_lsn.store(applied, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn relocate(&mut self, items: &[bodies::Relocation]) -> Result<usize, StoreError> {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(StoreError::Unavailable(format!(
@@ -505,8 +642,9 @@ impl Writer {
                 let _ = r.send(Ok(checkpointed));
             }) as wal::AfterPrune
         });
+        let keep = self.hold.unwrap_or(u64::MAX);
         self.wal
-            .prune(self.checkpointed.min(self.backup_floor), then);
+            .prune(self.checkpointed.min(self.backup_floor).min(keep), then);
         self.stats
             .wal_bytes
             .store(self.wal.total_bytes(), Ordering::Relaxed);

@@ -10,6 +10,7 @@
 
 pub mod bodies;
 pub mod codec;
+pub mod compact;
 pub mod group;
 pub mod live;
 pub mod message;
@@ -166,6 +167,10 @@ pub struct Store {
     activity: std::sync::atomic::AtomicU64,
     /// The mailboxes in use, in memory (see `live`).
     live: Arc<live::Registry>,
+    /// Page cache of a database being rebuilt, and the smallest file that
+    /// is (`store.compact_min_mib`).
+    cache_bytes: usize,
+    compact_min_bytes: u64,
 }
 
 /// A hash that never changes between versions or platforms.
@@ -197,7 +202,7 @@ impl Store {
         let live = live::Registry::new(cfg.live_cache_messages);
         for id in ids {
             let g = Group::open(data_dir, id, cfg, live.clone())?;
-            let txn = g.db.begin_read()?;
+            let txn = g.db().begin_read()?;
             for row in txn.open_table(schema::USERS)?.iter()? {
                 let (user, _) = row?;
                 directory.insert(user.value().to_string(), id);
@@ -212,6 +217,8 @@ impl Store {
             watchers: Default::default(),
             activity: Default::default(),
             live,
+            cache_bytes: cfg.cache_mib.max(1) << 20,
+            compact_min_bytes: cfg.compact_min_mib << 20,
         }))
     }
 
@@ -227,7 +234,7 @@ impl Store {
         let id = group.id;
         self.live
             .open(id, mailbox_id, move || {
-                let txn = group.db.begin_read()?;
+                let txn = group.db().begin_read()?;
                 snapshot_in(&txn, mailbox_id)
             })
             .await
@@ -319,7 +326,7 @@ impl Store {
     /// table length per group).
     pub fn has_tagged(&self) -> Result<bool, StoreError> {
         for g in &self.groups {
-            if g.db.begin_read()?.open_table(schema::TAGS)?.len()? > 0 {
+            if g.db().begin_read()?.open_table(schema::TAGS)?.len()? > 0 {
                 return Ok(true);
             }
         }
@@ -330,7 +337,7 @@ impl Store {
     /// table length per group).
     pub fn has_restored(&self) -> Result<bool, StoreError> {
         for g in &self.groups {
-            if g.db.begin_read()?.open_table(schema::RESTORED)?.len()? > 0 {
+            if g.db().begin_read()?.open_table(schema::RESTORED)?.len()? > 0 {
                 return Ok(true);
             }
         }
@@ -438,7 +445,7 @@ impl Store {
         user: &str,
         mailbox_id: u64,
     ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
-        let txn = self.group_of(user).db.begin_read()?;
+        let txn = self.group_of(user).db().begin_read()?;
         snapshot_in(&txn, mailbox_id)
     }
 
@@ -469,7 +476,7 @@ impl Store {
         let group = self.group_of(user);
         let mut tries = 0;
         loop {
-            let txn = group.db.begin_read()?;
+            let txn = group.db().begin_read()?;
             match fetch_in(&txn, &group.bodies, mailbox_id, uids, with_body) {
                 // Reclaimed since the snapshot: a newer one has the place.
                 Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
@@ -488,7 +495,7 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             let mut tries = 0;
             loop {
-                let txn = group.db.begin_read()?;
+                let txn = group.db().begin_read()?;
                 match f(&txn, &group.bodies) {
                     // A reclaim moved a body since this snapshot was
                     // taken: a newer one names where it is now.
@@ -565,7 +572,7 @@ impl Store {
     pub fn status(&self) -> Result<Vec<GroupStatus>, StoreError> {
         let mut out = Vec::new();
         for g in &self.groups {
-            let txn = g.db.begin_read()?;
+            let txn = g.db().begin_read()?;
             let s = &g.stats;
             let segments = bodies::list_segments(g.bodies.dir())?;
             out.push(GroupStatus {
@@ -603,7 +610,10 @@ impl Store {
     ) -> Result<Vec<(u32, reclaim::ReclaimReport)>, StoreError> {
         let mut out = Vec::new();
         for g in &self.groups {
-            out.push((g.id, reclaim::reclaim_group(g, dead_percent, &mut || {})?));
+            let mut r = reclaim::reclaim_group(g, dead_percent, &mut || {})?;
+            // Then the database, if it is mostly free pages now.
+            r.db_rebuilt = g.compact_blocking(self.cache_bytes, self.compact_min_bytes)?;
+            out.push((g.id, r));
         }
         Ok(out)
     }
