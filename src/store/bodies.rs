@@ -449,6 +449,40 @@ impl BodyStore {
         Ok(())
     }
 
+    /// Starts write-back of what was written (does not wait) and then
+    /// fsyncs it, without holding up appends: bulk writers (a reclaim) call
+    /// this so that the next checkpoint's `sync` has little left to do.
+    /// The files stay marked for that `sync`, which stays the one that
+    /// counts.
+    pub fn flush_ahead(&self) -> Result<(), StoreError> {
+        let files: Vec<(u32, Arc<File>)> = {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.dirty.iter().map(|(id, f)| (*id, f.clone())).collect()
+        };
+        for (id, f) in files {
+            f.sync_data()
+                .map_err(|e| StoreError::io(&self.dir.join(segment_name(id)), e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts write-back of the open segment's dirty pages without
+    /// waiting, so that they do not pile up behind the log's fsyncs.
+    pub fn start_writeback(&self) {
+        use std::os::fd::AsRawFd;
+        let open = {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.open.as_ref().map(|(_, f, _)| f.clone())
+        };
+        if let Some(f) = open {
+            // SAFETY: sync_file_range on a file descriptor we own; it only
+            // schedules write-back.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
+
     /// The open segment's id, if any (reclaim leaves it alone).
     pub fn open_segment(&self) -> Option<u32> {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -546,8 +546,17 @@ impl Writer {
     fn switch_to(&mut self, db: Database) -> Result<(), StoreError> {
         let from = self.hold.unwrap_or(u64::MAX);
         let mut records = Vec::new();
-        for (_, path) in wal::list_segments(&self.wal_dir)? {
-            wal::read_segment(&path, |r| {
+        let segments = wal::list_segments(&self.wal_dir)?;
+        for (i, (_, path)) in segments.iter().enumerate() {
+            // Segments wholly at or below the snapshot (kept for a backup)
+            // are not read: the next one's name says where each ends.
+            if segments
+                .get(i + 1)
+                .is_some_and(|(next, _)| *next <= from + 1)
+            {
+                continue;
+            }
+            wal::read_segment(path, |r| {
                 if r.lsn > from {
                     records.push(r);
                 }

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -614,6 +615,14 @@ impl Store {
             // Then the database, if it is mostly free pages now.
             r.db_rebuilt = g.compact_blocking(self.cache_bytes, self.compact_min_bytes)?;
             out.push((g.id, r));
+        }
+        if out.iter().any(|(_, r)| r.segments > 0) {
+            // Readers of a snapshot from before the moves may still be
+            // reading the deleted segments; then their space is given back.
+            std::thread::sleep(reclaim::RETIRED_GRACE);
+            for g in &self.groups {
+                g.bodies.forget_retired(Duration::ZERO);
+            }
         }
         Ok(out)
     }

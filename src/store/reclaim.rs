@@ -20,10 +20,10 @@ use super::bodies;
 use super::group::Group;
 
 /// Live bytes read and moved per writer step.
-const STEP_BYTES: usize = 4 << 20;
+const STEP_BYTES: usize = 1 << 20;
 /// How long the handle of a deleted segment stays open for readers of
 /// older snapshots.
-const RETIRED_GRACE: Duration = Duration::from_secs(5);
+pub const RETIRED_GRACE: Duration = Duration::from_secs(5);
 /// Dead bytes for which the open segment is sealed and rewritten.
 const OPEN_DEAD_MIN: u64 = 1 << 20;
 
@@ -87,13 +87,19 @@ pub fn reclaim_group(
             let Some(last) = items.last() else { break };
             after = Some(last.offset);
             report.moved_bytes += items.iter().map(|i| i.body.len() as u64).sum::<u64>();
+            let t = std::time::Instant::now();
             g.relocate_blocking(items)?;
+            store.start_writeback();
             crate::failpoint::hit("reclaim-after-relocate");
             pace();
+            // As long again for everyone else: a reclaim is never urgent.
+            std::thread::sleep(t.elapsed());
         }
     }
     // The moves become durable; from here no durable state names the old
-    // segments.
+    // segments. Their bytes are flushed here first, so that the writer's
+    // own fsync in the checkpoint finds little left.
+    store.flush_ahead()?;
     g.checkpoint_blocking()?;
     crate::failpoint::hit("reclaim-after-checkpoint");
     let txn = g.db().begin_read()?;
@@ -120,10 +126,6 @@ pub fn reclaim_group(
     }
     drop(txn);
     if report.segments > 0 {
-        // Readers of a snapshot from before the moves may still be
-        // reading; then the space is given back.
-        std::thread::sleep(RETIRED_GRACE);
-        store.forget_retired(RETIRED_GRACE.saturating_sub(Duration::from_millis(100)));
         tracing::info!(
             group = g.id,
             segments = report.segments,
