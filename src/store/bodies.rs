@@ -333,8 +333,17 @@ impl BodyStore {
         if self.open_segment() == Some(id) {
             return Err(StoreError::Format(format!("segment {id} is the open one")));
         }
-        self.handle(id)?;
         let path = self.dir.join(segment_name(id));
+        // Writable, so that `forget_retired` can cut it down before closing.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(f));
         std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.retired
@@ -344,18 +353,40 @@ impl BodyStore {
         Ok(())
     }
 
-    /// Closes the handles of segments retired longer than `age` ago (their
-    /// space is free once the last handle closes).
-    pub fn forget_retired(&self, age: std::time::Duration) {
-        let mut r = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        let mut h = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        r.retain(|(id, at)| {
-            let keep = at.elapsed() < age;
-            if !keep {
-                h.remove(id);
+    /// Closes the handles of segments retired longer than `age` ago; their
+    /// space is free once the last handle closes. Each file is first cut
+    /// down a few MiB at a time with `pause` between the cuts: freeing
+    /// gigabytes of extents at once stalls the file system's journal, and
+    /// with it the log's fsyncs.
+    pub fn forget_retired(&self, age: std::time::Duration, pause: std::time::Duration) {
+        const CUT: u64 = 8 << 20;
+        let due: Vec<(u32, Option<Arc<File>>)> = {
+            let mut r = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let mut h = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            r.retain(|(id, at)| {
+                let keep = at.elapsed() < age;
+                if !keep {
+                    out.push((*id, h.remove(id)));
+                }
+                keep
+            });
+            out
+        };
+        for (_, f) in due {
+            let Some(f) = f else { continue };
+            let mut len = f.metadata().map_or(0, |m| m.len());
+            while len > 0 && !pause.is_zero() {
+                len = len.saturating_sub(CUT);
+                // Deleted already: nobody reads it; a failed cut only
+                // means the space comes back at the close below.
+                if f.set_len(len).is_err() {
+                    break;
+                }
+                std::thread::sleep(pause);
             }
-            keep
-        });
+            drop(f);
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -621,7 +621,8 @@ impl Store {
             // reading the deleted segments; then their space is given back.
             std::thread::sleep(reclaim::RETIRED_GRACE);
             for g in &self.groups {
-                g.bodies.forget_retired(Duration::ZERO);
+                g.bodies
+                    .forget_retired(Duration::ZERO, reclaim::RELEASE_PAUSE);
             }
         }
         Ok(out)
