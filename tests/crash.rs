@@ -612,6 +612,81 @@ async fn total_loss_restores_every_acknowledged_message_from_backup_and_log() {
     );
 }
 
+/// Delivers `n` messages made by `make` to `user`'s INBOX offline and
+/// expunges all but every tenth; returns those (UID -> bytes).
+async fn fill_keeping_every_tenth(
+    cfg: &Config,
+    user: &str,
+    n: u32,
+    make: impl Fn(u32) -> Vec<u8>,
+) -> HashMap<u32, Vec<u8>> {
+    use tiermail::store::{Delivery, Op, Summary};
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let mut kept = HashMap::new();
+    for i in 0..n {
+        let raw = make(i);
+        store
+            .deliver(Delivery {
+                user: user.into(),
+                mailbox: "INBOX".into(),
+                summary: Summary::parse(&raw),
+                raw: Arc::new(raw.clone()),
+                internal_date: 1_700_000_000,
+                flags: Vec::new(),
+            })
+            .await
+            .unwrap();
+        if (i + 1) % 10 == 0 {
+            kept.insert(i + 1, raw);
+        }
+    }
+    let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
+    let gone: Vec<u32> = (1..=n).filter(|u| u % 10 != 0).collect();
+    store
+        .submit(
+            user,
+            Op::Expunge {
+                mailbox_id: inbox,
+                uids: gone,
+            },
+        )
+        .await
+        .unwrap();
+    store.shutdown();
+    kept
+}
+
+/// Starts the server with a continuous reclaim and the failpoint `point`
+/// and waits until the failpoint killed it (fails after 30 s).
+async fn serve_until_failpoint(config: &Path, point: &str) {
+    let log_path = config.parent().unwrap().join(format!("{point}.log"));
+    let mut child = common::daemon::tiermail(config)
+        .arg("serve")
+        .env("TIERMAIL_STORE__RECLAIM_SCHEDULE", "continuous")
+        .env("TMTEST_FAILPOINT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut died = false;
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            died = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !died {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        died && log.contains("failpoint hit"),
+        "{point} not reached:\n{log}"
+    );
+}
+
 /// SIGKILL at each step of a body segment reclaim (after bodies were moved,
 /// after the checkpoint that makes the moves durable, after an old segment
 /// was deleted): at the next start every message that was left is there
@@ -619,7 +694,6 @@ async fn total_loss_restores_every_acknowledged_message_from_backup_and_log() {
 /// completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_step_of_a_reclaim() {
-    use tiermail::store::{Delivery, Op, Summary};
     for point in [
         "reclaim-after-relocate",
         "reclaim-after-checkpoint",
@@ -633,69 +707,16 @@ async fn sigkill_at_every_step_of_a_reclaim() {
         let cfg = Config::load(Some(&config)).unwrap();
         let user = "alice@example.test";
         // 600 messages of 10 KB, 90% expunged.
-        let mut kept = HashMap::new();
-        {
-            let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-            for i in 0..600u32 {
-                let mut raw = format!("Subject: m{i}\r\n\r\n").into_bytes();
-                while raw.len() < 10_000 {
-                    raw.extend_from_slice(format!("{i} line of message {i}\r\n").as_bytes());
-                }
-                store
-                    .deliver(Delivery {
-                        user: user.into(),
-                        mailbox: "INBOX".into(),
-                        summary: Summary::parse(&raw),
-                        raw: Arc::new(raw.clone()),
-                        internal_date: 1_700_000_000,
-                        flags: Vec::new(),
-                    })
-                    .await
-                    .unwrap();
-                if (i + 1) % 10 == 0 {
-                    kept.insert(i + 1, raw);
-                }
+        let kept = fill_keeping_every_tenth(&cfg, user, 600, |i| {
+            let mut raw = format!("Subject: m{i}\r\n\r\n").into_bytes();
+            while raw.len() < 10_000 {
+                raw.extend_from_slice(format!("{i} line of message {i}\r\n").as_bytes());
             }
-            let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
-            let gone: Vec<u32> = (1..=600).filter(|u| u % 10 != 0).collect();
-            store
-                .submit(
-                    user,
-                    Op::Expunge {
-                        mailbox_id: inbox,
-                        uids: gone,
-                    },
-                )
-                .await
-                .unwrap();
-            store.shutdown();
-        }
+            raw
+        })
+        .await;
         // The server reclaims at once and dies at the failpoint.
-        let mut child = common::daemon::tiermail(&config)
-            .arg("serve")
-            .env("TIERMAIL_STORE__RECLAIM_SCHEDULE", "continuous")
-            .env("TMTEST_FAILPOINT", point)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("reclaim.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut died = false;
-        for _ in 0..600 {
-            if child.try_wait().unwrap().is_some() {
-                died = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !died {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.path().join("reclaim.log")).unwrap();
-        assert!(
-            died && log.contains("failpoint hit"),
-            "{point} not reached:\n{log}"
-        );
+        serve_until_failpoint(&config, point).await;
 
         let check = |store: Arc<Store>, kept: HashMap<u32, Vec<u8>>| async move {
             let msgs = store.messages(user, "INBOX").await.unwrap();
@@ -728,7 +749,6 @@ async fn sigkill_at_every_step_of_a_reclaim() {
 /// half-built file is gone, and a rebuild then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_database_rebuild() {
-    use tiermail::store::{Delivery, Op, Summary};
     for point in ["compact-after-copy", "compact-before-rename"] {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(
@@ -737,65 +757,11 @@ async fn sigkill_during_a_database_rebuild() {
         );
         let cfg = Config::load(Some(&config)).unwrap();
         let user = "alice@example.test";
-        let mut kept = HashMap::new();
-        {
-            let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-            for i in 0..4000u32 {
-                let raw = format!("Subject: m{i}\r\n\r\nsmall message {i}\r\n").into_bytes();
-                store
-                    .deliver(Delivery {
-                        user: user.into(),
-                        mailbox: "INBOX".into(),
-                        summary: Summary::parse(&raw),
-                        raw: Arc::new(raw.clone()),
-                        internal_date: 1_700_000_000,
-                        flags: Vec::new(),
-                    })
-                    .await
-                    .unwrap();
-                if (i + 1) % 10 == 0 {
-                    kept.insert(i + 1, raw);
-                }
-            }
-            let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
-            let gone: Vec<u32> = (1..=4000).filter(|u| u % 10 != 0).collect();
-            store
-                .submit(
-                    user,
-                    Op::Expunge {
-                        mailbox_id: inbox,
-                        uids: gone,
-                    },
-                )
-                .await
-                .unwrap();
-            store.shutdown();
-        }
-        let mut child = common::daemon::tiermail(&config)
-            .arg("serve")
-            .env("TIERMAIL_STORE__RECLAIM_SCHEDULE", "continuous")
-            .env("TMTEST_FAILPOINT", point)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("compact.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut died = false;
-        for _ in 0..600 {
-            if child.try_wait().unwrap().is_some() {
-                died = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !died {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.path().join("compact.log")).unwrap();
-        assert!(
-            died && log.contains("failpoint hit"),
-            "{point} not reached:\n{log}"
-        );
+        let kept = fill_keeping_every_tenth(&cfg, user, 4000, |i| {
+            format!("Subject: m{i}\r\n\r\nsmall message {i}\r\n").into_bytes()
+        })
+        .await;
+        serve_until_failpoint(&config, point).await;
 
         let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
         assert!(

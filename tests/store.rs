@@ -298,6 +298,50 @@ async fn fill(store: &Arc<Store>, user: &str, n: usize, size: usize) -> Vec<Vec<
     out
 }
 
+/// `user`'s INBOX holds every tenth of `raws` (and maybe later ones), each
+/// byte for byte, and bob's INBOX holds `bob`.
+async fn assert_kept(store: &Arc<Store>, user: &str, raws: &[Vec<u8>], bob: &[Vec<u8>]) {
+    let uids: Vec<u32> = store
+        .messages(user, "INBOX")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(u, _)| *u)
+        .filter(|u| *u <= raws.len() as u32)
+        .collect();
+    assert_eq!(
+        uids,
+        (10..=raws.len() as u32).step_by(10).collect::<Vec<_>>()
+    );
+    for uid in uids {
+        let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
+        assert!(got == raws[uid as usize - 1], "uid {uid}");
+    }
+    for (i, want) in bob.iter().enumerate() {
+        let got = store
+            .raw("bob@example.test", "INBOX", i as u32 + 1)
+            .await
+            .unwrap();
+        assert!(got.as_ref() == Some(want), "bob {}", i + 1);
+    }
+}
+
+/// Expunges every message of `user`'s INBOX (UIDs 1..=n) but every tenth.
+async fn keep_every_tenth(store: &Arc<Store>, user: &str, n: u32) {
+    let inbox = mailbox_id(store, user, "INBOX").await;
+    let gone: Vec<u32> = (1..=n).filter(|u| u % 10 != 0).collect();
+    store
+        .submit(
+            user,
+            Op::Expunge {
+                mailbox_id: inbox,
+                uids: gone,
+            },
+        )
+        .await
+        .unwrap();
+}
+
 /// After 90% of the mail is expunged, a reclaim gives the space back while
 /// sessions read and deliver: the segment files end within 1.25x of the
 /// live bodies (plus the open segment), every remaining message reads back
@@ -311,18 +355,7 @@ async fn reclaim_shrinks_the_body_files_online() {
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     let user = "alice@example.test";
     let raws = fill(&store, user, 1500, 20_000).await;
-    let inbox = mailbox_id(&store, user, "INBOX").await;
-    let gone: Vec<u32> = (1..=raws.len() as u32).filter(|u| u % 10 != 0).collect();
-    store
-        .submit(
-            user,
-            Op::Expunge {
-                mailbox_id: inbox,
-                uids: gone,
-            },
-        )
-        .await
-        .unwrap();
+    keep_every_tenth(&store, user, raws.len() as u32).await;
     let before = store.status().unwrap()[0].clone();
     assert!(
         before.body_segments >= 20,
@@ -378,27 +411,11 @@ async fn reclaim_shrinks_the_body_files_online() {
         "{} bytes of segments for {live} live bytes",
         after.body_bytes
     );
-    let check = |store: Arc<Store>| {
-        let (raws, bob) = (raws.clone(), bob.clone());
-        async move {
-            for uid in (10..=raws.len() as u32).step_by(10) {
-                let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
-                assert!(got == raws[uid as usize - 1], "uid {uid}");
-            }
-            for (i, want) in bob.iter().enumerate() {
-                let got = store
-                    .raw("bob@example.test", "INBOX", i as u32 + 1)
-                    .await
-                    .unwrap();
-                assert!(got.as_ref() == Some(want), "bob {}", i + 1);
-            }
-        }
-    };
-    check(store.clone()).await;
+    assert_kept(&store, user, &raws, &bob).await;
     store.shutdown();
     drop(store);
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-    check(store.clone()).await;
+    assert_kept(&store, user, &raws, &bob).await;
     store.shutdown();
 }
 
@@ -414,18 +431,7 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     let user = "alice@example.test";
     let raws = fill(&store, user, 4000, 300).await;
-    let inbox = mailbox_id(&store, user, "INBOX").await;
-    let gone: Vec<u32> = (1..=raws.len() as u32).filter(|u| u % 10 != 0).collect();
-    store
-        .submit(
-            user,
-            Op::Expunge {
-                mailbox_id: inbox,
-                uids: gone,
-            },
-        )
-        .await
-        .unwrap();
+    keep_every_tenth(&store, user, raws.len() as u32).await;
     store.groups()[0].checkpoint().await.unwrap();
     let before = store.status().unwrap()[0].db_bytes;
 
@@ -444,35 +450,7 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     assert!(now * 2 < was, "{was} -> {now} bytes");
     assert_eq!(store.status().unwrap()[0].db_bytes, now);
 
-    let check = |store: Arc<Store>| {
-        let (raws, bob) = (raws.clone(), bob.clone());
-        async move {
-            let uids: Vec<u32> = store
-                .messages(user, "INBOX")
-                .await
-                .unwrap()
-                .iter()
-                .map(|(u, _)| *u)
-                .filter(|u| *u <= raws.len() as u32)
-                .collect();
-            assert_eq!(
-                uids,
-                (10..=raws.len() as u32).step_by(10).collect::<Vec<_>>()
-            );
-            for uid in uids {
-                let got = store.raw(user, "INBOX", uid).await.unwrap().unwrap();
-                assert!(got == raws[uid as usize - 1], "uid {uid}");
-            }
-            for (i, want) in bob.iter().enumerate() {
-                let got = store
-                    .raw("bob@example.test", "INBOX", i as u32 + 1)
-                    .await
-                    .unwrap();
-                assert!(got.as_ref() == Some(want), "bob {}", i + 1);
-            }
-        }
-    };
-    check(store.clone()).await;
+    assert_kept(&store, user, &raws, &bob).await;
     // Writes after the switch land in the new file.
     let late = traced(user, b"Subject: after\r\n\r\nafter the rebuild\r\n");
     store
@@ -482,7 +460,7 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     store.shutdown();
     drop(store);
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-    check(store.clone()).await;
+    assert_kept(&store, user, &raws, &bob).await;
     let last = *store
         .messages(user, "INBOX")
         .await
