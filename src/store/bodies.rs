@@ -82,11 +82,6 @@ impl BlobLoc {
             refs: u64_at(16),
         })
     }
-
-    /// Bytes the entry takes in its segment.
-    pub fn footprint(&self) -> u64 {
-        ENTRY_HEADER + u64::from(self.len)
-    }
 }
 
 /// A `locations` value: the body's hash and length.
@@ -422,8 +417,9 @@ impl BodyStore {
         w.open = Some((id, file.clone(), end));
         w.dirty.entry(id).or_insert(file);
         drop(w);
-        schema::set_meta(txn, K_BODY_SEGMENT, u64::from(id))?;
-        schema::set_meta(txn, K_BODY_END, end)?;
+        let mut meta = txn.open_table(schema::META)?;
+        meta.insert(K_BODY_SEGMENT, u64::from(id))?;
+        meta.insert(K_BODY_END, end)?;
         Ok(BlobLoc {
             segment: id,
             offset: at,
@@ -657,8 +653,9 @@ pub fn relocate(
     items: &[Relocation],
 ) -> Result<usize, StoreError> {
     let mut moved = 0;
+    let mut blobs = txn.open_table(BLOBS)?;
+    let mut locs = txn.open_table(LOCATIONS)?;
     for it in items {
-        let mut blobs = txn.open_table(BLOBS)?;
         let Some(old) = blobs
             .get(it.hash.as_slice())?
             .map(|v| BlobLoc::decode(v.value()))
@@ -672,7 +669,6 @@ pub fn relocate(
         let mut new = store.append(txn, &it.hash, &it.body)?;
         new.refs = old.refs;
         blobs.insert(it.hash.as_slice(), new.encode().as_slice())?;
-        let mut locs = txn.open_table(LOCATIONS)?;
         locs.remove((old.segment, old.offset))?;
         locs.insert(
             (new.segment, new.offset),

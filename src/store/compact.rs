@@ -19,8 +19,8 @@ use redb::{Database, Key, ReadTransaction, ReadableTable, TableDefinition, Value
 
 use super::StoreError;
 use super::schema::{
-    BLOBS, BODY_REFS, K_APPLIED_LSN, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED,
-    SUBSCRIPTIONS, TAGS, USERS,
+    BLOBS, BODY_REFS, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED, SUBSCRIPTIONS,
+    TAGS, USERS,
 };
 
 /// Rows per write transaction of the copy.
@@ -88,13 +88,13 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     }
 }
 
-/// Copies every table of the snapshot `src` into a new file at `path`;
-/// returns the LSN the copy holds. Not durable yet: [`finish`] makes it so.
+/// Copies every table of the snapshot `src` into a new file at `path`
+/// (not durable yet: the writer's catch-up makes it so).
 pub fn copy(
     src: &ReadTransaction,
     path: &Path,
     cache_bytes: usize,
-) -> Result<(Database, u64), StoreError> {
+) -> Result<Database, StoreError> {
     let _ = std::fs::remove_file(path);
     let dst = Database::builder()
         .set_cache_size(cache_bytes)
@@ -111,12 +111,7 @@ pub fn copy(
     copy_table(src, &dst, SUBSCRIPTIONS)?;
     copy_table(src, &dst, TAGS)?;
     copy_table(src, &dst, RESTORED)?;
-    let lsn = src
-        .open_table(META)?
-        .get(K_APPLIED_LSN)?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    Ok((dst, lsn))
+    Ok(dst)
 }
 
 /// Replaces the file at `db_path` by the rebuilt one at `temp` (already

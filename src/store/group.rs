@@ -278,7 +278,7 @@ impl Group {
         crate::failpoint::hit("compact-after-copy");
         let (reply, rx) = oneshot::channel();
         let new = match copied {
-            Ok((db, _)) => Some(db),
+            Ok(db) => Some(db),
             Err(e) => {
                 tracing::warn!(group = self.id, error = %e, "rebuilding the database failed");
                 None
@@ -288,9 +288,11 @@ impl Group {
         self.tx
             .send(Msg::RebuildFinish(new, reply))
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
-        if failed {
+        let switched = rx.blocking_recv().map_err(|_| StoreError::ShuttingDown)?;
+        if failed || switched.is_err() {
+            // Not renamed: the old file is the store.
             let _ = std::fs::remove_file(&temp);
+            switched?;
             return Ok(None);
         }
         let after = std::fs::metadata(&db_path).map_or(0, |m| m.len());

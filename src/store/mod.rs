@@ -1,7 +1,8 @@
 //! The current store: every user's live mailboxes, spread over storage groups.
 //!
-//! Only this module touches redb. Each group is a redb file plus a
-//! write-ahead log (`wal`), written by one thread (`group`) that turns
+//! Only this module touches redb. Each group is a redb file (metadata and
+//! indexes), its body segments (`bodies`) and a write-ahead log (`wal`),
+//! written by one thread (`group`) that turns
 //! requests into resolved records (`ops`), applies them (`schema`) and
 //! group-commits them; `recovery` replays the log at start-up. A user belongs
 //! to the group recorded for them in the store, so changing the configured
@@ -474,16 +475,9 @@ impl Store {
         uids: &[u32],
         with_body: bool,
     ) -> Result<Vec<Fetched>, StoreError> {
-        let group = self.group_of(user);
-        let mut tries = 0;
-        loop {
-            let txn = group.db().begin_read()?;
-            match fetch_in(&txn, &group.bodies, mailbox_id, uids, with_body) {
-                // Reclaimed since the snapshot: a newer one has the place.
-                Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
-                other => return other,
-            }
-        }
+        read_snapshot(self.group_of(user), |txn, bodies| {
+            fetch_in(txn, bodies, mailbox_id, uids, with_body)
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -493,20 +487,9 @@ impl Store {
     ) -> Result<T, StoreError> {
         self.activity.fetch_add(1, Ordering::Relaxed);
         let group = self.group_of(user).clone();
-        tokio::task::spawn_blocking(move || {
-            let mut tries = 0;
-            loop {
-                let txn = group.db().begin_read()?;
-                match f(&txn, &group.bodies) {
-                    // A reclaim moved a body since this snapshot was
-                    // taken: a newer one names where it is now.
-                    Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
-                    other => return other,
-                }
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || read_snapshot(&group, f))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     /// The user's mailboxes, sorted by name (empty for an unknown user).
@@ -643,6 +626,22 @@ impl Store {
     pub fn shutdown(&self) {
         for g in &self.groups {
             g.shutdown();
+        }
+    }
+}
+
+/// Runs `f` on a snapshot of `group`; again on a newer one when a reclaim
+/// deleted a body segment the snapshot named (`BodyMoved`).
+fn read_snapshot<T>(
+    group: &Group,
+    f: impl Fn(&redb::ReadTransaction, &bodies::BodyStore) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut tries = 0;
+    loop {
+        let txn = group.db().begin_read()?;
+        match f(&txn, &group.bodies) {
+            Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
+            other => return other,
         }
     }
 }
