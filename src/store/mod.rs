@@ -236,8 +236,7 @@ impl Store {
         let id = group.id;
         self.live
             .open(id, mailbox_id, move || {
-                let txn = group.db().begin_read()?;
-                snapshot_in(&txn, mailbox_id)
+                read_snapshot(&group, |txn, _| snapshot_in(txn, mailbox_id))
             })
             .await
     }
@@ -631,15 +630,24 @@ impl Store {
 }
 
 /// Runs `f` on a snapshot of `group`; again on a newer one when a reclaim
-/// deleted a body segment the snapshot named (`BodyMoved`).
+/// deleted a body segment the snapshot named (`BodyMoved`) or a rebuild
+/// replaced the database.
 fn read_snapshot<T>(
     group: &Group,
     f: impl Fn(&redb::ReadTransaction, &bodies::BodyStore) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let mut tries = 0;
     loop {
-        let txn = group.db().begin_read()?;
-        match f(&txn, &group.bodies) {
+        let db = group.db();
+        let result = db
+            .begin_read()
+            .map_err(StoreError::from)
+            .and_then(|txn| f(&txn, &group.bodies));
+        match result {
+            // A rebuild switched the group to a new file meanwhile (the
+            // old one may refuse new snapshots), or a reclaim deleted a
+            // segment the snapshot named: again on the current state.
+            Err(_) if tries < 3 && !Arc::ptr_eq(&db, &group.db()) => tries += 1,
             Err(StoreError::BodyMoved(_)) if tries < 3 => tries += 1,
             other => return other,
         }
