@@ -27,6 +27,7 @@ mod common;
 
 use common::{fetcher, p99, sender};
 use tiermail::backup::restore;
+use tiermail::backup::session::Mode;
 use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
@@ -168,7 +169,7 @@ fn main() {
         let t = Instant::now();
         let line = app
             .backup
-            .run_once(app.store.clone(), bcfg.clone())
+            .run_once(app.store.clone(), bcfg.clone(), Mode::Full)
             .await
             .expect("backup");
         let b_secs = t.elapsed().as_secs_f64();
@@ -215,7 +216,7 @@ fn main() {
                     let mut done = 0;
                     while !stop.load(Ordering::Relaxed) {
                         // The last one is cancelled at the window's end.
-                        if app.backup.run_once(app.store.clone(), bcfg.clone()).await.is_ok() {
+                        if app.backup.run_once(app.store.clone(), bcfg.clone(), Mode::Auto).await.is_ok() {
                             done += 1;
                         }
                     }
@@ -256,7 +257,7 @@ fn main() {
         // The newest backup, then "10 minutes" of mail: its log is what a
         // recovery replays.
         app.backup
-            .run_once(app.store.clone(), bcfg.clone())
+            .run_once(app.store.clone(), bcfg.clone(), Mode::Auto)
             .await
             .expect("backup");
         let file = tiermail::backup::drill::latest(&cfg.backup.targets).unwrap();

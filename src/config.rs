@@ -55,6 +55,7 @@ pub struct BackupConfig {
     pub max_age_days: u32,
     pub drill_schedule: String,
     pub min_free_mib: u64,
+    pub full_every: String,
 }
 
 impl StoreConfig {
@@ -76,6 +77,16 @@ impl BackupConfig {
         self.drill_schedule
             .parse()
             .unwrap_or(crate::scheduler::Schedule::Off)
+    }
+
+    /// How old a chain's full backup may be before the next backup is a
+    /// full one again ("0": every backup is full).
+    pub fn full_every(&self) -> std::time::Duration {
+        if self.full_every.trim() == "0" {
+            return std::time::Duration::ZERO;
+        }
+        crate::scheduler::parse_duration(&self.full_every)
+            .unwrap_or(std::time::Duration::from_secs(86_400))
     }
 
     pub fn max_staleness(&self) -> std::time::Duration {
@@ -381,6 +392,11 @@ impl Config {
             .parse::<crate::scheduler::Schedule>()
         {
             return Err(invalid("backup.drill_schedule", e));
+        }
+        if self.backup.full_every.trim() != "0"
+            && let Err(e) = crate::scheduler::parse_duration(&self.backup.full_every)
+        {
+            return Err(invalid("backup.full_every", e));
         }
         if let Err(e) = crate::scheduler::parse_duration(&self.backup.max_staleness) {
             return Err(invalid("backup.max_staleness", e));

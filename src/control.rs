@@ -82,9 +82,14 @@ pub async fn serve(app: Arc<App>, token: CancellationToken) {
                         Err(e) => format!("error: {e}\n"),
                     }
                 }
-                "backup run" => {
+                "backup run" | "backup run full" => {
                     let cfg = Arc::new(app.config.backup.clone());
-                    match app.backup.run_once(app.store.clone(), cfg).await {
+                    let mode = if line.trim() == "backup run full" {
+                        crate::backup::session::Mode::Full
+                    } else {
+                        crate::backup::session::Mode::Auto
+                    };
+                    match app.backup.run_once(app.store.clone(), cfg, mode).await {
                         Ok(line) => format!("{line}\n"),
                         Err(e) => format!("error: {e}\n"),
                     }

@@ -47,8 +47,13 @@ enum Command {
 #[derive(Subcommand)]
 enum BackupCommand {
     /// Take a backup now (in the running server, or offline when it is
-    /// stopped), to every target.
-    Run,
+    /// stopped), to every target: incremental when the newest backup can be
+    /// continued and its full one is younger than backup.full_every.
+    Run {
+        /// Take a full backup whatever the newest one is.
+        #[arg(long)]
+        full: bool,
+    },
     /// List the backups of every target (or one directory).
     List {
         #[arg(long, value_name = "DIR")]
@@ -429,14 +434,19 @@ fn offline_archives(config: &Config) -> anyhow::Result<tiermail::archive::regist
 }
 
 fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
-    use tiermail::backup::{agent::BackupAgent, restore, target};
+    use tiermail::backup::{agent::BackupAgent, restore, session, target};
     match cmd {
-        BackupCommand::Run => {
+        BackupCommand::Run { full } => {
             let cfg = std::sync::Arc::new(config.backup.clone());
-            in_server_or_offline(config, "backup run", |store| async move {
+            let (request, mode) = if full {
+                ("backup run full", session::Mode::Full)
+            } else {
+                ("backup run", session::Mode::Auto)
+            };
+            in_server_or_offline(config, request, |store| async move {
                 create_local_targets(config)?;
                 let line = BackupAgent::default()
-                    .run_once(store, cfg)
+                    .run_once(store, cfg, mode)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
                 Ok(format!("{line}\n"))
@@ -501,10 +511,21 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
                 .len();
             // One pass: every block's CRC, every mark and log record, and the
             // trailer's count and whole-file checksum (nothing is restored).
-            let (header, _) = restore::materialize(&file, &|_| None, &|_, _| {})
+            // An incremental backup is checked with every backup it builds on.
+            let chain = restore::chain_of(&file).map_err(|e| anyhow::anyhow!("DAMAGED: {e}"))?;
+            let (header, _) = restore::materialize_chain(&chain, &|_| None, &|_, _| {})
                 .map_err(|e| anyhow::anyhow!("DAMAGED: {e}"))?;
+            let kind = if chain.len() > 1 {
+                format!(
+                    "incremental, {} backups from {} checked",
+                    chain.len(),
+                    chain[0].display()
+                )
+            } else {
+                "full".to_string()
+            };
             println!(
-                "{}: ok: {size} bytes, {} storage groups, every checksum and mark checked",
+                "{}: ok: {size} bytes ({kind}), {} storage groups, every checksum and mark checked",
                 file.display(),
                 header.groups.len()
             );

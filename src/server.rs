@@ -364,7 +364,11 @@ async fn archive_activity(app: Arc<App>) {
 
 async fn backup_activity(app: Arc<App>) {
     let cfg = Arc::new(app.config.backup.clone());
-    if let Err(e) = app.backup.run_once(app.store.clone(), cfg).await {
+    if let Err(e) = app
+        .backup
+        .run_once(app.store.clone(), cfg, crate::backup::session::Mode::Auto)
+        .await
+    {
         tracing::warn!(error = %e, "scheduled backup did not complete");
     }
 }

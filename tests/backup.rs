@@ -16,6 +16,7 @@ use common::TestServer;
 use common::daemon::cli;
 use common::imap::Imap;
 use tiermail::backup::format::{self, Kind};
+use tiermail::backup::session::Mode;
 use tiermail::backup::{manifest, restore, target};
 use tiermail::config::Config;
 use tiermail::store::Store;
@@ -49,9 +50,17 @@ async fn smtp_deliver(addr: std::net::SocketAddr, first: usize, count: usize, si
 }
 
 async fn backup_now(server: &TestServer) -> String {
+    backup_as(server, Mode::Auto).await
+}
+
+async fn backup_as(server: &TestServer, mode: Mode) -> String {
     let app = server.app();
     app.backup
-        .run_once(app.store.clone(), Arc::new(server.config.backup.clone()))
+        .run_once(
+            app.store.clone(),
+            Arc::new(server.config.backup.clone()),
+            mode,
+        )
         .await
         .expect("backup succeeds")
 }
@@ -170,8 +179,8 @@ async fn a_backup_under_load_restores_the_live_state() {
     // digests the backup took from the live store then match the rebuilt
     // databases.
     let scratch = tempfile::tempdir().unwrap();
-    let (_, rebuilt) = restore::materialize(
-        &file,
+    let (_, rebuilt) = restore::materialize_chain(
+        &restore::chain_of(&file).unwrap(),
         &|id| Some(scratch.path().join(format!("{id}.redb"))),
         &|_, _| {},
     )
@@ -180,7 +189,7 @@ async fn a_backup_under_load_restores_the_live_state() {
     for r in &rebuilt {
         let (db, bodies) = tiermail::store::migrate::open_path(&r.path, 16 << 20).unwrap();
         let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let got = manifest::compute(&txn, &bodies, &Default::default()).unwrap();
+        let got = manifest::compute(&txn, &bodies).unwrap();
         assert!(
             manifest::differences(&r.manifest, &got).is_empty(),
             "{:?}",
@@ -273,7 +282,7 @@ async fn backup_with_patch(server: &TestServer) -> PathBuf {
     let target = &server.config.backup.targets[0];
     let mut found = None;
     for _ in 0..20 {
-        backup_now(server).await;
+        backup_as(server, Mode::Full).await;
         let file = backups(target).pop().unwrap();
         let d = restore::describe(&file).unwrap();
         if d.groups.iter().any(|(s, e)| e.end_lsn > s.image_lsn) {
@@ -304,8 +313,10 @@ async fn damaged_backups_are_refused_with_the_spot_named() {
     let mut r = format::Reader::new(&bytes[..]).unwrap();
     let mut image = None;
     let mut patch = None;
+    let mut segment = None;
     while let Some(b) = r.next_block().unwrap() {
         match b.kind {
+            Kind::Segment if segment.is_none() => segment = Some(b.offset),
             Kind::Image if image.is_none() && b.payload.len() > 100 => image = Some(b.offset),
             Kind::Patch if patch.is_none() && !b.payload.is_empty() => patch = Some(b.offset),
             _ => {}
@@ -313,6 +324,7 @@ async fn damaged_backups_are_refused_with_the_spot_named() {
     }
     let trailer = bytes.len() as u64 - (format::BLOCK_OVERHEAD + 12);
     let spots = [
+        ("segment", segment.unwrap()),
         ("image", image.unwrap()),
         ("patch", patch.unwrap()),
         ("trailer", trailer),
@@ -614,7 +626,11 @@ async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes
     let app = server.app();
     let line = app
         .backup
-        .run_once(app.store.clone(), Arc::new(server.config.backup.clone()))
+        .run_once(
+            app.store.clone(),
+            Arc::new(server.config.backup.clone()),
+            Mode::Auto,
+        )
         .await
         .expect("one good target is enough");
     assert!(
@@ -648,7 +664,7 @@ async fn a_missing_or_full_mirror_leaves_no_partial_file_and_the_other_completes
     cfg.min_free_mib = 1 << 40;
     let e = app
         .backup
-        .run_once(app.store.clone(), Arc::new(cfg))
+        .run_once(app.store.clone(), Arc::new(cfg), Mode::Auto)
         .await
         .unwrap_err();
     assert!(
@@ -678,7 +694,7 @@ async fn scheduled_backups_drills_retention_and_status() {
         dir.path(),
         &format!(
             "[backup]\nschedule = \"off\"\ndrill_schedule = \"off\"\nmax_staleness = \"1h\"\n\
-             keep = 2\ntargets = [\"{d}/data/backups\"]\n"
+             keep = 2\nfull_every = \"0\"\ntargets = [\"{d}/data/backups\"]\n"
         ),
     );
     let daemon = Daemon::start(&config);
@@ -763,7 +779,11 @@ async fn a_cancelled_backup_leaves_nothing_behind() {
         let before = backups(&target).len();
         let run = {
             let (app, cfg) = (app.clone(), Arc::new(server.config.backup.clone()));
-            tokio::spawn(async move { app.backup.run_once(app.store.clone(), cfg).await })
+            tokio::spawn(async move {
+                app.backup
+                    .run_once(app.store.clone(), cfg, Mode::Auto)
+                    .await
+            })
         };
         // Cancel as soon as the backup is under way (what shutdown does).
         let mut seen = false;
@@ -805,7 +825,7 @@ async fn messages_larger_than_a_block_cross_block_boundaries() {
     let server = TestServer::start_with(|c| c.store.groups = 1).await;
     smtp_deliver(server.smtp(), 0, 3, 1000).await;
     backup_now(&server).await;
-    // 12 MB: more than one 8 MiB block, as an image row and as a log record.
+    // 12 MB: more than one 8 MiB block, as segment bytes and as a log record.
     let mut big = b"Subject: big\r\n\r\n".to_vec();
     let mut i = 0u64;
     while big.len() < 12 << 20 {
@@ -825,7 +845,7 @@ async fn messages_larger_than_a_block_cross_block_boundaries() {
         .await
         .unwrap();
     let until = chrono::Utc::now() + chrono::Duration::seconds(1);
-    backup_now(&server).await;
+    backup_as(&server, Mode::Full).await;
     let target = &server.config.backup.targets[0];
     let files = backups(target);
     let (first, second) = (files[0].clone(), files[1].clone());
@@ -858,4 +878,177 @@ async fn messages_larger_than_a_block_cross_block_boundaries() {
         assert!(inbox.iter().any(|m| m == &big), "the big message came back");
         restored.shutdown();
     }
+}
+
+/// Bytes of every mailbox of every test user.
+async fn all_state(store: &Arc<Store>) -> Vec<UserState> {
+    let mut v = Vec::new();
+    for u in USERS {
+        v.push(user_state(store, u).await);
+    }
+    v
+}
+
+fn header_of(file: &Path) -> tiermail::backup::marks::Header {
+    restore::describe(file).unwrap().header
+}
+
+/// After a full backup, the next ones hold only the log written since
+/// (their size follows the new mail, not the store), name the backup they
+/// continue, and restore, verify and drill as one chain; a chain with a
+/// missing or damaged link is refused with the link named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backups_hold_the_new_mail_and_restore_as_a_chain() {
+    let server = TestServer::start_with(|c| c.store.groups = 2).await;
+    smtp_deliver(server.smtp(), 0, 200, 20_000).await;
+    backup_now(&server).await;
+    let target = server.config.backup.targets[0].clone();
+    let full = backups(&target).pop().unwrap();
+    assert!(
+        header_of(&full).parent.is_none(),
+        "the first backup is full"
+    );
+    let full_size = std::fs::metadata(&full).unwrap().len();
+
+    smtp_deliver(server.smtp(), 1000, 10, 20_000).await;
+    let line = backup_now(&server).await;
+    assert!(line.contains("incremental on"), "{line}");
+    let inc1 = backups(&target).pop().unwrap();
+    let h = header_of(&inc1);
+    let full_name = full.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(h.parent.as_deref(), Some(full_name.as_str()));
+    assert_eq!(h.base.as_deref(), Some(full_name.as_str()));
+    let inc1_size = std::fs::metadata(&inc1).unwrap().len();
+    // Ten messages of 20 KB: about 200 KB of log, not the 4 MB store.
+    assert!(
+        (200_000..600_000).contains(&inc1_size),
+        "incremental of {inc1_size} bytes after a full one of {full_size}"
+    );
+
+    // Flags, an expunge and more mail, then a second incremental.
+    let mut c = Imap::login(server.imap(), USERS[0]).await;
+    let r = c.run("a SELECT INBOX").await;
+    assert!(r.contains("a OK"), "{r}");
+    let r = c.run("b UID STORE 1:5 +FLAGS (\\Seen $Tagged)").await;
+    assert!(r.contains("b OK"), "{r}");
+    let r = c.run("c UID STORE 6 +FLAGS (\\Deleted)").await;
+    assert!(r.contains("c OK"), "{r}");
+    let r = c.run("d EXPUNGE").await;
+    assert!(r.contains("d OK"), "{r}");
+    smtp_deliver(server.smtp(), 2000, 5, 3_000).await;
+    backup_now(&server).await;
+    let inc2 = backups(&target).pop().unwrap();
+    let h = header_of(&inc2);
+    assert_eq!(
+        h.parent,
+        inc1.file_name().map(|n| n.to_string_lossy().into_owned())
+    );
+    assert_eq!(h.base.as_deref(), Some(full_name.as_str()));
+    assert!(std::fs::metadata(&inc2).unwrap().len() < 100_000);
+    let live = all_state(&server.store()).await;
+
+    // verify checks the whole chain, drill restores it and compares.
+    let out = tiermail_cli(&server)
+        .args(["backup", "verify"])
+        .arg(&inc2)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("incremental, 3 backups"),
+        "{text}"
+    );
+    let out = tiermail_cli(&server)
+        .args(["backup", "drill"])
+        .arg(&inc2)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ok: ") && text.contains("3 users"),
+        "{text}"
+    );
+
+    // Restored from the chain (no live log), the store is the live one.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    restore::restore(&restore::Options::new(&data, &inc2), &|_, _| {}).unwrap();
+    let restored = Store::open(&data, &Config::for_testing(dir.path()).store).unwrap();
+    assert_eq!(
+        all_state(&restored).await,
+        live,
+        "the chain restores the live state"
+    );
+    restored.shutdown();
+
+    // A chain with a link missing is refused, naming it.
+    let lonely = tempfile::tempdir().unwrap();
+    let copy = lonely.path().join(inc2.file_name().unwrap());
+    std::fs::copy(&inc2, &copy).unwrap();
+    std::fs::copy(&full, lonely.path().join(full.file_name().unwrap())).unwrap();
+    let err = restore::chain_of(&copy).unwrap_err().to_string();
+    assert!(
+        err.contains("chain is broken")
+            && err.contains(&*inc1.file_name().unwrap().to_string_lossy()),
+        "{err}"
+    );
+
+    // A damaged link: restore of the chain's last file names the damage.
+    std::fs::copy(&inc1, lonely.path().join(inc1.file_name().unwrap())).unwrap();
+    let mut bytes = std::fs::read(&inc1).unwrap();
+    let mut r = format::Reader::new(&bytes[..]).unwrap();
+    let mut patch = None;
+    while let Some(b) = r.next_block().unwrap() {
+        if b.kind == Kind::Patch && patch.is_none() {
+            patch = Some(b.offset);
+        }
+    }
+    let at = patch.expect("an incremental holds its log as a patch");
+    bytes[at as usize + 5 + 7] ^= 0x20;
+    std::fs::write(lonely.path().join(inc1.file_name().unwrap()), &bytes).unwrap();
+    let data = lonely.path().join("data");
+    let err = restore::restore(&restore::Options::new(&data, &copy), &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("at byte {at}")), "{err}");
+    assert!(
+        !data.join("groups/g000/store.redb").exists(),
+        "nothing restored"
+    );
+
+    // `backup run --full` starts a new chain.
+    let out = tiermail_cli(&server)
+        .args(["backup", "run", "--full"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(full,"), "{text}");
+    assert!(header_of(&backups(&target).pop().unwrap()).parent.is_none());
+}
+
+/// A backup written before body segments were copied whole (its image
+/// holds every message's bytes) restores and drills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_the_inline_kind_still_restores() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/backup-v1");
+    let file = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| target::started_at(p).is_some())
+        .expect("a backup in tests/data/backup-v1");
+    assert_eq!(
+        header_of(&file).image,
+        tiermail::backup::image::ImageKind::Inline
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = tiermail::backup::drill::drill(&file, &dir.path().join("scratch")).unwrap();
+    assert!(report.ok() && report.messages > 0, "{}", report.summary());
+    let data = dir.path().join("data");
+    restore::restore(&restore::Options::new(&data, &file), &|_, _| {}).unwrap();
+    let mut cfg = Config::for_testing(dir.path()).store;
+    cfg.groups = 2;
+    let store = Store::open(&data, &cfg).unwrap();
+    common::assert_store_v1_contents(&store).await;
+    store.shutdown();
 }

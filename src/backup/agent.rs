@@ -56,16 +56,19 @@ impl BackupAgent {
         &self,
         store: Arc<Store>,
         cfg: Arc<BackupConfig>,
+        mode: session::Mode,
     ) -> Result<String, String> {
         let _guard = claim(&self.running, "backup")?;
         let progress = Arc::new(Progress::default());
         *lock(&self.current) = Some(progress.clone());
         let started = Utc::now();
         let p = progress.clone();
-        let result = crate::background::run_alone("backup", move || session::run(&store, &cfg, &p))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = crate::background::run_alone("backup", move || {
+            session::run_with(&store, &cfg, &p, mode)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         *lock(&self.current) = None;
         let line = match &result {
             Ok(report) => {

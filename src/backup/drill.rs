@@ -81,8 +81,8 @@ pub fn drill(file: &Path, scratch: &Path) -> Result<DrillReport, BackupError> {
 type Pair = (Manifest, Manifest);
 
 fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError> {
-    let (_, restored) = restore::materialize(
-        file,
+    let (_, restored) = restore::materialize_chain(
+        &restore::chain_of(file)?,
         &|id| Some(scratch.join(format!("g{id:03}.redb"))),
         &|_, _| {},
     )?;
@@ -91,7 +91,7 @@ fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError>
         let (db, bodies) = crate::store::migrate::open_path(&r.path, 64 << 20)
             .map_err(|e| BackupError::Restore(format!("{}: {e}", r.path.display())))?;
         let txn = redb::ReadableDatabase::begin_read(&db)?;
-        let got = manifest::compute(&txn, &bodies, &Default::default())?;
+        let got = manifest::compute(&txn, &bodies)?;
         out.push((r.manifest.clone(), got));
     }
     Ok((restored.len(), out))

@@ -35,6 +35,9 @@ pub enum Kind {
     GroupEnd = 7,
     /// Block count and checksum of everything before it.
     Trailer = 8,
+    /// Bytes of one body segment of the group: `u32 segment id | u64
+    /// offset | bytes`.
+    Segment = 9,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             6 => Kind::Patch,
             7 => Kind::GroupEnd,
             8 => Kind::Trailer,
+            9 => Kind::Segment,
             _ => return None,
         })
     }

@@ -8,6 +8,13 @@
 //! A row is `u32 key length | key | u32 value length | value`; rows follow
 //! each other across block boundaries (a message body may be larger than a
 //! block), so a reader joins the blocks of one table before splitting rows.
+//!
+//! Two kinds of image exist. The inline kind (backups made before body
+//! segments were copied whole) holds every message's bytes as rows of a
+//! "bodies" table, loaded into new segments at restore. The segment kind,
+//! the one written now, holds the body indexes as they are and the segment
+//! bytes travel beside it (`store::export`), so a restore writes them back
+//! sequentially instead of storing body after body.
 
 use redb::{
     Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction,
@@ -16,16 +23,44 @@ use redb::{
 use crate::store::StoreError;
 use crate::store::bodies::{self, BodyStore};
 use crate::store::schema::{
-    BLOBS, BODY_REFS, DERIVED_TABLES, K_FORMAT, LOCAL_META, MAILBOX_IDS, MAILBOXES, MESSAGES, META,
+    BLOBS, BODY_REFS, K_FORMAT, LOCAL_META, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META,
     RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };
 
 /// Receives each row's key and value bytes.
 pub type RowSink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
-/// Index in [`TABLES`] of the bodies table (whose rows are hashed for the
-/// manifest while they stream).
+/// Index in [`TABLES`] of the bodies table of inline images.
 pub const BODIES_TABLE: u8 = 5;
+
+/// How an image holds the bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ImageKind {
+    /// Message bytes as rows of the "bodies" table.
+    Inline = 1,
+    /// Body indexes as rows; the segments copied beside the image.
+    Segments = 2,
+}
+
+impl ImageKind {
+    pub fn from_u8(b: u8) -> Option<ImageKind> {
+        match b {
+            1 => Some(ImageKind::Inline),
+            2 => Some(ImageKind::Segments),
+            _ => None,
+        }
+    }
+
+    /// The table indexes (of [`TABLES`]) such an image holds, in order.
+    pub fn tables(self) -> Vec<u8> {
+        let all = 0..TABLES.len() as u8;
+        match self {
+            ImageKind::Inline => all.take(9).collect(),
+            ImageKind::Segments => all.filter(|i| *i != BODIES_TABLE).collect(),
+        }
+    }
+}
 
 fn dump<K: Key + 'static, V: Value + 'static>(
     txn: &ReadTransaction,
@@ -49,67 +84,71 @@ fn load<K: Key + 'static, V: Value + 'static>(
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(def)?;
     for (k, v) in rows {
+        // redb's decoders of fixed-width types assume the width.
+        if K::fixed_width().is_some_and(|w| w != k.len())
+            || V::fixed_width().is_some_and(|w| w != v.len())
+        {
+            return Err(StoreError::Format(format!(
+                "a row of {} key and {} value bytes in table {}",
+                k.len(),
+                v.len(),
+                def.name()
+            )));
+        }
         table.insert(K::from_bytes(k), V::from_bytes(v))?;
     }
     Ok(())
 }
 
-/// Every message's exact bytes, keyed as format 1's `bodies` table was.
-fn dump_bodies(
-    txn: &ReadTransaction,
-    store: &BodyStore,
-    sink: &mut RowSink<'_>,
-) -> Result<(), StoreError> {
-    let refs = txn.open_table(BODY_REFS)?;
-    let blobs = txn.open_table(BLOBS)?;
-    for row in refs.iter()? {
-        let key = row?.0.value();
-        if let Some(raw) = bodies::read_with(&refs, &blobs, store, key)? {
-            sink(<(u64, u32)>::as_bytes(&key).as_ref(), &raw)?;
-        }
-    }
-    Ok(())
-}
-
-/// Calls `sink` with every row of table `index` (of [`TABLES`]), in key order.
+/// Calls `sink` with every row of table `index` (of [`TABLES`]) of an
+/// image of the segment kind, in key order.
 pub fn dump_table(
     txn: &ReadTransaction,
-    store: &BodyStore,
     index: u8,
     sink: &mut RowSink<'_>,
 ) -> Result<(), StoreError> {
     match index {
-        0 => dump(txn, META, &mut |k, v| {
-            let local = std::str::from_utf8(k).is_ok_and(|k| LOCAL_META.contains(&k));
-            if local { Ok(()) } else { sink(k, v) }
-        }),
+        0 => dump(txn, META, sink),
         1 => dump(txn, USERS, sink),
         2 => dump(txn, MAILBOXES, sink),
         3 => dump(txn, MAILBOX_IDS, sink),
         4 => dump(txn, MESSAGES, sink),
-        5 => dump_bodies(txn, store, sink),
         6 => dump(txn, SUBSCRIPTIONS, sink),
         7 => dump(txn, TAGS, sink),
         8 => dump(txn, RESTORED, sink),
-        _ => Err(StoreError::Format(format!("no table number {index}"))),
+        9 => dump(txn, BODY_REFS, sink),
+        10 => dump(txn, BLOBS, sink),
+        11 => dump(txn, LOCATIONS, sink),
+        _ => Err(StoreError::Format(format!(
+            "no table number {index} in an image"
+        ))),
     }
 }
 
-/// Inserts rows into table `index` of a database being restored (bodies
-/// into its segments).
+/// Inserts rows into table `index` of a database being restored from an
+/// image of `kind` (inline bodies into its segments).
 pub fn load_rows(
     txn: &WriteTransaction,
     store: &BodyStore,
+    kind: ImageKind,
     index: u8,
     rows: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<(), StoreError> {
+    if !kind.tables().contains(&index) {
+        return Err(StoreError::Format(format!(
+            "table number {index} in an image of the {kind:?} kind"
+        )));
+    }
     match index {
         0 => {
-            // The restored store has its own format and files.
+            // The restored store has its own format; an inline image's
+            // bodies get new segments, so their positions are its own too.
             let keep: Vec<(Vec<u8>, Vec<u8>)> = rows
                 .iter()
                 .filter(|(k, _)| {
-                    std::str::from_utf8(k).is_ok_and(|k| k != K_FORMAT && !LOCAL_META.contains(&k))
+                    std::str::from_utf8(k).is_ok_and(|k| {
+                        k != K_FORMAT && (kind == ImageKind::Segments || !LOCAL_META.contains(&k))
+                    })
                 })
                 .cloned()
                 .collect();
@@ -134,6 +173,9 @@ pub fn load_rows(
         6 => load(txn, SUBSCRIPTIONS, rows),
         7 => load(txn, TAGS, rows),
         8 => load(txn, RESTORED, rows),
+        9 => load(txn, BODY_REFS, rows),
+        10 => load(txn, BLOBS, rows),
+        11 => load(txn, LOCATIONS, rows),
         _ => Err(StoreError::Format(format!("no table number {index}"))),
     }
 }
@@ -141,7 +183,7 @@ pub fn load_rows(
 /// Fails when the database holds a table the image would leave out.
 pub fn check_tables(txn: &ReadTransaction) -> Result<(), StoreError> {
     for t in txn.list_tables()? {
-        if !TABLES.contains(&t.name()) && !DERIVED_TABLES.contains(&t.name()) {
+        if !TABLES.contains(&t.name()) {
             return Err(StoreError::Format(format!(
                 "table `{}` is not known to the backup image",
                 t.name()

@@ -22,22 +22,72 @@ pub struct UserDigest {
 
 pub type Manifest = BTreeMap<String, UserDigest>;
 
-/// Digests of every user in the snapshot `txn`. `known` gives body CRCs
-/// already computed (by (mailbox id, uid)); other bodies are read.
-pub fn compute(
-    txn: &ReadTransaction,
-    store: &BodyStore,
-    known: &HashMap<(u64, u32), u32>,
-) -> Result<Manifest, StoreError> {
-    compute_paced(txn, store, known, &mut || {})
+/// Digests of every user in the snapshot `txn`, reading every body (each
+/// one's checksum verified on the way): what a drill proves.
+pub fn compute(txn: &ReadTransaction, store: &BodyStore) -> Result<Manifest, StoreError> {
+    let refs = txn.open_table(schema::BODY_REFS)?;
+    let blobs = txn.open_table(schema::BLOBS)?;
+    digest(
+        txn,
+        &mut |key| {
+            Ok(bodies::read_with(&refs, &blobs, store, key)?
+                .map(|b| crc32c::crc32c(&b))
+                .unwrap_or(0))
+        },
+        &mut || {},
+    )
 }
 
-/// As [`compute`], calling `tick` every few hundred messages (a backup
-/// pauses there while sessions are active).
-pub fn compute_paced(
+/// The same digests from the CRCs the segments record for each body (one
+/// small read per message instead of its bytes), calling `tick` every few
+/// hundred messages (a backup pauses there while sessions are active).
+pub fn compute_recorded(
     txn: &ReadTransaction,
     store: &BodyStore,
-    known: &HashMap<(u64, u32), u32>,
+    tick: &mut dyn FnMut(),
+) -> Result<Manifest, StoreError> {
+    let refs = txn.open_table(schema::BODY_REFS)?;
+    let blobs = txn.open_table(schema::BLOBS)?;
+    let mut crcs: HashMap<bodies::Hash, (u32, u32)> = HashMap::new();
+    digest(
+        txn,
+        &mut |key| {
+            let Some(r) = refs.get(key)? else {
+                return Ok(0);
+            };
+            let (hash, prefix) = bodies::decode_ref(r.value())?;
+            let (body_crc, len) = match crcs.get(&hash) {
+                Some(c) => *c,
+                None => {
+                    let loc = blobs
+                        .get(hash.as_slice())?
+                        .map(|v| bodies::BlobLoc::decode(v.value()))
+                        .transpose()?
+                        .ok_or_else(|| {
+                            StoreError::Format(format!(
+                                "message {}/{} refers to a body that is not stored",
+                                key.0, key.1
+                            ))
+                        })?;
+                    let c = (store.entry_crc(&loc)?, loc.len);
+                    crcs.insert(hash, c);
+                    c
+                }
+            };
+            // The CRC of prefix + body, from the two parts' CRCs.
+            Ok(crc32c::crc32c_combine(
+                crc32c::crc32c(prefix),
+                body_crc,
+                len as usize,
+            ))
+        },
+        tick,
+    )
+}
+
+fn digest(
+    txn: &ReadTransaction,
+    body_crc: &mut dyn FnMut((u64, u32)) -> Result<u32, StoreError>,
     tick: &mut dyn FnMut(),
 ) -> Result<Manifest, StoreError> {
     let mut out = Manifest::new();
@@ -46,8 +96,6 @@ pub fn compute_paced(
     }
     let boxes = txn.open_table(schema::MAILBOXES)?;
     let messages = txn.open_table(schema::MESSAGES)?;
-    let refs = txn.open_table(schema::BODY_REFS)?;
-    let blobs = txn.open_table(schema::BLOBS)?;
     for row in boxes.iter()? {
         let (k, v) = row?;
         let key = k.value();
@@ -60,12 +108,7 @@ pub fn compute_paced(
             let (mk, mv) = m?;
             let uid = mk.value().1;
             let (_, _, _, flags) = MessageMeta::state_from_bytes(mv.value())?;
-            let body_crc = match known.get(&(info.id, uid)) {
-                Some(c) => *c,
-                None => bodies::read_with(&refs, &blobs, store, (info.id, uid))?
-                    .map(|b| crc32c::crc32c(&b))
-                    .unwrap_or(0),
-            };
+            let body_crc = body_crc((info.id, uid))?;
             let mut c = crc32c::crc32c_append(d.checksum, name.as_bytes());
             c = crc32c::crc32c_append(c, &[0]);
             c = crc32c::crc32c_append(c, &info.uidvalidity.to_le_bytes());

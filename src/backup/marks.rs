@@ -5,9 +5,12 @@
 
 use crate::store::codec::{Dec, DecodeError, Enc};
 
+use super::image::ImageKind;
 use super::manifest::{self, Manifest};
 
 const MARK_VERSION: u8 = 1;
+/// The header mark's own version: 2 added the image kind and the parent.
+const HEADER_VERSION: u8 = 2;
 
 /// The backup as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +19,13 @@ pub struct Header {
     pub host: String,
     /// (group id, kind) of every storage group in the backup.
     pub groups: Vec<(u32, String)>,
+    /// How the images hold the bodies (headers of version 1: inline).
+    pub image: ImageKind,
+    /// An incremental backup names the backup it continues (in the same
+    /// directory); its groups then have no image, only the log since.
+    pub parent: Option<String>,
+    /// ... and the full backup its chain starts from.
+    pub base: Option<String>,
 }
 
 /// A storage group begins; its image is the state at `image_lsn`, and its
@@ -57,18 +67,27 @@ pub struct GroupEnd {
 impl Header {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
-        e.u8(MARK_VERSION)
+        e.u8(HEADER_VERSION)
             .i64(self.created_ms)
             .str(&self.host)
             .u32(self.groups.len() as u32);
         for (id, kind) in &self.groups {
             e.u32(*id).str(kind);
         }
+        e.u8(self.image as u8);
+        match (&self.parent, &self.base) {
+            (Some(p), Some(b)) => e.u8(1).str(p).str(b),
+            _ => e.u8(0),
+        };
         e.finish()
     }
 
     pub fn decode(b: &[u8]) -> Result<Header, DecodeError> {
-        let mut d = version(b)?;
+        let mut d = Dec::new(b);
+        let v = d.u8()?;
+        if v != 1 && v != HEADER_VERSION {
+            return Err(DecodeError("unknown backup header version"));
+        }
         let created_ms = d.i64()?;
         let host = d.str()?;
         let n = d.count(8)?;
@@ -76,12 +95,30 @@ impl Header {
         for _ in 0..n {
             groups.push((d.u32()?, d.str()?));
         }
+        let (image, parent, base) = if v == 1 {
+            (ImageKind::Inline, None, None)
+        } else {
+            let image =
+                ImageKind::from_u8(d.u8()?).ok_or(DecodeError("unknown backup image kind"))?;
+            match d.u8()? {
+                0 => (image, None, None),
+                1 => (image, Some(d.str()?), Some(d.str()?)),
+                _ => return Err(DecodeError("bad parent flag in a backup header")),
+            }
+        };
         d.end()?;
         Ok(Header {
             created_ms,
             host,
             groups,
+            image,
+            parent,
+            base,
         })
+    }
+
+    pub fn incremental(&self) -> bool {
+        self.parent.is_some()
     }
 }
 
@@ -184,8 +221,22 @@ mod tests {
             created_ms: 1_790_000_000_000,
             host: "mx.example".into(),
             groups: vec![(0, "mail".into()), (3, "mail".into())],
+            image: ImageKind::Segments,
+            parent: None,
+            base: None,
         };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        let inc = Header {
+            parent: Some("tiermail-20261202T150100.066Z.tmbak".into()),
+            base: Some("tiermail-20261202T140100.066Z.tmbak".into()),
+            ..h.clone()
+        };
+        assert_eq!(Header::decode(&inc.encode()).unwrap(), inc);
+        // A version 1 header (written before segments were copied whole).
+        let mut v1 = Enc::new();
+        v1.u8(1).i64(5).str("h").u32(1).u32(0).str("mail");
+        let old = Header::decode(&v1.finish()).unwrap();
+        assert_eq!((old.image, old.parent), (ImageKind::Inline, None));
         let g = GroupStart {
             id: 3,
             image_lsn: 99,

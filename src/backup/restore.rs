@@ -17,10 +17,11 @@ use redb::Database;
 
 use super::BackupError;
 use super::format::{Kind, Reader, Skimmer};
-use super::image;
+use super::image::{self, ImageKind};
 use super::manifest::Manifest;
 use super::marks::{self, GroupEnd, GroupStart, Header};
 use crate::store::bodies::{self, BodyStore};
+use crate::store::export::SegmentImporter;
 use crate::store::group::group_dir;
 use crate::store::migrate;
 use crate::store::record::Record;
@@ -34,6 +35,9 @@ const LOAD_BATCH_BYTES: usize = 64 << 20;
 const REPLAY_BATCH: usize = 2_000;
 /// Largest key or value an image row may declare.
 const ROW_LIMIT: usize = 1 << 30;
+/// Largest body segment a backup may hold (segments are cut at
+/// `store.body_segment_mib`; one body past that gets a segment of its own).
+const MAX_SEGMENT: u64 = 16 << 30;
 
 /// One group rebuilt from a backup (not yet rolled forward).
 #[derive(Debug)]
@@ -150,6 +154,8 @@ impl<'a> Replayer<'a> {
 struct Current {
     start: GroupStart,
     db: Option<(Database, BodyStore, PathBuf)>,
+    /// The segments of an image of the segment kind, being written.
+    segments: Option<SegmentImporter>,
     table: Option<u8>,
     rows: Vec<u8>,
     pending: Vec<(Vec<u8>, Vec<u8>)>,
@@ -159,6 +165,7 @@ struct Current {
     log: Vec<u8>,
     log_next: u64,
     files: bool,
+    kind: ImageKind,
 }
 
 impl Current {
@@ -169,7 +176,7 @@ impl Current {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::None)
                 .map_err(crate::store::StoreError::from)?;
-            image::load_rows(&txn, bodies, t, &self.pending)?;
+            image::load_rows(&txn, bodies, self.kind, t, &self.pending)?;
             txn.commit()?;
         }
         self.pending.clear();
@@ -231,18 +238,29 @@ fn materialize_inner(
                 if header.is_some() {
                     return Err(bad("a second header mark".into()));
                 }
-                header = Some(Header::decode(&block.payload).map_err(|e| bad(e.to_string()))?);
+                let h = Header::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                if let Some(p) = &h.parent {
+                    return Err(bad(format!(
+                        "an incremental backup (it continues {p}): restore it with the backups it builds on"
+                    )));
+                }
+                header = Some(h);
             }
             Kind::GroupStart => {
                 if cur.is_some() {
                     return Err(bad("a group starts before the last one ended".into()));
                 }
                 let start = GroupStart::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                let kind = header.as_ref().map_or(ImageKind::Inline, |h| h.image);
+                let mut segments = None;
                 let db = match select(start.id) {
                     Some(path) => {
                         bodies::remove_with(&path);
                         made.push(path.clone());
                         let (db, bodies) = open_db(&path)?;
+                        if kind == ImageKind::Segments {
+                            segments = Some(SegmentImporter::new(&path, MAX_SEGMENT)?);
+                        }
                         Some((db, bodies, path))
                     }
                     None => None,
@@ -250,6 +268,8 @@ fn materialize_inner(
                 cur = Some(Current {
                     start,
                     db,
+                    segments,
+                    kind,
                     table: None,
                     rows: Vec::new(),
                     pending: Vec::new(),
@@ -290,6 +310,23 @@ fn materialize_inner(
                     c.load_pending()?;
                 }
             }
+            Kind::Segment => {
+                let c = cur
+                    .as_mut()
+                    .ok_or_else(|| bad("segment bytes outside a group".into()))?;
+                if c.files || c.kind != ImageKind::Segments || c.table.is_some() {
+                    return Err(bad("segment bytes out of place".into()));
+                }
+                if block.payload.len() < 12 {
+                    return Err(bad("a segment block too short for its position".into()));
+                }
+                if let Some(imp) = c.segments.as_mut() {
+                    let id = u32::from_le_bytes(block.payload[..4].try_into().expect("4 bytes"));
+                    let off = u64::from_le_bytes(block.payload[4..12].try_into().expect("8 bytes"));
+                    imp.write(id, off, &block.payload[12..])
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+            }
             Kind::Files => {
                 let c = cur
                     .as_mut()
@@ -298,6 +335,17 @@ fn materialize_inner(
                     return Err(bad("an image row is cut off".into()));
                 }
                 c.load_pending()?;
+                if let Some(imp) = c.segments.take() {
+                    imp.finish().map_err(|e| bad(e.to_string()))?;
+                    crate::failpoint::hit("restore-after-segments");
+                    // Opened again so that the body store takes the copied
+                    // segments as its own (the patch appends to them).
+                    if let Some((db, bodies, path)) = c.db.take() {
+                        drop((db, bodies));
+                        let (db, bodies) = open_db(&path)?;
+                        c.db = Some((db, bodies, path));
+                    }
+                }
                 marks::decode_files(&block.payload).map_err(|e| bad(e.to_string()))?;
                 c.files = true;
             }
@@ -408,6 +456,205 @@ fn materialize_inner(
     let header = header.ok_or_else(|| damaged(file, reader.offset(), "no header mark"))?;
     progress(total, total);
     Ok((header, done))
+}
+
+/// The backups `file` builds on, its full backup first and `file` last:
+/// an incremental backup names the one it continues, in the same
+/// directory.
+pub fn chain_of(file: &Path) -> Result<Vec<PathBuf>, BackupError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let mut chain = vec![(file.to_path_buf(), describe(file)?)];
+    loop {
+        let (here, d) = chain.last().expect("not empty");
+        let Some(parent) = d.header.parent.clone() else {
+            break;
+        };
+        let here_name = here.file_name().map(|n| n.to_string_lossy().into_owned());
+        // A bare backup name, older than the one naming it: never a path
+        // elsewhere, never a loop.
+        if super::target::started_at(Path::new(&parent)).is_none()
+            || parent.contains('/')
+            || here_name.is_none_or(|h| parent >= h)
+        {
+            return Err(BackupError::Restore(format!(
+                "{} names `{parent}` as the backup it continues: not an older backup's name",
+                here.display()
+            )));
+        }
+        let path = dir.join(&parent);
+        if !path.exists() {
+            return Err(BackupError::Restore(format!(
+                "{} continues {parent}, which is not in {}: the chain is broken",
+                here.display(),
+                dir.display()
+            )));
+        }
+        let older = describe(&path)?;
+        // Each group of the incremental starts where the older one ends.
+        for (start, _) in &d.groups {
+            let end = older.groups.iter().find(|(s, _)| s.id == start.id);
+            if end.is_none_or(|(_, e)| e.end_lsn != start.image_lsn) {
+                return Err(BackupError::Restore(format!(
+                    "{}: group {} starts at LSN {}, which is not where {parent} ends",
+                    here.display(),
+                    start.id,
+                    start.image_lsn
+                )));
+            }
+        }
+        chain.push((path, older));
+    }
+    Ok(chain.into_iter().rev().map(|(p, _)| p).collect())
+}
+
+/// As [`materialize`], for a chain from [`chain_of`]: its full backup
+/// rebuilt, then the log of each incremental one applied, every checksum
+/// of every file checked. The result is the state the last file ends at.
+pub fn materialize_chain(
+    chain: &[PathBuf],
+    select: &dyn Fn(u32) -> Option<PathBuf>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Header, Vec<Restored>), BackupError> {
+    let first = chain
+        .first()
+        .ok_or_else(|| BackupError::Restore("no backup to restore".into()))?;
+    let (header, mut restored) = materialize(first, select, progress)?;
+    if chain.len() == 1 {
+        return Ok((header, restored));
+    }
+    let result = (|| {
+        let mut dbs = Vec::with_capacity(restored.len());
+        for r in &restored {
+            dbs.push(open_db(&r.path)?);
+        }
+        let mut rps: Vec<Replayer> = dbs
+            .iter()
+            .zip(&restored)
+            .map(|((db, b), r)| Replayer::new(db, b, r.end_lsn, None))
+            .collect();
+        for pair in chain.windows(2) {
+            roll_incremental(&pair[1], &pair[0], &mut restored, &mut rps)?;
+        }
+        for (rp, r) in rps.into_iter().zip(&restored) {
+            rp.finish(Some(r.end_lsn))?;
+        }
+        Ok::<(), BackupError>(())
+    })();
+    if let Err(e) = result {
+        for r in &restored {
+            bodies::remove_with(&r.path);
+        }
+        return Err(e);
+    }
+    Ok((header, restored))
+}
+
+/// Applies incremental backup `file`, which must continue `parent`, to the
+/// groups restored so far.
+fn roll_incremental(
+    file: &Path,
+    parent: &Path,
+    restored: &mut [Restored],
+    rps: &mut [Replayer],
+) -> Result<(), BackupError> {
+    let f = std::fs::File::open(file).map_err(|e| BackupError::io(file, e))?;
+    let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| BackupError::Restore(format!("{}: {e}", file.display())))?;
+    let parent_name = parent.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut cur: Option<usize> = None;
+    let mut in_group = false;
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    let mut header = false;
+    while let Some(block) = reader
+        .next_block()
+        .map_err(|e| BackupError::Restore(format!("{}: {e}", file.display())))?
+    {
+        let at = block.offset;
+        let bad = |p: String| damaged(file, at, p);
+        match block.kind {
+            Kind::Header => {
+                let h = Header::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                if header || h.parent != parent_name {
+                    return Err(bad(format!("it does not continue {}", parent.display())));
+                }
+                header = true;
+            }
+            _ if !header => return Err(bad("the file does not start with a header mark".into())),
+            Kind::GroupStart => {
+                if in_group {
+                    return Err(bad("a group starts before the last one ended".into()));
+                }
+                let st = GroupStart::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                in_group = true;
+                cur = restored.iter().position(|r| r.id == st.id);
+                if let Some(i) = cur {
+                    if st.image_lsn != restored[i].end_lsn {
+                        return Err(bad(format!(
+                            "group {} continues from LSN {}, the backups before it end at {}",
+                            st.id, st.image_lsn, restored[i].end_lsn
+                        )));
+                    }
+                    seen.push(st.id);
+                }
+            }
+            Kind::Files if in_group => {
+                marks::decode_files(&block.payload).map_err(|e| bad(e.to_string()))?;
+            }
+            Kind::Patch if in_group => {
+                buf.extend_from_slice(&block.payload);
+                let mut recs = Vec::new();
+                wal::take_framed(&mut buf, &mut recs).map_err(&bad)?;
+                if let Some(i) = cur {
+                    for r in recs {
+                        rps[i].feed(r, &|| {
+                            format!("{}: patch block at byte {at}", file.display())
+                        })?;
+                    }
+                }
+            }
+            Kind::GroupEnd if in_group => {
+                let end = GroupEnd::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
+                if !buf.is_empty() {
+                    return Err(bad("the group ends inside its log".into()));
+                }
+                if let Some(i) = cur.take() {
+                    if rps[i].applied != end.end_lsn {
+                        return Err(bad(format!(
+                            "the log reaches LSN {} but the group ends at {}",
+                            rps[i].applied, end.end_lsn
+                        )));
+                    }
+                    restored[i].end_lsn = end.end_lsn;
+                    restored[i].end_ms = end.end_ms;
+                    restored[i].manifest = end.manifest;
+                }
+                in_group = false;
+            }
+            k => {
+                return Err(bad(format!(
+                    "a {k:?} block has no place in an incremental backup"
+                )));
+            }
+        }
+    }
+    if in_group {
+        return Err(damaged(
+            file,
+            reader.offset(),
+            "the last group has no end mark",
+        ));
+    }
+    for r in restored.iter() {
+        if !seen.contains(&r.id) {
+            return Err(BackupError::Restore(format!(
+                "{} holds no log of storage group {}",
+                file.display(),
+                r.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What `describe` finds in a backup without reading its bulk.
@@ -603,8 +850,8 @@ pub fn restore(
         let dir = group_dir(&opts.data_dir, *id);
         std::fs::create_dir_all(dir.join("wal")).map_err(|e| BackupError::io(&dir, e))?;
     }
-    let (_, restored) = materialize(
-        &opts.file,
+    let (_, restored) = materialize_chain(
+        &chain_of(&opts.file)?,
         &|id| chosen.contains(&id).then(|| temp(id)),
         progress,
     )?;
@@ -655,6 +902,7 @@ pub fn restore(
         }
         return Err(e);
     }
+    crate::failpoint::hit("restore-before-rename");
     // Everything is rebuilt: move it into place.
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     for r in &restored {

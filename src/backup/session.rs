@@ -11,7 +11,6 @@
 //! them (`store::group`), so the records after S stay readable until this
 //! backup succeeds and tells each group how far it reached.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,11 +21,14 @@ use redb::ReadableDatabase;
 use super::BackupError;
 use super::format::{Kind, MAX_BLOCK, Writer};
 use super::image;
+use super::image::ImageKind;
 use super::manifest;
 use super::marks::{FileEntry, GroupEnd, GroupStart, Header, Role, encode_files};
+use super::restore;
 use super::target::{self, Mirrors, Outcome};
 use crate::config::BackupConfig;
-use crate::store::schema::{self, K_APPLIED_LSN, TABLES};
+use crate::store::export;
+use crate::store::schema::{self, K_APPLIED_LSN};
 use crate::store::wal;
 use crate::store::{Group, Store};
 
@@ -46,6 +48,8 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub name: String,
+    /// The backup an incremental one continues (`None`: a full backup).
+    pub parent: Option<String>,
     pub bytes: u64,
     pub secs: f64,
     /// (group, image LSN, end LSN) of every group.
@@ -70,8 +74,12 @@ impl Report {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} ({} bytes, {} groups, {:.1}s, {:.1} MB/s) written to {} of {} targets",
+            "{} ({}, {} bytes, {} groups, {:.1}s, {:.1} MB/s) written to {} of {} targets",
             self.name,
+            match &self.parent {
+                Some(p) => format!("incremental on {p}"),
+                None => "full".into(),
+            },
             self.bytes,
             self.groups.len(),
             self.secs,
@@ -215,16 +223,100 @@ impl<'a, 'p> Chunker<'a, 'p> {
     }
 }
 
-/// Takes one backup of every group of `store` to every target of `cfg`.
-/// Blocking: run it on a background thread. Succeeds when at least one
-/// target holds a checked copy; the others' failures are in the report.
+/// Which kind of backup to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Incremental when the previous backup can be continued and its full
+    /// backup is younger than `backup.full_every`; full otherwise.
+    Auto,
+    Full,
+}
+
+/// The backup an incremental one would continue, and why there is none.
+fn continuable(
+    store: &Store,
+    cfg: &BackupConfig,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(String, String), String> {
+    let full_every = cfg.full_every();
+    if full_every.is_zero() {
+        return Err("backup.full_every is 0".into());
+    }
+    let mut newest = None;
+    for dir in &cfg.targets {
+        let last = target::backups(dir)
+            .ok()
+            .and_then(|v| v.last().cloned())
+            .ok_or_else(|| format!("{} holds no backup", dir.display()))?;
+        let name = last.file_name().map(|n| n.to_string_lossy().into_owned());
+        match &newest {
+            None => newest = Some((last, name)),
+            Some((_, n)) if *n == name => {}
+            Some(_) => return Err("the targets' newest backups differ".into()),
+        }
+    }
+    let (path, name) = newest.ok_or("no targets")?;
+    let name = name.unwrap_or_default();
+    let d = restore::describe(&path).map_err(|e| e.to_string())?;
+    let base = d.header.base.clone().unwrap_or_else(|| name.clone());
+    if d.header.image != ImageKind::Segments {
+        return Err(format!("{name} is of an older kind"));
+    }
+    if d.groups.len() != store.groups().len() {
+        return Err(format!("{name} holds other storage groups"));
+    }
+    for (g, (start, end)) in store.groups().iter().zip(&d.groups) {
+        if start.id != g.id || g.stats.backup_lsn.load(Ordering::Relaxed) != end.end_lsn {
+            return Err(format!(
+                "{name} does not end where group {} was last backed up",
+                g.id
+            ));
+        }
+    }
+    let age = target::started_at(std::path::Path::new(&base))
+        .map(|t| (now - t).to_std().unwrap_or_default())
+        .ok_or_else(|| format!("{base} is not a backup name"))?;
+    if age >= full_every {
+        return Err(format!(
+            "the full backup {base} is older than backup.full_every ({})",
+            cfg.full_every
+        ));
+    }
+    Ok((name, base))
+}
+
+/// Takes one backup of every group of `store` to every target of `cfg`,
+/// incremental where it can be. Blocking: run it on a background thread.
+/// Succeeds when at least one target holds a checked copy; the others'
+/// failures are in the report.
 pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Report, BackupError> {
+    run_with(store, cfg, progress, Mode::Auto)
+}
+
+/// As [`run`], choosing the kind.
+pub fn run_with(
+    store: &Store,
+    cfg: &BackupConfig,
+    progress: &Progress,
+    mode: Mode,
+) -> Result<Report, BackupError> {
     if cfg.targets.is_empty() {
         return Err(BackupError::NoTargets);
     }
     let started = Instant::now();
     let now = chrono::Utc::now();
     let name = target::backup_name(now);
+    let chain = match mode {
+        Mode::Full => None,
+        Mode::Auto => match continuable(store, cfg, now) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::info!(reason = %why, "taking a full backup");
+                None
+            }
+        },
+    };
+    let incremental = chain.is_some();
     let mirrors = Mirrors::open(
         &cfg.targets,
         &name,
@@ -239,6 +331,9 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
             .iter()
             .map(|g| (g.id, "mail".to_string()))
             .collect(),
+        image: ImageKind::Segments,
+        parent: chain.as_ref().map(|(p, _)| p.clone()),
+        base: chain.as_ref().map(|(_, b)| b.clone()),
     };
     let (tx, rx) = crossbeam_channel::bounded::<(Kind, Vec<u8>)>(8);
     let (groups, bytes, targets) = std::thread::scope(|scope| {
@@ -266,7 +361,7 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
             let mut groups = Vec::new();
             let mut pacer = Pacer::new(store);
             for g in store.groups() {
-                let (s, e) = backup_group(g, &sink, progress, &mut pacer)?;
+                let (s, e) = backup_group(g, &sink, progress, &mut pacer, incremental)?;
                 groups.push((g.id, s, e));
                 progress.groups_done.fetch_add(1, Ordering::Relaxed);
             }
@@ -286,6 +381,7 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
     })?;
     let report = Report {
         name,
+        parent: chain.map(|(p, _)| p),
         bytes,
         secs: started.elapsed().as_secs_f64(),
         groups,
@@ -309,7 +405,9 @@ pub fn run(store: &Store, cfg: &BackupConfig, progress: &Progress) -> Result<Rep
     }
     for o in &report.targets {
         if o.result.is_ok() {
-            match target::apply_retention(&o.dir, cfg.keep, cfg.max_age_days, now) {
+            match target::apply_retention(&o.dir, cfg.keep, cfg.max_age_days, now, &|p| {
+                restore::describe(p).ok().and_then(|d| d.header.parent)
+            }) {
                 Ok(gone) => {
                     for p in gone {
                         tracing::info!(file = %p.display(), "old backup removed (retention)");
@@ -330,12 +428,19 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Streams one group; returns (image LSN, end LSN).
+/// Bytes of a segment per block (with its 12-byte position, well under
+/// `MAX_BLOCK`).
+const SEGMENT_CHUNK: usize = 4 << 20;
+
+/// Streams one group; returns (image LSN, end LSN). An incremental backup
+/// (`incremental`) holds no image: only the log from the previous backup's
+/// end, as the patch on top of it.
 fn backup_group(
     g: &Group,
     w: &Sink,
     progress: &Progress,
     pacer: &mut Pacer,
+    incremental: bool,
 ) -> Result<(u64, u64), BackupError> {
     let floor = match g.stats.backup_lsn.load(Ordering::Relaxed) {
         u64::MAX => 0,
@@ -344,55 +449,65 @@ fn backup_group(
     // The image reads bodies from this snapshot: no segment it names may
     // be deleted by a reclaim until the group is done.
     let _pin = g.bodies.pin();
-    let txn = g.db().begin_read()?;
-    image::check_tables(&txn)?;
-    let image_lsn = applied(&txn)?;
-    // Log files continue the previous backup; the first backup of a group
-    // has none to continue (its image is where history starts).
-    let segments = wal::list_segments(&g.dir.join("wal"))?;
-    let oldest = segments.first().map_or(image_lsn + 1, |(f, _)| *f);
-    let log_from = if floor == 0 {
-        image_lsn + 1
+    let (image_lsn, log_from) = if incremental {
+        (floor, floor + 1)
     } else {
-        (floor + 1).max(oldest).min(image_lsn + 1)
-    };
-    w.block(
-        Kind::GroupStart,
-        GroupStart {
-            id: g.id,
-            image_lsn,
-            log_from,
-        }
-        .encode(),
-    )?;
-    let mut body_crcs: HashMap<(u64, u32), u32> = HashMap::new();
-    for index in 0..TABLES.len() as u8 {
-        let mut c = Chunker::new(w, Kind::Image, Some(index), progress, pacer);
-        image::dump_table(&txn, &g.bodies, index, &mut |k, v| {
-            if index == image::BODIES_TABLE && k.len() == 12 {
-                let mb = u64::from_le_bytes(k[..8].try_into().expect("8 bytes"));
-                let uid = u32::from_le_bytes(k[8..].try_into().expect("4 bytes"));
-                body_crcs.insert((mb, uid), crc32c::crc32c(v));
+        let txn = g.db().begin_read()?;
+        image::check_tables(&txn)?;
+        let image_lsn = applied(&txn)?;
+        // Log files continue the previous backup; the first backup of a
+        // group has none to continue (its image is where history starts).
+        let segments = wal::list_segments(&g.dir.join("wal"))?;
+        let oldest = segments.first().map_or(image_lsn + 1, |(f, _)| *f);
+        let log_from = if floor == 0 {
+            image_lsn + 1
+        } else {
+            (floor + 1).max(oldest).min(image_lsn + 1)
+        };
+        w.block(
+            Kind::GroupStart,
+            GroupStart {
+                id: g.id,
+                image_lsn,
+                log_from,
             }
-            // A row (`image` module docs), written straight into the chunk.
-            let pushed = c
-                .push(&(k.len() as u32).to_le_bytes())
-                .and_then(|()| c.push(k))
-                .and_then(|()| c.push(&(v.len() as u32).to_le_bytes()))
-                .and_then(|()| c.push(v));
-            pushed.map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))
-        })?;
-        c.flush()?;
+            .encode(),
+        )?;
+        copy_segments(g, &txn, w, progress, pacer)?;
+        crate::failpoint::hit("backup-after-segments");
+        for index in ImageKind::Segments.tables() {
+            let mut c = Chunker::new(w, Kind::Image, Some(index), progress, pacer);
+            image::dump_table(&txn, index, &mut |k, v| {
+                // A row (`image` module docs), written straight into the chunk.
+                let pushed = c
+                    .push(&(k.len() as u32).to_le_bytes())
+                    .and_then(|()| c.push(k))
+                    .and_then(|()| c.push(&(v.len() as u32).to_le_bytes()))
+                    .and_then(|()| c.push(v));
+                pushed.map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))
+            })?;
+            c.flush()?;
+        }
+        (image_lsn, log_from)
+    };
+    if incremental {
+        w.block(
+            Kind::GroupStart,
+            GroupStart {
+                id: g.id,
+                image_lsn,
+                log_from,
+            }
+            .encode(),
+        )?;
     }
-    drop(txn);
 
     // The end of this group's backup: everything applied by now.
     let txn = g.db().begin_read()?;
     let end_lsn = applied(&txn)?;
     let end_ms = chrono::Utc::now().timestamp_millis();
-    let digests = manifest::compute_paced(&txn, &g.bodies, &body_crcs, &mut || pacer.pace(w))?;
+    let digests = manifest::compute_recorded(&txn, &g.bodies, &mut || pacer.pace(w))?;
     drop(txn);
-    drop(body_crcs);
 
     // Which segments hold the log (log_from..=S) and patch (S+1..=E).
     let segments = wal::list_segments(&g.dir.join("wal"))?;
@@ -475,6 +590,9 @@ fn backup_group(
             )));
         }
     }
+    if incremental {
+        crate::failpoint::hit("backup-incremental-after-log");
+    }
     w.block(
         Kind::GroupEnd,
         GroupEnd {
@@ -485,6 +603,38 @@ fn backup_group(
         .encode(),
     )?;
     Ok((image_lsn, end_lsn))
+}
+
+/// Streams the body segments the snapshot `txn` refers to, each from its
+/// start to where the snapshot's state ends in it.
+fn copy_segments(
+    g: &Group,
+    txn: &redb::ReadTransaction,
+    w: &Sink,
+    progress: &Progress,
+    pacer: &mut Pacer,
+) -> Result<(), BackupError> {
+    for span in export::spans(txn, &g.bodies)? {
+        let mut at = 0u64;
+        while at < span.len {
+            if progress.cancel.load(Ordering::Relaxed) {
+                return Err(BackupError::Cancelled);
+            }
+            let n = (span.len - at).min(SEGMENT_CHUNK as u64) as usize;
+            let mut block = Vec::with_capacity(12 + n);
+            block.extend_from_slice(&span.id.to_le_bytes());
+            block.extend_from_slice(&at.to_le_bytes());
+            block.resize(12 + n, 0);
+            export::read_span(&g.bodies, span.id, at, &mut block[12..])?;
+            progress
+                .bytes
+                .fetch_add(block.len() as u64, Ordering::Relaxed);
+            w.block(Kind::Segment, block)?;
+            pacer.pace(w);
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 fn applied(txn: &redb::ReadTransaction) -> Result<u64, BackupError> {

@@ -319,25 +319,41 @@ pub fn backups(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Deletes backups beyond the newest `keep` and those older than
-/// `max_age_days` (0: no limit), never the newest. Returns what went.
+/// `max_age_days` (0: no limit), never the newest and never one that a
+/// kept incremental backup builds on (`parent_of` names the backup a file
+/// continues). Returns what went.
 pub fn apply_retention(
     dir: &Path,
     keep: u32,
     max_age_days: u32,
     now: DateTime<Utc>,
+    parent_of: &dyn Fn(&Path) -> Option<String>,
 ) -> std::io::Result<Vec<PathBuf>> {
     let all = backups(dir)?;
     let n = all.len();
-    let mut removed = Vec::new();
-    for (i, path) in all.into_iter().enumerate() {
+    let name = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned());
+    let mut kept: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (i, path) in all.iter().enumerate() {
         let newer = n - 1 - i;
-        if newer == 0 {
-            break;
-        }
         let too_old = max_age_days > 0
-            && started_at(&path)
+            && started_at(path)
                 .is_some_and(|t| now - t > chrono::Duration::days(i64::from(max_age_days)));
-        if newer >= keep as usize || too_old {
+        if newer == 0 || (newer < keep as usize && !too_old) {
+            kept.extend(name(path));
+        }
+    }
+    // Newest first, so that a kept backup's parent is kept before the
+    // parent itself is looked at.
+    for path in all.iter().rev() {
+        if name(path).is_some_and(|n| kept.contains(&n))
+            && let Some(p) = parent_of(path)
+        {
+            kept.insert(p);
+        }
+    }
+    let mut removed = Vec::new();
+    for path in all {
+        if !name(&path).is_some_and(|n| kept.contains(&n)) {
             std::fs::remove_file(&path)?;
             removed.push(path);
         }
@@ -368,14 +384,78 @@ mod tests {
             let name = backup_name(now - chrono::Duration::days(days));
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
+        let full = |_: &Path| None;
         // Keep 4 and nothing older than 30 days: the 40-day one goes.
-        assert_eq!(apply_retention(dir.path(), 4, 30, now).unwrap().len(), 1);
+        assert_eq!(
+            apply_retention(dir.path(), 4, 30, now, &full)
+                .unwrap()
+                .len(),
+            1
+        );
         // Keep 10, max 10 days: the 20-day one goes.
-        assert_eq!(apply_retention(dir.path(), 10, 10, now).unwrap().len(), 1);
+        assert_eq!(
+            apply_retention(dir.path(), 10, 10, now, &full)
+                .unwrap()
+                .len(),
+            1
+        );
         // Keep 1: only the newest stays, even with an age limit of 1 day.
-        assert_eq!(apply_retention(dir.path(), 1, 0, now).unwrap().len(), 2);
+        assert_eq!(
+            apply_retention(dir.path(), 1, 0, now, &full).unwrap().len(),
+            2
+        );
         assert_eq!(backups(dir.path()).unwrap().len(), 1);
-        let all_old = apply_retention(dir.path(), 1, 1, now + chrono::Duration::days(9));
+        let all_old = apply_retention(dir.path(), 1, 1, now + chrono::Duration::days(9), &full);
         assert!(all_old.unwrap().is_empty(), "the newest is never deleted");
+    }
+
+    #[test]
+    fn retention_keeps_what_incrementals_build_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        // A full backup 5 days ago with four incrementals after it, then a
+        // new full and one incremental.
+        let names: Vec<String> = [5, 4, 3, 2, 1]
+            .iter()
+            .map(|d| backup_name(now - chrono::Duration::days(*d)))
+            .chain([
+                backup_name(now - chrono::Duration::hours(2)),
+                backup_name(now - chrono::Duration::hours(1)),
+            ])
+            .collect();
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let parents: std::collections::HashMap<String, String> =
+            [(1, 0), (2, 1), (3, 2), (4, 3), (6, 5)]
+                .iter()
+                .map(|(c, p)| (names[*c].clone(), names[*p].clone()))
+                .collect();
+        let parent_of = |p: &Path| {
+            parents
+                .get(&p.file_name().unwrap().to_string_lossy().into_owned())
+                .cloned()
+        };
+        // Keep 4: the two newest of the first chain are kept, so are the
+        // three they build on; nothing goes.
+        assert!(
+            apply_retention(dir.path(), 4, 0, now, &parent_of)
+                .unwrap()
+                .is_empty()
+        );
+        // Keep 2: only the second chain; the first goes whole.
+        assert_eq!(
+            apply_retention(dir.path(), 2, 0, now, &parent_of)
+                .unwrap()
+                .len(),
+            5
+        );
+        // Keep 1: the newest incremental keeps its full backup.
+        assert!(
+            apply_retention(dir.path(), 1, 0, now, &parent_of)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(backups(dir.path()).unwrap().len(), 2);
     }
 }

@@ -68,7 +68,11 @@ async fn copy(
     let path = scratch.join(format!("g{id:03}.redb"));
     let (f, p) = (file.to_path_buf(), path.clone());
     let (_, restored) = crate::background::run_alone("restore", move || {
-        restore::materialize(&f, &|g| (g == id).then(|| p.clone()), &|_, _| {})
+        restore::materialize_chain(
+            &restore::chain_of(&f)?,
+            &|g| (g == id).then(|| p.clone()),
+            &|_, _| {},
+        )
     })
     .await
     .map_err(|e| BackupError::Restore(e.to_string()))??;

@@ -92,7 +92,7 @@ fn location_value(hash: &Hash, len: u32) -> [u8; 36] {
     v
 }
 
-fn decode_location(b: &[u8]) -> Result<(Hash, u32), StoreError> {
+pub(super) fn decode_location(b: &[u8]) -> Result<(Hash, u32), StoreError> {
     if b.len() != 36 {
         return Err(StoreError::Format(format!("location of {} bytes", b.len())));
     }
@@ -147,7 +147,7 @@ pub fn split_trace(raw: &[u8]) -> (&[u8], &[u8]) {
     raw.split_at(pos)
 }
 
-fn segment_name(id: u32) -> String {
+pub(super) fn segment_name(id: u32) -> String {
     format!("{id:08}.body")
 }
 
@@ -204,7 +204,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StoreError> {
     Ok(v)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))
@@ -516,7 +516,7 @@ impl BodyStore {
         w.open.as_ref().map(|(id, _, _)| *id)
     }
 
-    fn handle(&self, segment: u32) -> Result<Arc<File>, StoreError> {
+    pub(super) fn handle(&self, segment: u32) -> Result<Arc<File>, StoreError> {
         let mut h = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = h.get(&segment) {
             return Ok(f.clone());
@@ -532,6 +532,25 @@ impl BodyStore {
         };
         h.insert(segment, f.clone());
         Ok(f)
+    }
+
+    /// The CRC-32C recorded for the body at `loc` (its entry header only,
+    /// length checked): a digest over many messages without reading them.
+    pub fn entry_crc(&self, loc: &BlobLoc) -> Result<u32, StoreError> {
+        let f = self.handle(loc.segment)?;
+        let mut head = [0u8; 8];
+        f.read_exact_at(&mut head, loc.offset)
+            .map_err(|e| StoreError::io(&self.dir.join(segment_name(loc.segment)), e))?;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        if len != loc.len {
+            return Err(StoreError::Format(format!(
+                "{} at {}: a body of {len} bytes where {} were recorded",
+                self.dir.join(segment_name(loc.segment)).display(),
+                loc.offset,
+                loc.len
+            )));
+        }
+        Ok(u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")))
     }
 
     /// The body at `loc`, its length and CRC checked.

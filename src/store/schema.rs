@@ -45,9 +45,11 @@ pub const TAGS: TableDefinition<(u64, u32), ()> = TableDefinition::new("tags");
 pub const RESTORED: TableDefinition<(u64, u32), u32> = TableDefinition::new("restored");
 
 /// The tables of a backup image, by their index there. "bodies" is no
-/// longer a redb table: an image still holds each message's bytes under
-/// that name (so images of every format restore alike), read from and
-/// loaded into the body segments.
+/// longer a redb table: an image of the inline kind (written before body
+/// segments were copied whole) holds each message's bytes under that name,
+/// loaded into the body segments at restore. An image of the segment kind
+/// leaves it out and holds the last three, which point into the segments
+/// copied beside it.
 pub const TABLES: &[&str] = &[
     "meta",
     "users",
@@ -58,10 +60,10 @@ pub const TABLES: &[&str] = &[
     "subscriptions",
     "tags",
     "restored",
+    "body_refs",
+    "blobs",
+    "locations",
 ];
-
-/// Tables an image leaves out because loading its bodies rebuilds them.
-pub const DERIVED_TABLES: &[&str] = &["body_refs", "blobs", "locations"];
 
 pub const K_FORMAT: &str = "format_version";
 pub const K_APPLIED_LSN: &str = "applied_lsn";
@@ -73,8 +75,9 @@ pub const K_LAST_UIDVALIDITY: &str = "last_uidvalidity";
 /// The body segment appended to, and how far it reaches in this state.
 pub const K_BODY_SEGMENT: &str = "body_segment";
 pub const K_BODY_END: &str = "body_end";
-/// Meta keys that describe this group's files, not its mail: an image
-/// leaves them out.
+/// Meta keys that describe this group's files, not its mail: an image of
+/// the inline kind leaves them out (one of the segment kind keeps them, as
+/// it keeps the segments).
 pub const LOCAL_META: &[&str] = &[K_BODY_SEGMENT, K_BODY_END];
 /// 1: bodies in the `bodies` table; 2: bodies in segment files.
 pub const FORMAT_VERSION: u64 = 2;
