@@ -56,6 +56,7 @@ pub struct BackupConfig {
     pub drill_schedule: String,
     pub min_free_mib: u64,
     pub full_every: String,
+    pub continuous_interval: String,
 }
 
 impl StoreConfig {
@@ -87,6 +88,12 @@ impl BackupConfig {
         }
         crate::scheduler::parse_duration(&self.full_every)
             .unwrap_or(std::time::Duration::from_secs(86_400))
+    }
+
+    /// Least time between the starts of two continuous backups.
+    pub fn continuous_interval(&self) -> std::time::Duration {
+        crate::scheduler::parse_duration(&self.continuous_interval)
+            .unwrap_or(std::time::Duration::from_secs(60))
     }
 
     pub fn max_staleness(&self) -> std::time::Duration {
@@ -397,6 +404,9 @@ impl Config {
             && let Err(e) = crate::scheduler::parse_duration(&self.backup.full_every)
         {
             return Err(invalid("backup.full_every", e));
+        }
+        if let Err(e) = crate::scheduler::parse_duration(&self.backup.continuous_interval) {
+            return Err(invalid("backup.continuous_interval", e));
         }
         if let Err(e) = crate::scheduler::parse_duration(&self.backup.max_staleness) {
             return Err(invalid("backup.max_staleness", e));

@@ -364,12 +364,25 @@ async fn archive_activity(app: Arc<App>) {
 
 async fn backup_activity(app: Arc<App>) {
     let cfg = Arc::new(app.config.backup.clone());
+    let started = std::time::Instant::now();
     if let Err(e) = app
         .backup
-        .run_once(app.store.clone(), cfg, crate::backup::session::Mode::Auto)
+        .run_once(
+            app.store.clone(),
+            cfg.clone(),
+            crate::backup::session::Mode::Auto,
+        )
         .await
     {
         tracing::warn!(error = %e, "scheduled backup did not complete");
+    }
+    // Continuous backups are incremental and cheap, but each is a file
+    // a restore reads: no more than one per `continuous_interval`.
+    if cfg.schedule() == crate::scheduler::Schedule::Continuous {
+        let gap = cfg.continuous_interval();
+        if let Some(rest) = gap.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
     }
 }
 

@@ -189,7 +189,7 @@ async fn a_backup_under_load_restores_the_live_state() {
     for r in &rebuilt {
         let (db, bodies) = tiermail::store::migrate::open_path(&r.path, 16 << 20).unwrap();
         let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let got = manifest::compute(&txn, &bodies).unwrap();
+        let got = manifest::compute_verified(&txn, &bodies).unwrap();
         assert!(
             manifest::differences(&r.manifest, &got).is_empty(),
             "{:?}",
@@ -734,7 +734,8 @@ async fn scheduled_backups_drills_retention_and_status() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[backup]\nschedule = \"continuous\"\ndrill_schedule = \"every 1s\"\n\
+            "[backup]\nschedule = \"continuous\"\ncontinuous_interval = \"1s\"\n\
+             full_every = \"0\"\ndrill_schedule = \"every 1s\"\n\
              keep = 3\ntargets = [\"{d}/data/backups\"]\n"
         ),
     );
@@ -1051,4 +1052,37 @@ async fn a_backup_of_the_inline_kind_still_restores() {
     let store = Store::open(&data, &cfg).unwrap();
     common::assert_store_v1_contents(&store).await;
     store.shutdown();
+}
+
+/// With `schedule = "continuous"` backups follow each other, incremental
+/// after the first, but no sooner than `continuous_interval` apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_backups_are_incremental_and_spaced() {
+    let server = TestServer::start_with(|c| {
+        c.store.groups = 1;
+        c.backup.schedule = "continuous".into();
+        c.backup.continuous_interval = "3s".into();
+    })
+    .await;
+    smtp_deliver(server.smtp(), 0, 5, 2_000).await;
+    let target = server.config.backup.targets[0].clone();
+    let t = std::time::Instant::now();
+    while backups(&target).len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no second backup");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = backups(&target);
+    let (a, b) = (
+        target::started_at(&all[0]).unwrap(),
+        target::started_at(&all[1]).unwrap(),
+    );
+    assert!(
+        b - a >= chrono::Duration::milliseconds(2_900),
+        "{a} then {b}"
+    );
+    assert!(header_of(&all[0]).parent.is_none());
+    assert!(
+        header_of(&all[1]).parent.is_some(),
+        "the second is incremental"
+    );
 }

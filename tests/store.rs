@@ -471,3 +471,94 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     assert!(store.raw(user, "INBOX", last).await.unwrap().unwrap() == late);
     store.shutdown();
 }
+
+/// Every mailbox's digest in `store` next to the one recomputed from its
+/// messages (they must be equal).
+fn digests(
+    store: &Store,
+) -> Vec<(
+    String,
+    Option<tiermail::store::digest::MailboxDigest>,
+    tiermail::store::digest::MailboxDigest,
+)> {
+    use redb::{ReadableDatabase, ReadableTable};
+    use tiermail::store::schema::{BODY_REFS, MAILBOXES, MESSAGES, MailboxInfo};
+    let mut out = Vec::new();
+    for g in store.groups() {
+        let db = g.db();
+        let txn = db.begin_read().unwrap();
+        let messages = txn.open_table(MESSAGES).unwrap();
+        let refs = txn.open_table(BODY_REFS).unwrap();
+        for row in txn.open_table(MAILBOXES).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            let info = MailboxInfo::from_bytes(v.value()).unwrap();
+            let again = tiermail::store::digest::recompute(&messages, &refs, info.id).unwrap();
+            out.push((k.value().replace('\0', "/"), info.digest, again));
+        }
+    }
+    out
+}
+
+/// Deliveries, flag changes, copies, moves, expunges, renames and deletes
+/// over IMAP keep each mailbox's digest equal to one computed from its
+/// messages, before and after a restart; a store written before digests
+/// were kept gets them at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_digests_follow_every_change() {
+    use common::imap::Imap;
+    let mut server = common::TestServer::start_with(|c| c.store.groups = 2).await;
+    for n in 0..12 {
+        for user in ["alice@example.test", "bob@example.test"] {
+            server.store().deliver(delivery(user, n)).await.unwrap();
+        }
+    }
+    let mut c = Imap::login(server.imap(), "alice@example.test").await;
+    for cmd in [
+        "a CREATE Work",
+        "b SELECT INBOX",
+        "c UID STORE 1:4 +FLAGS (\\Seen $Label1)",
+        "d UID COPY 1:6 Work",
+        "e UID MOVE 7:8 Work",
+        "f UID STORE 9 +FLAGS (\\Deleted)",
+        "g EXPUNGE",
+        "h RENAME Work Projects",
+        "i CREATE Gone",
+        "j UID COPY 10:12 Gone",
+        "k DELETE Gone",
+        "l SELECT Projects",
+        "m UID STORE 1:* -FLAGS (\\Seen)",
+    ] {
+        let tag = cmd.split(' ').next().unwrap();
+        let r = c.run(cmd).await;
+        assert!(r.contains(&format!("{tag} OK")), "{cmd}: {r}");
+    }
+    let check = |store: &Store| {
+        let all = digests(store);
+        assert!(all.len() >= 3, "{all:?}");
+        for (name, kept, again) in &all {
+            assert_eq!(kept.as_ref(), Some(again), "{name}");
+        }
+        all
+    };
+    let before = check(&server.store());
+    assert!(
+        before
+            .iter()
+            .any(|(n, _, d)| n.ends_with("/Projects") && d.messages == 8),
+        "{before:?}"
+    );
+    drop(c);
+    server.restart().await;
+    assert_eq!(check(&server.store()), before, "the same after a restart");
+    server.stop().await;
+
+    // The format 1 store (written before digests) gets them at its start.
+    let dir = tempfile::tempdir().unwrap();
+    common::install_store_v1(dir.path());
+    let mut cfg = Config::for_testing(dir.path());
+    cfg.store.groups = 2;
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let v1 = check(&store);
+    assert!(v1.iter().any(|(_, _, d)| d.messages > 0), "{v1:?}");
+    store.shutdown();
+}

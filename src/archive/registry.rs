@@ -153,6 +153,7 @@ pub fn snapshot(
         } else {
             String::new()
         },
+        digest: None,
     };
     (info, msgs)
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::BackupError;
+use super::image::ImageKind;
 use super::manifest::{self, Manifest};
 use super::restore;
 use super::target;
@@ -81,7 +82,7 @@ pub fn drill(file: &Path, scratch: &Path) -> Result<DrillReport, BackupError> {
 type Pair = (Manifest, Manifest);
 
 fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError> {
-    let (_, restored) = restore::materialize_chain(
+    let (header, restored) = restore::materialize_chain(
         &restore::chain_of(file)?,
         &|id| Some(scratch.join(format!("g{id:03}.redb"))),
         &|_, _| {},
@@ -91,7 +92,10 @@ fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError>
         let (db, bodies) = crate::store::migrate::open_path(&r.path, 64 << 20)
             .map_err(|e| BackupError::Restore(format!("{}: {e}", r.path.display())))?;
         let txn = redb::ReadableDatabase::begin_read(&db)?;
-        let got = manifest::compute(&txn, &bodies)?;
+        let got = match header.image {
+            ImageKind::Inline => manifest::compute(&txn, &bodies)?,
+            ImageKind::Segments => manifest::compute_verified(&txn, &bodies)?,
+        };
         out.push((r.manifest.clone(), got));
     }
     Ok((restored.len(), out))

@@ -4,13 +4,14 @@
 //! a restore drill recomputes them from what it restored and compares, so a
 //! drill proves the restored mail, not just the file's checksums.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use redb::{ReadTransaction, ReadableTable};
 
 use crate::store::StoreError;
 use crate::store::bodies::{self, BodyStore};
 use crate::store::codec::{Dec, DecodeError, Enc};
+use crate::store::digest::{self, MailboxDigest};
 use crate::store::message::MessageMeta;
 use crate::store::schema::{self, MailboxInfo};
 
@@ -22,73 +23,76 @@ pub struct UserDigest {
 
 pub type Manifest = BTreeMap<String, UserDigest>;
 
-/// Digests of every user in the snapshot `txn`, reading every body (each
-/// one's checksum verified on the way): what a drill proves.
+/// Digests of every user in the snapshot `txn` as backups of the inline
+/// kind recorded them (a checksum chained over every message), reading
+/// every body (each one's checksum verified on the way): what a drill of
+/// such a backup compares.
 pub fn compute(txn: &ReadTransaction, store: &BodyStore) -> Result<Manifest, StoreError> {
     let refs = txn.open_table(schema::BODY_REFS)?;
     let blobs = txn.open_table(schema::BLOBS)?;
-    digest(
-        txn,
-        &mut |key| {
-            Ok(bodies::read_with(&refs, &blobs, store, key)?
-                .map(|b| crc32c::crc32c(&b))
-                .unwrap_or(0))
-        },
-        &mut || {},
-    )
+    chained(txn, &mut |key| {
+        Ok(bodies::read_with(&refs, &blobs, store, key)?
+            .map(|b| crc32c::crc32c(&b))
+            .unwrap_or(0))
+    })
 }
 
-/// The same digests from the CRCs the segments record for each body (one
-/// small read per message instead of its bytes), calling `tick` every few
-/// hundred messages (a backup pauses there while sessions are active).
-pub fn compute_recorded(
-    txn: &ReadTransaction,
-    store: &BodyStore,
-    tick: &mut dyn FnMut(),
-) -> Result<Manifest, StoreError> {
+/// Digests of every user from the digests each mailbox keeps (one row per
+/// mailbox, whatever the number of messages): what a backup records. A
+/// backup of the segment kind records these; of the inline kind, those of
+/// [`compute`].
+pub fn recorded(txn: &ReadTransaction) -> Result<Manifest, StoreError> {
+    let messages = txn.open_table(schema::MESSAGES)?;
+    let refs = txn.open_table(schema::BODY_REFS)?;
+    summed(txn, &mut |info| match info.digest {
+        Some(d) => Ok(d),
+        None => digest::recompute(&messages, &refs, info.id),
+    })
+}
+
+/// The digests of [`recorded`], recomputed from every message and body
+/// (each body read, its checksum and hash checked): what a drill of a
+/// backup of the segment kind compares.
+pub fn compute_verified(txn: &ReadTransaction, store: &BodyStore) -> Result<Manifest, StoreError> {
+    let messages = txn.open_table(schema::MESSAGES)?;
     let refs = txn.open_table(schema::BODY_REFS)?;
     let blobs = txn.open_table(schema::BLOBS)?;
-    let mut crcs: HashMap<bodies::Hash, (u32, u32)> = HashMap::new();
-    digest(
-        txn,
-        &mut |key| {
-            let Some(r) = refs.get(key)? else {
-                return Ok(0);
-            };
-            let (hash, prefix) = bodies::decode_ref(r.value())?;
-            let (body_crc, len) = match crcs.get(&hash) {
-                Some(c) => *c,
-                None => {
-                    let loc = blobs
-                        .get(hash.as_slice())?
-                        .map(|v| bodies::BlobLoc::decode(v.value()))
-                        .transpose()?
-                        .ok_or_else(|| {
-                            StoreError::Format(format!(
-                                "message {}/{} refers to a body that is not stored",
-                                key.0, key.1
-                            ))
-                        })?;
-                    let c = (store.entry_crc(&loc)?, loc.len);
-                    crcs.insert(hash, c);
-                    c
-                }
-            };
-            // The CRC of prefix + body, from the two parts' CRCs.
-            Ok(crc32c::crc32c_combine(
-                crc32c::crc32c(prefix),
-                body_crc,
-                len as usize,
-            ))
-        },
-        tick,
-    )
+    summed(txn, &mut |info| {
+        digest::recompute_verified(&messages, &refs, &blobs, store, info.id)
+    })
 }
 
-fn digest(
+fn summed(
+    txn: &ReadTransaction,
+    mailbox: &mut dyn FnMut(&MailboxInfo) -> Result<MailboxDigest, StoreError>,
+) -> Result<Manifest, StoreError> {
+    let mut out = Manifest::new();
+    for row in txn.open_table(schema::USERS)?.iter()? {
+        out.insert(row?.0.value().to_string(), UserDigest::default());
+    }
+    for row in txn.open_table(schema::MAILBOXES)?.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let Some((user, name)) = key.split_once('\0') else {
+            continue;
+        };
+        let info = MailboxInfo::from_bytes(v.value())?;
+        let m = mailbox(&info)?;
+        let d = out.entry(user.to_string()).or_default();
+        let mut c = crc32c::crc32c_append(d.checksum, name.as_bytes());
+        c = crc32c::crc32c_append(c, &[0]);
+        c = crc32c::crc32c_append(c, &info.uidvalidity.to_le_bytes());
+        c = crc32c::crc32c_append(c, &m.messages.to_le_bytes());
+        c = crc32c::crc32c_append(c, &m.sum.to_le_bytes());
+        d.checksum = c;
+        d.messages += m.messages;
+    }
+    Ok(out)
+}
+
+fn chained(
     txn: &ReadTransaction,
     body_crc: &mut dyn FnMut((u64, u32)) -> Result<u32, StoreError>,
-    tick: &mut dyn FnMut(),
 ) -> Result<Manifest, StoreError> {
     let mut out = Manifest::new();
     for row in txn.open_table(schema::USERS)?.iter()? {
@@ -120,9 +124,6 @@ fn digest(
             c = crc32c::crc32c_append(c, &body_crc.to_le_bytes());
             d.checksum = c;
             d.messages += 1;
-            if d.messages.is_multiple_of(256) {
-                tick();
-            }
         }
     }
     Ok(out)

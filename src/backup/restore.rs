@@ -850,8 +850,9 @@ pub fn restore(
         let dir = group_dir(&opts.data_dir, *id);
         std::fs::create_dir_all(dir.join("wal")).map_err(|e| BackupError::io(&dir, e))?;
     }
+    let chain = chain_of(&opts.file)?;
     let (_, restored) = materialize_chain(
-        &chain_of(&opts.file)?,
+        &chain,
         &|id| chosen.contains(&id).then(|| temp(id)),
         progress,
     )?;

@@ -506,7 +506,7 @@ fn backup_group(
     let txn = g.db().begin_read()?;
     let end_lsn = applied(&txn)?;
     let end_ms = chrono::Utc::now().timestamp_millis();
-    let digests = manifest::compute_recorded(&txn, &g.bodies, &mut || pacer.pace(w))?;
+    let digests = manifest::recorded(&txn)?;
     drop(txn);
 
     // Which segments hold the log (log_from..=S) and patch (S+1..=E).

@@ -534,6 +534,7 @@ mod tests {
             uidnext: 10,
             highestmodseq: 5,
             special_use: String::new(),
+            digest: None,
         }
     }
 

@@ -534,25 +534,6 @@ impl BodyStore {
         Ok(f)
     }
 
-    /// The CRC-32C recorded for the body at `loc` (its entry header only,
-    /// length checked): a digest over many messages without reading them.
-    pub fn entry_crc(&self, loc: &BlobLoc) -> Result<u32, StoreError> {
-        let f = self.handle(loc.segment)?;
-        let mut head = [0u8; 8];
-        f.read_exact_at(&mut head, loc.offset)
-            .map_err(|e| StoreError::io(&self.dir.join(segment_name(loc.segment)), e))?;
-        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-        if len != loc.len {
-            return Err(StoreError::Format(format!(
-                "{} at {}: a body of {len} bytes where {} were recorded",
-                self.dir.join(segment_name(loc.segment)).display(),
-                loc.offset,
-                loc.len
-            )));
-        }
-        Ok(u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")))
-    }
-
     /// The body at `loc`, its length and CRC checked.
     pub fn read(&self, loc: &BlobLoc) -> Result<Vec<u8>, StoreError> {
         let f = self.handle(loc.segment)?;

@@ -667,6 +667,7 @@ mod tests {
                     uidnext: 3,
                     highestmodseq: 11,
                     special_use: String::new(),
+                    digest: None,
                 };
                 Ok(Some((
                     info,
@@ -705,6 +706,7 @@ mod tests {
                     uidnext: UIDS + 1,
                     highestmodseq: 1,
                     special_use: String::new(),
+                    digest: None,
                 };
                 let msgs = (1..=UIDS)
                     .map(|uid| MessageState {

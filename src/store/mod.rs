@@ -12,6 +12,7 @@
 pub mod bodies;
 pub mod codec;
 pub mod compact;
+pub mod digest;
 pub mod export;
 pub mod group;
 pub mod live;

@@ -314,6 +314,7 @@ fn create_user(
                 uidnext: 1,
                 highestmodseq: 1,
                 special_use: special.to_string(),
+                digest: None,
             },
         ));
     }

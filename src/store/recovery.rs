@@ -141,6 +141,10 @@ pub fn recover(
     let txn = db.begin_write()?;
     let applied_now = schema::get_meta(&txn, K_APPLIED_LSN)?;
     schema::set_meta(&txn, K_CHECKPOINT_LSN, applied_now)?;
+    let filled = super::digest::backfill(&txn)?;
+    if filled > 0 {
+        tracing::info!(mailboxes = filled, "mailbox digests computed");
+    }
     txn.commit()?;
     report.next_lsn = last_lsn.max(applied_now) + 1;
     Ok(report)

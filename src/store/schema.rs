@@ -10,6 +10,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use super::StoreError;
 use super::bodies::BodyStore;
 use super::codec::{Dec, DecodeError, Enc};
+use super::digest::{Change, MailboxDigest, message_hash};
 use super::message::MessageMeta;
 use super::record::Record;
 
@@ -91,7 +92,8 @@ pub const DEFAULT_MAILBOXES: &[(&str, &str)] = &[
     ("Junk", "\\Junk"),
 ];
 
-const MAILBOX_VERSION: u8 = 1;
+/// Version 2 added the digest.
+const MAILBOX_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxInfo {
@@ -100,6 +102,9 @@ pub struct MailboxInfo {
     pub uidnext: u32,
     pub highestmodseq: u64,
     pub special_use: String,
+    /// `None` in an info written before digests were kept (until the
+    /// start-up backfill), and in infos made up outside the store.
+    pub digest: Option<MailboxDigest>,
 }
 
 impl MailboxInfo {
@@ -111,21 +116,37 @@ impl MailboxInfo {
             .u32(self.uidnext)
             .u64(self.highestmodseq)
             .str(&self.special_use);
+        match &self.digest {
+            Some(g) => e.u8(1).u64(g.messages).u64(g.sum),
+            None => e.u8(0),
+        };
         e.finish()
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<MailboxInfo, DecodeError> {
         let mut d = Dec::new(b);
-        if d.u8()? != MAILBOX_VERSION {
+        let version = d.u8()?;
+        if version != 1 && version != MAILBOX_VERSION {
             return Err(DecodeError("unknown mailbox record version"));
         }
-        let m = MailboxInfo {
+        let mut m = MailboxInfo {
             id: d.u64()?,
             uidvalidity: d.u32()?,
             uidnext: d.u32()?,
             highestmodseq: d.u64()?,
             special_use: d.str()?,
+            digest: None,
         };
+        if version == MAILBOX_VERSION {
+            m.digest = match d.u8()? {
+                0 => None,
+                1 => Some(MailboxDigest {
+                    messages: d.u64()?,
+                    sum: d.u64()?,
+                }),
+                _ => return Err(DecodeError("bad digest flag in a mailbox record")),
+            };
+        }
         d.end()?;
         Ok(m)
     }
@@ -202,6 +223,15 @@ pub fn mailbox_by_id(
     Ok(info.map(|i| (key, i)))
 }
 
+/// The body reference of message `key` (empty when it has none).
+fn body_ref(txn: &WriteTransaction, key: (u64, u32)) -> Result<Vec<u8>, StoreError> {
+    Ok(txn
+        .open_table(BODY_REFS)?
+        .get(key)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default())
+}
+
 /// Rewrites the info of mailbox `id` (no-op when it no longer exists).
 fn update_info(
     txn: &WriteTransaction,
@@ -249,6 +279,7 @@ pub fn apply(
                     uidnext: 1,
                     highestmodseq: 1,
                     special_use: special_use.clone(),
+                    digest: Some(MailboxDigest::default()),
                 };
                 mailboxes.insert(key.as_str(), info.to_bytes().as_slice())?;
                 txn.open_table(MAILBOX_IDS)?.insert(*id, key.as_str())?;
@@ -266,9 +297,24 @@ pub fn apply(
             let (key, mut info) = mailbox_by_id(txn, *mailbox_id)?.ok_or_else(|| {
                 StoreError::Format(format!("record names unknown mailbox id {mailbox_id}"))
             })?;
-            txn.open_table(MESSAGES)?
-                .insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?;
+            let old = txn
+                .open_table(MESSAGES)?
+                .insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?
+                .map(|v| MessageMeta::state_from_bytes(v.value()))
+                .transpose()?;
             super::bodies::put(txn, bodies, (*mailbox_id, *uid), raw)?;
+            let r = body_ref(txn, (*mailbox_id, *uid))?;
+            if let Some(d) = &mut info.digest {
+                let new = message_hash(*uid, &meta.flags, &r);
+                // A record applied again replaces the message it made.
+                match old {
+                    Some((_, _, _, flags)) => {
+                        d.remove(message_hash(*uid, &flags, &r));
+                        d.add(new);
+                    }
+                    None => d.add(new),
+                }
+            }
             info.uidnext = info.uidnext.max(uid + 1);
             info.highestmodseq = info.highestmodseq.max(meta.modseq);
             txn.open_table(MAILBOXES)?
@@ -280,19 +326,32 @@ pub fn apply(
             changes,
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
+            let refs = txn.open_table(BODY_REFS)?;
+            let mut change = Change::default();
             for (uid, flags) in changes {
                 let current = messages
                     .get((*mailbox_id, *uid))?
                     .map(|v| MessageMeta::from_bytes(v.value()));
                 if let Some(mut meta) = current.transpose()? {
+                    let r = refs
+                        .get((*mailbox_id, *uid))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    change.replace(
+                        message_hash(*uid, &meta.flags, &r),
+                        message_hash(*uid, flags, &r),
+                    );
                     meta.flags = flags.clone();
                     meta.modseq = *modseq;
                     messages.insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?;
                 }
             }
-            drop(messages);
+            drop((messages, refs));
             update_info(txn, *mailbox_id, |i| {
-                i.highestmodseq = i.highestmodseq.max(*modseq)
+                i.highestmodseq = i.highestmodseq.max(*modseq);
+                if let Some(d) = &mut i.digest {
+                    d.apply(&change);
+                }
             })?;
         }
         Record::Expunged {
@@ -302,14 +361,25 @@ pub fn apply(
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut tags = txn.open_table(TAGS)?;
+            let mut change = Change::default();
             for uid in uids {
-                messages.remove((*mailbox_id, *uid))?;
+                let old = messages
+                    .remove((*mailbox_id, *uid))?
+                    .map(|v| MessageMeta::state_from_bytes(v.value()))
+                    .transpose()?;
+                if let Some((_, _, _, flags)) = old {
+                    let r = body_ref(txn, (*mailbox_id, *uid))?;
+                    change.remove(message_hash(*uid, &flags, &r));
+                }
                 tags.remove((*mailbox_id, *uid))?;
                 super::bodies::unlink(txn, (*mailbox_id, *uid))?;
             }
             drop((messages, tags));
             update_info(txn, *mailbox_id, |i| {
-                i.highestmodseq = i.highestmodseq.max(*modseq)
+                i.highestmodseq = i.highestmodseq.max(*modseq);
+                if let Some(d) = &mut i.digest {
+                    d.apply(&change);
+                }
             })?;
         }
         Record::MessagesCopied {
@@ -320,6 +390,7 @@ pub fn apply(
         } => {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut last = 0;
+            let mut change = Change::default();
             for (src, dst) in pairs {
                 last = last.max(*dst);
                 if messages.get((*to, *dst))?.is_some() {
@@ -339,6 +410,11 @@ pub fn apply(
                         "copy of message {from}/{src}, which has no body"
                     )));
                 }
+                change.add(message_hash(
+                    *dst,
+                    &meta.flags,
+                    &body_ref(txn, (*to, *dst))?,
+                ));
                 meta.modseq = *modseq;
                 messages.insert((*to, *dst), meta.to_bytes().as_slice())?;
             }
@@ -346,6 +422,9 @@ pub fn apply(
             update_info(txn, *to, |i| {
                 i.uidnext = i.uidnext.max(last.saturating_add(1));
                 i.highestmodseq = i.highestmodseq.max(*modseq);
+                if let Some(d) = &mut i.digest {
+                    d.apply(&change);
+                }
             })?;
         }
         Record::MailboxDeleted { user, name, id } => {

@@ -92,6 +92,7 @@ impl Ctx {
                     } else {
                         String::new()
                     },
+                    digest: None,
                 },
             ));
         }
