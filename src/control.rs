@@ -168,6 +168,7 @@ fn running_status(app: &App) -> String {
         app.config.users.file.display()
     );
     s.push_str(&groups_table(app.store.status()));
+    s.push_str(&failed_groups(&app.store));
     s.push_str(&app.archive.status());
     s.push('\n');
     s.push_str(
@@ -185,12 +186,22 @@ pub fn offline_status(cfg: &Config) -> Result<String, crate::store::StoreError> 
         cfg.server.data_dir.display()
     );
     s.push_str(&groups_table(store.status()));
+    s.push_str(&failed_groups(&store));
     store.shutdown();
     s.push_str(&crate::backup::agent::offline_status(
         &cfg.backup,
         &cfg.server.data_dir,
     ));
     Ok(s)
+}
+
+/// A line per storage group that could not be opened.
+fn failed_groups(store: &crate::store::Store) -> String {
+    store
+        .failed_groups()
+        .iter()
+        .map(|(id, why)| format!("g{id:03} UNAVAILABLE: {why} (its users get temporary errors)\n"))
+        .collect()
 }
 
 fn groups_table(status: Result<Vec<GroupStatus>, crate::store::StoreError>) -> String {

@@ -903,3 +903,80 @@ async fn sigkill_during_full_and_incremental_backups_and_their_restore() {
     );
     store.shutdown();
 }
+
+/// A storage group whose database cannot be opened stops only its own
+/// users: their deliveries get `451 4.3.0` and their logins
+/// `NO [UNAVAILABLE]`, the other groups' users are served, `status` names
+/// the group, and a backup refuses to run without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_open_affects_only_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[store]\ngroups = 2\n");
+    let daemon = Daemon::start(&config);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    for user in USERS {
+        let r = c
+            .send_mail("s@remote.test", &[user], b"Subject: before\r\n\r\nx\r\n")
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    drop(c);
+    assert!(daemon.terminate().success());
+    // Which group each user lives in.
+    let cfg = Config::load(Some(&config)).unwrap();
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let placed: Vec<(&str, u32)> = USERS
+        .iter()
+        .map(|u| (*u, store.group_of(u).unwrap().id))
+        .collect();
+    store.shutdown();
+    drop(store);
+    let broken = placed[0].1;
+    let Some(&(healthy_user, _)) = placed.iter().find(|(_, g)| *g != broken) else {
+        panic!("every test user is in one group: {placed:?}");
+    };
+    let db = dir
+        .path()
+        .join(format!("data/groups/g{broken:03}/store.redb"));
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..64].fill(0x5a);
+    std::fs::write(&db, &bytes).unwrap();
+
+    let daemon = Daemon::start(&config);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    let r = c
+        .send_mail(
+            "s@remote.test",
+            &[healthy_user],
+            b"Subject: after\r\n\r\ny\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{healthy_user}: {r}");
+    let r = c
+        .send_mail(
+            "s@remote.test",
+            &[placed[0].0],
+            b"Subject: after\r\n\r\ny\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.3.0"), "{}: {r}", placed[0].0);
+    let mut imap = common::imap::Imap::connect(daemon.addr("imap")).await;
+    let r = imap
+        .run(&format!("a LOGIN {} \"{}\"", placed[0].0, common::PASSWORD))
+        .await;
+    assert!(r.contains("a NO [UNAVAILABLE]"), "{r}");
+    let mut ok = common::imap::Imap::login(daemon.addr("imap"), healthy_user).await;
+    let r = ok.run("b SELECT INBOX").await;
+    assert!(r.contains("* 2 EXISTS") && r.contains("b OK"), "{r}");
+    let (_, status) = cli(&config, &["status"]);
+    assert!(
+        status.contains(&format!("g{broken:03} UNAVAILABLE")),
+        "{status}"
+    );
+    let (ok_backup, out) = cli(&config, &["backup", "run"]);
+    assert!(!ok_backup && out.contains("could not be opened"), "{out}");
+    drop((imap, ok));
+    assert!(daemon.terminate().success());
+}

@@ -74,7 +74,7 @@ async fn reopen_keeps_uids_uidvalidity_and_placement() {
         }
         let v: Vec<_> = store.mailboxes("u0@example.test").await.unwrap();
         let placement: Vec<u32> = (0..5)
-            .map(|i| store.group_of(&format!("u{i}@example.test")).id)
+            .map(|i| store.group_of(&format!("u{i}@example.test")).unwrap().id)
             .collect();
         store.shutdown();
         (v, placement)
@@ -85,7 +85,7 @@ async fn reopen_keeps_uids_uidvalidity_and_placement() {
             let user = format!("u{i}@example.test");
             let msgs = store.messages(&user, "INBOX").await.unwrap();
             assert_eq!(msgs.len(), 4, "{user}");
-            assert_eq!(store.group_of(&user).id, *group);
+            assert_eq!(store.group_of(&user).unwrap().id, *group);
         }
         assert_eq!(store.mailboxes("u0@example.test").await.unwrap(), validity);
         store.shutdown();
@@ -94,7 +94,10 @@ async fn reopen_keeps_uids_uidvalidity_and_placement() {
     cfg.store.groups = 7;
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     for (i, g) in placement.iter().enumerate() {
-        assert_eq!(store.group_of(&format!("u{i}@example.test")).id, *g);
+        assert_eq!(
+            store.group_of(&format!("u{i}@example.test")).unwrap().id,
+            *g
+        );
     }
     store.shutdown();
 }

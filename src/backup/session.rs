@@ -303,6 +303,15 @@ pub fn run_with(
     if cfg.targets.is_empty() {
         return Err(BackupError::NoTargets);
     }
+    // A backup without a group would look complete, and retention could
+    // then delete the last backups that hold it.
+    if let Some((id, why)) = store.failed_groups().first() {
+        return Err(BackupError::Store(crate::store::StoreError::Unavailable(
+            format!(
+                "storage group {id} could not be opened ({why}): no backup until it is repaired or restored"
+            ),
+        )));
+    }
     let started = Instant::now();
     let now = chrono::Utc::now();
     let name = target::backup_name(now);

@@ -161,6 +161,9 @@ pub struct GroupStatus {
 pub struct Store {
     data_dir: PathBuf,
     groups: Vec<Arc<Group>>,
+    /// Groups that could not be opened, and why: their users get a
+    /// temporary error, everyone else is served.
+    failed: Vec<(u32, String)>,
     configured: u32,
     /// user -> group, as recorded in the groups' `users` tables.
     directory: RwLock<HashMap<String, u32>>,
@@ -204,18 +207,43 @@ impl Store {
         let mut groups = Vec::new();
         let mut directory = HashMap::new();
         let live = live::Registry::new(cfg.live_cache_messages);
+        let mut failed = Vec::new();
+        let mut first_error = None;
         for id in ids {
-            let g = Group::open(data_dir, id, cfg, live.clone())?;
-            let txn = g.db().begin_read()?;
-            for row in txn.open_table(schema::USERS)?.iter()? {
-                let (user, _) = row?;
-                directory.insert(user.value().to_string(), id);
+            let opened = Group::open(data_dir, id, cfg, live.clone()).and_then(|g| {
+                let txn = g.db().begin_read()?;
+                let mut users = Vec::new();
+                for row in txn.open_table(schema::USERS)?.iter()? {
+                    users.push(row?.0.value().to_string());
+                }
+                drop(txn);
+                Ok((g, users))
+            });
+            match opened {
+                Ok((g, users)) => {
+                    for u in users {
+                        directory.insert(u, id);
+                    }
+                    groups.push(Arc::new(g));
+                }
+                // Another process holds it: never serve beside it.
+                Err(e @ StoreError::Locked(_)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(group = id, error = %e, "storage group cannot be opened; its users get temporary errors, the other groups are served");
+                    failed.push((id, e.to_string()));
+                    first_error.get_or_insert(e);
+                }
             }
-            groups.push(Arc::new(g));
+        }
+        if groups.is_empty()
+            && let Some(e) = first_error
+        {
+            return Err(e);
         }
         Ok(Arc::new(Store {
             data_dir: data_dir.to_path_buf(),
             groups,
+            failed,
             configured: cfg.groups,
             directory: RwLock::new(directory),
             watchers: Default::default(),
@@ -234,7 +262,7 @@ impl Store {
         mailbox_id: u64,
     ) -> Result<Option<Arc<live::LiveMailbox>>, StoreError> {
         self.activity.fetch_add(1, Ordering::Relaxed);
-        let group = self.group_of(user).clone();
+        let group = self.group_of(user)?.clone();
         let id = group.id;
         self.live
             .open(id, mailbox_id, move || {
@@ -252,7 +280,10 @@ impl Store {
     }
 
     /// The group holding `user` (a new user: by stable hash over the configured count).
-    pub fn group_of(&self, user: &str) -> &Arc<Group> {
+    /// A user whose group could not be opened (or a new user placed there)
+    /// gets `Unavailable`: never a home in another group, which would hide
+    /// the mail of the group once it is back.
+    pub fn group_of(&self, user: &str) -> Result<&Arc<Group>, StoreError> {
         let known = self
             .directory
             .read()
@@ -260,10 +291,22 @@ impl Store {
             .get(user)
             .copied();
         let id = known.unwrap_or_else(|| stable_hash(user) % self.configured);
-        self.groups
+        if let Some(g) = self.groups.iter().find(|g| g.id == id) {
+            return Ok(g);
+        }
+        let why = self
+            .failed
             .iter()
-            .find(|g| g.id == id)
-            .expect("every configured group is open")
+            .find(|(f, _)| *f == id)
+            .map_or("not open", |(_, w)| w.as_str());
+        Err(StoreError::Unavailable(format!(
+            "storage group {id}: {why}"
+        )))
+    }
+
+    /// Groups that could not be opened at start, and why.
+    pub fn failed_groups(&self) -> &[(u32, String)] {
+        &self.failed
     }
 
     /// Stores a message; returns once it is in the fsynced log.
@@ -276,7 +319,7 @@ impl Store {
     /// and visible to readers, after waking everyone watching the user.
     pub async fn submit(&self, user: &str, op: Op) -> Result<Outcome, StoreError> {
         self.activity.fetch_add(1, Ordering::Relaxed);
-        let group = self.group_of(user).clone();
+        let group = self.group_of(user)?.clone();
         let out = group.submit(op).await?;
         self.directory
             .write()
@@ -448,7 +491,7 @@ impl Store {
         user: &str,
         mailbox_id: u64,
     ) -> Result<Option<(MailboxInfo, Vec<MessageState>)>, StoreError> {
-        let txn = self.group_of(user).db().begin_read()?;
+        let txn = self.group_of(user)?.db().begin_read()?;
         snapshot_in(&txn, mailbox_id)
     }
 
@@ -476,7 +519,7 @@ impl Store {
         uids: &[u32],
         with_body: bool,
     ) -> Result<Vec<Fetched>, StoreError> {
-        read_snapshot(self.group_of(user), |txn, bodies| {
+        read_snapshot(self.group_of(user)?, |txn, bodies| {
             fetch_in(txn, bodies, mailbox_id, uids, with_body)
         })
     }
@@ -487,7 +530,7 @@ impl Store {
         f: impl Fn(&redb::ReadTransaction, &bodies::BodyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.activity.fetch_add(1, Ordering::Relaxed);
-        let group = self.group_of(user).clone();
+        let group = self.group_of(user)?.clone();
         tokio::task::spawn_blocking(move || read_snapshot(&group, f))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
