@@ -980,3 +980,96 @@ async fn a_group_that_cannot_open_affects_only_its_users() {
     drop((imap, ok));
     assert!(daemon.terminate().success());
 }
+
+/// Copies of `subject` in `user`'s INBOX (the server stopped).
+async fn copies(config: &Path, user: &str, subject: &str) -> usize {
+    let cfg = Config::load(Some(config)).unwrap();
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let n = common::inbox_of(&store, user)
+        .await
+        .iter()
+        .filter(|m| String::from_utf8_lossy(m).contains(&format!("Subject: {subject}\r\n")))
+        .count();
+    store.shutdown();
+    drop(store);
+    n
+}
+
+/// A multi-recipient SMTP transaction the client has to send again (the
+/// server died before its 250, or answered 451 because one recipient's
+/// group was down) reaches every recipient exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_transaction_reaches_each_recipient_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[store]\ngroups = 2\n");
+    let msg = b"Subject: to all\r\nMessage-ID: <all@remote.test>\r\n\r\none for each\r\n";
+
+    // Killed after storing, before answering.
+    let daemon = Daemon::start_env(&config, &[("TMTEST_FAILPOINT", "smtp-before-reply")]);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    c.expect("MAIL FROM:<s@remote.test>", "250").await;
+    for u in USERS {
+        c.expect(&format!("RCPT TO:<{u}>"), "250").await;
+    }
+    c.expect("DATA", "354").await;
+    c.send(msg).await;
+    c.send(b".\r\n").await;
+    assert!(c.try_reply().await.is_none(), "no reply: the server died");
+    daemon.kill9();
+    let daemon = Daemon::start(&config);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    let r = c.send_mail("s@remote.test", &USERS, msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    drop(c);
+    assert!(daemon.terminate().success());
+    for u in USERS {
+        assert_eq!(copies(&config, u, "to all").await, 1, "{u}");
+    }
+
+    // One recipient's group down: 451, resent twice, then repaired.
+    let cfg = Config::load(Some(&config)).unwrap();
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let placed: Vec<(&str, u32)> = USERS
+        .iter()
+        .map(|u| (*u, store.group_of(u).unwrap().id))
+        .collect();
+    store.shutdown();
+    drop(store);
+    let down = placed[0].1;
+    let up = placed
+        .iter()
+        .find(|(_, g)| *g != down)
+        .map(|(u, _)| *u)
+        .expect("test users in two groups");
+    let db = dir
+        .path()
+        .join(format!("data/groups/g{down:03}/store.redb"));
+    let good = std::fs::read(&db).unwrap();
+    let mut bad = good.clone();
+    bad[..64].fill(0x5a);
+    std::fs::write(&db, &bad).unwrap();
+    let second = b"Subject: second\r\n\r\nagain\r\n";
+    let rcpts = [placed[0].0, up];
+    let daemon = Daemon::start(&config);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    for _ in 0..2 {
+        let r = c.send_mail("s@remote.test", &rcpts, second).await;
+        assert!(r.starts_with("451 4.3.0"), "{r}");
+    }
+    drop(c);
+    assert!(daemon.terminate().success());
+    std::fs::write(&db, &good).unwrap();
+    let daemon = Daemon::start(&config);
+    let mut c = common::Client::connect(daemon.addr("smtp")).await;
+    c.expect("EHLO crash.test", "250").await;
+    let r = c.send_mail("s@remote.test", &rcpts, second).await;
+    assert!(r.starts_with("250"), "{r}");
+    drop(c);
+    assert!(daemon.terminate().success());
+    for u in rcpts {
+        assert_eq!(copies(&config, u, "second").await, 1, "{u}");
+    }
+}

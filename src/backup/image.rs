@@ -23,8 +23,8 @@ use redb::{
 use crate::store::StoreError;
 use crate::store::bodies::{self, BodyStore};
 use crate::store::schema::{
-    BLOBS, BODY_REFS, K_FORMAT, LOCAL_META, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META,
-    RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
+    BLOBS, BODY_REFS, DELIVERED_ONCE, K_FORMAT, LOCAL_META, LOCATIONS, MAILBOX_IDS, MAILBOXES,
+    MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };
 
 /// Receives each row's key and value bytes.
@@ -119,6 +119,7 @@ pub fn dump_table(
         9 => dump(txn, BODY_REFS, sink),
         10 => dump(txn, BLOBS, sink),
         11 => dump(txn, LOCATIONS, sink),
+        12 => dump(txn, DELIVERED_ONCE, sink),
         _ => Err(StoreError::Format(format!(
             "no table number {index} in an image"
         ))),
@@ -176,6 +177,7 @@ pub fn load_rows(
         9 => load(txn, BODY_REFS, rows),
         10 => load(txn, BLOBS, rows),
         11 => load(txn, LOCATIONS, rows),
+        12 => load(txn, DELIVERED_ONCE, rows),
         _ => Err(StoreError::Format(format!("no table number {index}"))),
     }
 }

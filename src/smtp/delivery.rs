@@ -54,6 +54,20 @@ fn message_id() -> String {
 }
 
 /// Stores the message for every recipient; one result per recipient, in order.
+/// What names an SMTP transaction across resends: its envelope sender, its
+/// recipients and the message as the client sent it.
+fn transaction_key(env: &Envelope, users: &[String], body: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(env.from.as_bytes());
+    h.update(&[0]);
+    for u in users {
+        h.update(u.as_bytes());
+        h.update(&[0]);
+    }
+    h.update(body);
+    h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+}
+
 pub async fn deliver(app: &Arc<App>, env: &Envelope, body: &[u8]) -> Vec<Result<(), String>> {
     let id = message_id();
     let mut raw = trace_headers(env, &app.config.server.hostname, &id).into_bytes();
@@ -65,6 +79,11 @@ pub async fn deliver(app: &Arc<App>, env: &Envelope, body: &[u8]) -> Vec<Result<
     let mut users: Vec<String> = env.rcpts.iter().map(|r| r.user.clone()).collect();
     users.sort();
     users.dedup();
+    // Several recipients are stored one by one (in their own groups), so a
+    // failure or a crash can leave some stored when the client hears no
+    // 250 and sends the whole transaction again: its key makes that resend
+    // reach only the recipients that lack it.
+    let key = (users.len() > 1).then(|| transaction_key(env, &users, body));
     let mut set = tokio::task::JoinSet::new();
     for user in users {
         let store = app.store.clone();
@@ -76,7 +95,13 @@ pub async fn deliver(app: &Arc<App>, env: &Envelope, body: &[u8]) -> Vec<Result<
             flags: Vec::new(),
             summary: summary.clone(),
         };
-        set.spawn(async move { (user, store.deliver(d).await) });
+        set.spawn(async move {
+            let r = match key {
+                Some(k) => store.deliver_once(d, k).await,
+                None => store.deliver(d).await,
+            };
+            (user, r)
+        });
     }
     let mut outcome: std::collections::HashMap<String, Result<(), String>> = Default::default();
     while let Some(joined) = set.join_next().await {

@@ -963,6 +963,7 @@ impl Session {
             protocol: self.protocol_name(txn.utf8),
         };
         let results = delivery::deliver(&self.app, &env, &txn.body).await;
+        crate::failpoint::hit("smtp-before-reply");
         // The store's reasons are logged by `deliver`; the client is told
         // only that it may try again.
         if self.mode == Mode::Lmtp {

@@ -110,6 +110,11 @@ impl<'a> Dec<'a> {
         }
         (0..n).map(|_| self.str()).collect()
     }
+    /// Whether every byte has been read (an optional trailing field).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub fn end(&self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())

@@ -165,6 +165,7 @@ impl Group {
             interval: Duration::from_secs(cfg.checkpoint_interval_secs),
             every_records: cfg.checkpoint_records,
             last_checkpoint: Instant::now(),
+            last_once_prune: Instant::now(),
             since_checkpoint: 0,
             last_batch: 1,
             poisoned: AtomicBool::new(false),
@@ -325,6 +326,8 @@ struct Writer {
     interval: Duration,
     every_records: u64,
     last_checkpoint: Instant,
+    /// When expired once keys (`schema::DELIVERED_ONCE`) were last dropped.
+    last_once_prune: Instant,
     since_checkpoint: u64,
     last_batch: usize,
     poisoned: AtomicBool,
@@ -633,6 +636,12 @@ impl Writer {
         if self.backup_floor != u64::MAX {
             schema::set_meta(&txn, K_BACKUP_LSN, self.backup_floor)?;
         }
+        // Expired keys only stop suppressing resends; dropping them needs
+        // no log record (a replay puts them back, a later prune drops them).
+        if self.last_once_prune.elapsed() >= std::time::Duration::from_secs(600) {
+            schema::prune_once(&txn, chrono::Utc::now().timestamp())?;
+            self.last_once_prune = Instant::now();
+        }
         txn.commit()?;
         self.last_checkpoint = Instant::now();
         self.since_checkpoint = 0;
@@ -765,7 +774,7 @@ fn live_events(
 
 fn job_bytes(j: &Job) -> usize {
     match &j.op {
-        Op::Deliver(d) => d.raw.len(),
+        Op::Deliver(d) | Op::DeliverOnce(d, _) => d.raw.len(),
         Op::Restore { messages, .. } => messages.iter().map(|(_, d)| d.raw.len()).sum(),
         _ => 64,
     }

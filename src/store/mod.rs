@@ -315,6 +315,14 @@ impl Store {
         self.submit(&user, Op::Deliver(d)).await
     }
 
+    /// As [`Store::deliver`] for one recipient of the SMTP transaction
+    /// `key`: a resend of the transaction is not stored again for this
+    /// user (`Outcome::Done` then).
+    pub async fn deliver_once(&self, d: Delivery, key: [u8; 16]) -> Result<Outcome, StoreError> {
+        let user = d.user.clone();
+        self.submit(&user, Op::DeliverOnce(d, key)).await
+    }
+
     /// Runs a change of `user`'s mail; returns once it is in the fsynced log
     /// and visible to readers, after waking everyone watching the user.
     pub async fn submit(&self, user: &str, op: Op) -> Result<Outcome, StoreError> {

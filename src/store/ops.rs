@@ -9,7 +9,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::StoreError;
 use super::message::{MessageMeta, Summary};
-use super::record::Record;
+use super::record::{OnceKey, Record};
 use super::schema::{self, DEFAULT_MAILBOXES, MAILBOXES, MESSAGES, MailboxInfo, USERS};
 
 /// A new message for one user's mailbox.
@@ -31,11 +31,21 @@ pub enum FlagAction {
     Replace,
 }
 
+/// How long a delivered transaction's key is kept against a resend (two
+/// days: MTAs retry a temporary failure within minutes to hours).
+pub const ONCE_WINDOW_SECS: i64 = 2 * 86_400;
+
 #[derive(Debug, Clone)]
 pub enum Op {
     /// A new message (SMTP delivery or IMAP APPEND); creates the user with
     /// the default mailboxes when they are new.
     Deliver(Delivery),
+    /// A delivery of one recipient of a multi-recipient SMTP transaction
+    /// named by the key: done once per recipient however often the client
+    /// resends it within [`ONCE_WINDOW_SECS`] (a transaction that was
+    /// answered 451 after some recipients got it, or not at all because the
+    /// server died, is resent whole).
+    DeliverOnce(Delivery, [u8; 16]),
     /// Creates the user and default mailboxes if missing (first login).
     EnsureUser {
         user: String,
@@ -151,7 +161,23 @@ pub fn plan(
     now: i64,
 ) -> Result<(Vec<Record>, Outcome), StoreError> {
     match op {
-        Op::Deliver(d) => plan_delivery(txn, d, now),
+        Op::Deliver(d) => plan_delivery(txn, d, now, None),
+        Op::DeliverOnce(d, key) => {
+            let k = schema::once_key(&d.user, key);
+            let seen = txn
+                .open_table(schema::DELIVERED_ONCE)?
+                .get(k.as_slice())?
+                .is_some_and(|until| until.value() >= now);
+            if seen {
+                // A resend of a transaction this user already has.
+                return Ok((Vec::new(), Outcome::Done));
+            }
+            let once = OnceKey {
+                key: *key,
+                until: now.saturating_add(ONCE_WINDOW_SECS),
+            };
+            plan_delivery(txn, d, now, Some(once))
+        }
         Op::EnsureUser { user } => {
             let mut records = Vec::new();
             if txn.open_table(USERS)?.get(user.as_str())?.is_none() {
@@ -703,6 +729,7 @@ fn appended(mailbox_id: u64, uid: u32, modseq: u64, d: &Delivery) -> Result<Reco
             summary: d.summary.clone(),
         },
         raw: d.raw.clone(),
+        once: None,
     })
 }
 
@@ -710,6 +737,7 @@ fn plan_delivery(
     txn: &WriteTransaction,
     d: &Delivery,
     now: i64,
+    once: Option<OnceKey>,
 ) -> Result<(Vec<Record>, Outcome), StoreError> {
     let mut records = Vec::new();
     let user_known = txn.open_table(USERS)?.get(d.user.as_str())?.is_some();
@@ -728,7 +756,11 @@ fn plan_delivery(
         return Err(StoreError::UidsExhausted(d.mailbox.clone()));
     }
     let uid = info.uidnext;
-    records.push(appended(info.id, uid, info.highestmodseq + 1, d)?);
+    let mut rec = appended(info.id, uid, info.highestmodseq + 1, d)?;
+    if let Record::MessageAppended { once: o, .. } = &mut rec {
+        *o = once;
+    }
+    records.push(rec);
     Ok((
         records,
         Outcome::Appended {

@@ -20,6 +20,15 @@ pub const T_TAGGED: u8 = 10;
 pub const T_CLOCK: u8 = 11;
 pub const T_RESTORED: u8 = 12;
 
+/// Marks a delivery that a resend of the same SMTP transaction must not
+/// repeat: `key` names the transaction (sender, recipients, bytes), kept
+/// for the recipient until unix time `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnceKey {
+    pub key: [u8; 16],
+    pub until: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     UserCreated {
@@ -38,6 +47,9 @@ pub enum Record {
         uid: u32,
         meta: MessageMeta,
         raw: Arc<Vec<u8>>,
+        /// Set for the recipients of a multi-recipient SMTP transaction
+        /// (an optional trailing field: older records have none).
+        once: Option<OnceKey>,
     },
     /// The complete new flag lists of some messages, all at one modseq.
     FlagsSet {
@@ -141,10 +153,14 @@ impl Record {
                 uid,
                 meta,
                 raw,
+                once,
             } => {
                 e.u64(*mailbox_id).u32(*uid);
                 meta.encode(e);
                 e.bytes(raw);
+                if let Some(o) = once {
+                    e.u8(1).bytes(&o.key).i64(o.until);
+                }
             }
             Record::FlagsSet {
                 mailbox_id,
@@ -234,12 +250,34 @@ impl Record {
                 uidvalidity: d.u32()?,
                 special_use: d.str()?,
             },
-            T_MESSAGE_APPENDED => Record::MessageAppended {
-                mailbox_id: d.u64()?,
-                uid: d.u32()?,
-                meta: MessageMeta::decode(&mut d)?,
-                raw: Arc::new(d.bytes()?.to_vec()),
-            },
+            T_MESSAGE_APPENDED => {
+                let mailbox_id = d.u64()?;
+                let uid = d.u32()?;
+                let meta = MessageMeta::decode(&mut d)?;
+                let raw = Arc::new(d.bytes()?.to_vec());
+                let once = if d.is_empty() {
+                    None
+                } else {
+                    if d.u8()? != 1 {
+                        return Err(DecodeError("bad once-key flag"));
+                    }
+                    let key = d
+                        .bytes()?
+                        .try_into()
+                        .map_err(|_| DecodeError("once key of the wrong length"))?;
+                    Some(OnceKey {
+                        key,
+                        until: d.i64()?,
+                    })
+                };
+                Record::MessageAppended {
+                    mailbox_id,
+                    uid,
+                    meta,
+                    raw,
+                    once,
+                }
+            }
             T_FLAGS_SET => {
                 let mailbox_id = d.u64()?;
                 let modseq = d.u64()?;

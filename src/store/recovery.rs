@@ -141,6 +141,7 @@ pub fn recover(
     let txn = db.begin_write()?;
     let applied_now = schema::get_meta(&txn, K_APPLIED_LSN)?;
     schema::set_meta(&txn, K_CHECKPOINT_LSN, applied_now)?;
+    schema::prune_once(&txn, chrono::Utc::now().timestamp())?;
     let filled = super::digest::backfill(&txn)?;
     if filled > 0 {
         tracing::info!(mailboxes = filled, "mailbox digests computed");

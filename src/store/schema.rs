@@ -44,6 +44,10 @@ pub const TAGS: TableDefinition<(u64, u32), ()> = TableDefinition::new("tags");
 /// (mailbox id, uid) -> archive UID of messages moved out of the archive
 /// whose archive copy may still exist (see `Record::Restored`).
 pub const RESTORED: TableDefinition<(u64, u32), u32> = TableDefinition::new("restored");
+/// `user \0 key` -> unix time until which a resend of that SMTP
+/// transaction is not delivered to the user again (`Record::MessageAppended`'s
+/// once key).
+pub const DELIVERED_ONCE: TableDefinition<&[u8], i64> = TableDefinition::new("delivered_once");
 
 /// The tables of a backup image, by their index there. "bodies" is no
 /// longer a redb table: an image of the inline kind (written before body
@@ -64,6 +68,7 @@ pub const TABLES: &[&str] = &[
     "body_refs",
     "blobs",
     "locations",
+    "delivered_once",
 ];
 
 pub const K_FORMAT: &str = "format_version";
@@ -184,6 +189,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SUBSCRIPTIONS)?;
     txn.open_table(TAGS)?;
     txn.open_table(RESTORED)?;
+    txn.open_table(DELIVERED_ONCE)?;
     Ok(())
 }
 
@@ -221,6 +227,26 @@ pub fn mailbox_by_id(
         .map(|v| MailboxInfo::from_bytes(v.value()))
         .transpose()?;
     Ok(info.map(|i| (key, i)))
+}
+
+/// The `delivered_once` key of `user` and transaction `key`.
+pub fn once_key(user: &str, key: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + 17);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Forgets once keys that expired before `now`; returns how many.
+pub fn prune_once(txn: &WriteTransaction, now: i64) -> Result<u64, StoreError> {
+    let mut n = 0;
+    txn.open_table(DELIVERED_ONCE)?.retain(|_, until| {
+        let keep = until >= now;
+        n += u64::from(!keep);
+        keep
+    })?;
+    Ok(n)
 }
 
 /// The body reference of message `key` (empty when it has none).
@@ -293,6 +319,7 @@ pub fn apply(
             uid,
             meta,
             raw,
+            once,
         } => {
             let (key, mut info) = mailbox_by_id(txn, *mailbox_id)?.ok_or_else(|| {
                 StoreError::Format(format!("record names unknown mailbox id {mailbox_id}"))
@@ -314,6 +341,12 @@ pub fn apply(
                     }
                     None => d.add(new),
                 }
+            }
+            if let Some(o) = once
+                && let Some((user, _)) = key.split_once('\0')
+            {
+                txn.open_table(DELIVERED_ONCE)?
+                    .insert(once_key(user, &o.key).as_slice(), o.until)?;
             }
             info.uidnext = info.uidnext.max(uid + 1);
             info.highestmodseq = info.highestmodseq.max(meta.modseq);
