@@ -17,9 +17,10 @@ use common::daemon::cli;
 use common::imap::Imap;
 use tiermail::backup::format::{self, Kind};
 use tiermail::backup::session::Mode;
-use tiermail::backup::{manifest, restore, target};
+use tiermail::backup::{restore, target};
 use tiermail::config::Config;
 use tiermail::store::Store;
+use tiermail::store::manifest;
 
 const USERS: [&str; 3] = [
     "alice@example.test",
@@ -1040,7 +1041,7 @@ async fn a_backup_of_the_inline_kind_still_restores() {
         .expect("a backup in tests/data/backup-v1");
     assert_eq!(
         header_of(&file).image,
-        tiermail::backup::image::ImageKind::Inline
+        tiermail::store::image::ImageKind::Inline
     );
     let dir = tempfile::tempdir().unwrap();
     let report = tiermail::backup::drill::drill(&file, &dir.path().join("scratch")).unwrap();

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::BackupError;
-use super::image::ImageKind;
-use super::manifest::{self, Manifest};
 use super::restore;
 use super::target;
+use crate::store::image::ImageKind;
+use crate::store::manifest::{self, Manifest};
 
 #[derive(Debug, Clone)]
 pub struct DrillReport {

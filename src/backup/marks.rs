@@ -5,8 +5,8 @@
 
 use crate::store::codec::{Dec, DecodeError, Enc};
 
-use super::image::ImageKind;
-use super::manifest::{self, Manifest};
+use crate::store::image::ImageKind;
+use crate::store::manifest::{self, Manifest};
 
 const MARK_VERSION: u8 = 1;
 /// The header mark's own version: 2 added the image kind and the parent.
@@ -213,7 +213,7 @@ impl GroupEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::UserDigest;
+    use crate::store::manifest::UserDigest;
 
     #[test]
     fn marks_round_trip() {

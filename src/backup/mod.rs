@@ -9,8 +9,6 @@
 pub mod agent;
 pub mod drill;
 pub mod format;
-pub mod image;
-pub mod manifest;
 pub mod marks;
 pub mod restore;
 pub mod session;

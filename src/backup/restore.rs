@@ -17,22 +17,20 @@ use redb::Database;
 
 use super::BackupError;
 use super::format::{Kind, Reader, Skimmer};
-use super::image::{self, ImageKind};
-use super::manifest::Manifest;
 use super::marks::{self, GroupEnd, GroupStart, Header};
 use crate::store::bodies::{self, BodyStore};
 use crate::store::export::SegmentImporter;
 use crate::store::group::group_dir;
+use crate::store::image::{self, ImageKind};
+use crate::store::manifest::Manifest;
 use crate::store::migrate;
 use crate::store::record::Record;
 use crate::store::recovery;
-use crate::store::schema::{self, K_APPLIED_LSN, K_BACKUP_LSN, K_CHECKPOINT_LSN};
-use crate::store::wal::{self, RawRecord};
+use crate::store::replay::Replayer;
+use crate::store::wal;
 
 /// Image rows gathered before one write transaction.
 const LOAD_BATCH_BYTES: usize = 64 << 20;
-/// Log records applied per write transaction.
-const REPLAY_BATCH: usize = 2_000;
 /// Largest key or value an image row may declare.
 const ROW_LIMIT: usize = 1 << 30;
 /// Largest body segment a backup may hold (segments are cut at
@@ -60,95 +58,6 @@ fn damaged(file: &Path, offset: u64, problem: impl std::fmt::Display) -> BackupE
         "{}: block at byte {offset}: {problem}",
         file.display()
     ))
-}
-
-/// Applies decoded log records in batches, checking that LSNs follow on.
-struct Replayer<'a> {
-    db: &'a Database,
-    bodies: &'a BodyStore,
-    applied: u64,
-    pending: Vec<Record>,
-    /// Stop before the first commit clock after this (unix ms).
-    until_ms: Option<i64>,
-    stopped: bool,
-    last_clock: Option<i64>,
-    replayed: u64,
-}
-
-impl<'a> Replayer<'a> {
-    fn new(db: &'a Database, bodies: &'a BodyStore, applied: u64, until_ms: Option<i64>) -> Self {
-        Replayer {
-            db,
-            bodies,
-            applied,
-            pending: Vec::new(),
-            until_ms,
-            stopped: false,
-            last_clock: None,
-            replayed: 0,
-        }
-    }
-
-    /// Takes one record; `where_` names its source for error messages.
-    fn feed(&mut self, r: RawRecord, where_: &dyn Fn() -> String) -> Result<(), BackupError> {
-        if self.stopped || r.lsn <= self.applied {
-            return Ok(());
-        }
-        if r.lsn != self.applied + 1 {
-            return Err(BackupError::Restore(format!(
-                "{}: LSN {} where {} was expected: records are missing",
-                where_(),
-                r.lsn,
-                self.applied + 1
-            )));
-        }
-        let rec = Record::decode(r.kind, &r.payload)
-            .map_err(|e| BackupError::Restore(format!("{}: record {}: {e}", where_(), r.lsn)))?;
-        if let Record::Clock { unix_ms } = rec {
-            if self.until_ms.is_some_and(|u| unix_ms > u) {
-                self.stopped = true;
-                return Ok(());
-            }
-            self.last_clock = Some(unix_ms);
-        }
-        self.pending.push(rec);
-        self.applied = r.lsn;
-        if self.pending.len() >= REPLAY_BATCH {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), BackupError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(crate::store::StoreError::from)?;
-        for rec in &self.pending {
-            schema::apply(&txn, self.bodies, rec)?;
-        }
-        schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
-        txn.commit()?;
-        self.replayed += self.pending.len() as u64;
-        self.pending.clear();
-        Ok(())
-    }
-
-    /// Applies what is pending and makes the state durable at `applied`.
-    fn finish(mut self, backup_lsn: Option<u64>) -> Result<(u64, u64, Option<i64>), BackupError> {
-        self.flush()?;
-        self.bodies.sync()?;
-        let txn = self.db.begin_write()?;
-        schema::set_meta(&txn, K_APPLIED_LSN, self.applied)?;
-        schema::set_meta(&txn, K_CHECKPOINT_LSN, self.applied)?;
-        if let Some(b) = backup_lsn {
-            schema::set_meta(&txn, K_BACKUP_LSN, b)?;
-        }
-        txn.commit()?;
-        Ok((self.applied, self.replayed, self.last_clock))
-    }
 }
 
 struct Current {
@@ -390,7 +299,7 @@ fn materialize_inner(
                             })?;
                         }
                         rp.flush()?;
-                        c.patch_lsn = rp.applied;
+                        c.patch_lsn = rp.applied();
                     }
                     None => {
                         for r in recs {
@@ -619,10 +528,11 @@ fn roll_incremental(
                     return Err(bad("the group ends inside its log".into()));
                 }
                 if let Some(i) = cur.take() {
-                    if rps[i].applied != end.end_lsn {
+                    if rps[i].applied() != end.end_lsn {
                         return Err(bad(format!(
                             "the log reaches LSN {} but the group ends at {}",
-                            rps[i].applied, end.end_lsn
+                            rps[i].applied(),
+                            end.end_lsn
                         )));
                     }
                     restored[i].end_lsn = end.end_lsn;
@@ -736,7 +646,7 @@ fn feed_backup_logs(file: &Path, id: u32, rp: &mut Replayer) -> Result<(), Backu
                 for r in recs {
                     rp.feed(r, &|| format!("{}: block at byte {at}", file.display()))?;
                 }
-                if rp.stopped {
+                if rp.stopped() {
                     return Ok(());
                 }
             }
@@ -749,7 +659,7 @@ fn feed_backup_logs(file: &Path, id: u32, rp: &mut Replayer) -> Result<(), Backu
 /// Feeds the records of a live WAL directory (a torn tail ends it).
 fn feed_live_wal(dir: &Path, rp: &mut Replayer) -> Result<(), BackupError> {
     for (_, path) in wal::list_segments(dir)? {
-        if rp.stopped {
+        if rp.stopped() {
             break;
         }
         let mut failed = None;
@@ -762,7 +672,7 @@ fn feed_live_wal(dir: &Path, rp: &mut Replayer) -> Result<(), BackupError> {
             Ok(())
         })?;
         if let Some(e) = failed {
-            return Err(e);
+            return Err(e.into());
         }
     }
     Ok(())

@@ -20,14 +20,14 @@ use redb::ReadableDatabase;
 
 use super::BackupError;
 use super::format::{Kind, MAX_BLOCK, Writer};
-use super::image;
-use super::image::ImageKind;
-use super::manifest;
 use super::marks::{FileEntry, GroupEnd, GroupStart, Header, Role, encode_files};
 use super::restore;
 use super::target::{self, Mirrors, Outcome};
 use crate::config::BackupConfig;
 use crate::store::export;
+use crate::store::image;
+use crate::store::image::ImageKind;
+use crate::store::manifest;
 use crate::store::schema::{self, K_APPLIED_LSN};
 use crate::store::wal;
 use crate::store::{Group, Store};

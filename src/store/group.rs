@@ -576,23 +576,11 @@ impl Writer {
                 "log after LSN {from} is not all there for the rebuild"
             )));
         }
-        for chunk in records.chunks(2_000) {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(redb::Durability::None)?;
-            for r in chunk {
-                let rec = Record::decode(r.kind, &r.payload)?;
-                schema::apply(&txn, &self.bodies, &rec)?;
-            }
-            txn.commit()?;
+        let mut rp = super::replay::Replayer::new(&db, &self.bodies, from, None);
+        for r in records {
+            rp.feed(r, &|| "the rebuild's catch-up".to_string())?;
         }
-        self.bodies.sync()?;
-        let txn = db.begin_write()?;
-        schema::set_meta(&txn, K_APPLIED_LSN, applied)?;
-        schema::set_meta(&txn, K_CHECKPOINT_LSN, applied)?;
-        if self.backup_floor != u64::MAX {
-            schema::set_meta(&txn, K_BACKUP_LSN, self.backup_floor)?;
-        }
-        txn.commit()?;
+        rp.finish(Some(self.backup_floor).filter(|b| *b != u64::MAX))?;
         crate::failpoint::hit("compact-before-rename");
         compact::swap_files(&compact::temp_path(&self.db_path), &self.db_path)?;
         let db = Arc::new(db);

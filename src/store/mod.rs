@@ -15,13 +15,16 @@ pub mod compact;
 pub mod digest;
 pub mod export;
 pub mod group;
+pub mod image;
 pub mod live;
+pub mod manifest;
 pub mod message;
 pub mod migrate;
 pub mod ops;
 pub mod reclaim;
 pub mod record;
 pub mod recovery;
+pub mod replay;
 pub mod schema;
 pub mod wal;
 

@@ -12,7 +12,8 @@ use redb::Database;
 use super::StoreError;
 use super::bodies::BodyStore;
 use super::record::Record;
-use super::schema::{self, K_APPLIED_LSN, K_CHECKPOINT_LSN};
+use super::replay::Replayer;
+use super::schema::{self, K_APPLIED_LSN};
 use super::wal::{self, SegmentEnd, WalError};
 
 #[derive(Debug, Default, Clone)]
@@ -24,8 +25,6 @@ pub struct RecoveryReport {
     /// A cut-off torn tail: file, offset, why.
     pub truncated: Option<(PathBuf, u64, String)>,
 }
-
-const REPLAY_BATCH: usize = 2_000;
 
 pub fn recover(
     db: &Database,
@@ -41,6 +40,7 @@ pub fn recover(
     let mut report = RecoveryReport::default();
     let mut last_lsn = applied;
     let mut pending: Vec<(u64, Record)> = Vec::new();
+    let mut rp = Replayer::new(db, bodies, applied, None);
     let mut expect: Option<u64> = None;
 
     for (i, (first, path)) in segments.iter().enumerate() {
@@ -97,7 +97,10 @@ pub fn recover(
             }
             expect = Some(*first);
         }
-        flush(db, bodies, &mut pending, &mut report)?;
+        for (lsn, rec) in pending.drain(..) {
+            rp.feed_decoded(lsn, rec)?;
+        }
+        rp.flush()?;
         if let SegmentEnd::Damaged { offset, problem } = end {
             if !is_last {
                 return Err(StoreError::Wal(WalError::Corrupt {
@@ -137,10 +140,9 @@ pub fn recover(
     }
 
     // Make the replayed state durable so the log before it may be pruned.
-    bodies.sync()?;
+    report.replayed = rp.replayed();
+    let (applied_now, _, _) = rp.finish(None)?;
     let txn = db.begin_write()?;
-    let applied_now = schema::get_meta(&txn, K_APPLIED_LSN)?;
-    schema::set_meta(&txn, K_CHECKPOINT_LSN, applied_now)?;
     schema::prune_once(&txn, chrono::Utc::now().timestamp())?;
     let filled = super::digest::backfill(&txn)?;
     if filled > 0 {
@@ -149,25 +151,4 @@ pub fn recover(
     txn.commit()?;
     report.next_lsn = last_lsn.max(applied_now) + 1;
     Ok(report)
-}
-
-fn flush(
-    db: &Database,
-    bodies: &BodyStore,
-    pending: &mut Vec<(u64, Record)>,
-    report: &mut RecoveryReport,
-) -> Result<(), StoreError> {
-    for chunk in pending.chunks(REPLAY_BATCH) {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        for (_, rec) in chunk {
-            schema::apply(&txn, bodies, rec)?;
-        }
-        let last = chunk.last().map(|(l, _)| *l).unwrap_or(0);
-        schema::set_meta(&txn, K_APPLIED_LSN, last)?;
-        txn.commit()?;
-        report.replayed += chunk.len() as u64;
-    }
-    pending.clear();
-    Ok(())
 }

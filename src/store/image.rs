@@ -20,9 +20,9 @@ use redb::{
     Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value, WriteTransaction,
 };
 
-use crate::store::StoreError;
-use crate::store::bodies::{self, BodyStore};
-use crate::store::schema::{
+use super::StoreError;
+use super::bodies::{self, BodyStore};
+use super::schema::{
     BLOBS, BODY_REFS, DELIVERED_ONCE, K_FORMAT, LOCAL_META, LOCATIONS, MAILBOX_IDS, MAILBOXES,
     MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
 };

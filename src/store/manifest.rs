@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 
 use redb::{ReadTransaction, ReadableTable};
 
-use crate::store::StoreError;
-use crate::store::bodies::{self, BodyStore};
-use crate::store::codec::{Dec, DecodeError, Enc};
-use crate::store::digest::{self, MailboxDigest};
-use crate::store::message::MessageMeta;
-use crate::store::schema::{self, MailboxInfo};
+use super::StoreError;
+use super::bodies::{self, BodyStore};
+use super::codec::{Dec, DecodeError, Enc};
+use super::digest::{self, MailboxDigest};
+use super::message::MessageMeta;
+use super::schema::{self, MailboxInfo};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserDigest {
