@@ -690,15 +690,16 @@ pub fn has_live(txn: &ReadTransaction, segment: u32) -> Result<bool, StoreError>
 
 /// Stores the body of message (mailbox, uid) and refers the message to it;
 /// does nothing when the message already has one (a replayed record).
+/// Returns the message's body reference.
 pub fn put(
     txn: &WriteTransaction,
     bodies: &BodyStore,
     key: (u64, u32),
     raw: &[u8],
-) -> Result<(), StoreError> {
+) -> Result<Vec<u8>, StoreError> {
     let mut refs = txn.open_table(BODY_REFS)?;
-    if refs.get(key)?.is_some() {
-        return Ok(());
+    if let Some(r) = refs.get(key)? {
+        return Ok(r.value().to_vec());
     }
     let (prefix, body) = split_trace(raw);
     let hash: Hash = *blake3::hash(body).as_bytes();
@@ -722,8 +723,9 @@ pub fn put(
         }
     };
     blobs.insert(hash.as_slice(), loc.encode().as_slice())?;
-    refs.insert(key, encode_ref(&hash, prefix).as_slice())?;
-    Ok(())
+    let r = encode_ref(&hash, prefix);
+    refs.insert(key, r.as_slice())?;
+    Ok(r)
 }
 
 /// Refers message `to` to the body of message `from` (COPY); false when

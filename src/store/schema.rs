@@ -329,8 +329,7 @@ pub fn apply(
                 .insert((*mailbox_id, *uid), meta.to_bytes().as_slice())?
                 .map(|v| MessageMeta::state_from_bytes(v.value()))
                 .transpose()?;
-            super::bodies::put(txn, bodies, (*mailbox_id, *uid), raw)?;
-            let r = body_ref(txn, (*mailbox_id, *uid))?;
+            let r = super::bodies::put(txn, bodies, (*mailbox_id, *uid), raw)?;
             if let Some(d) = &mut info.digest {
                 let new = message_hash(*uid, &meta.flags, &r);
                 // A record applied again replaces the message it made.
