@@ -188,9 +188,10 @@ async fn a_backup_under_load_restores_the_live_state() {
     .unwrap();
     assert_eq!(rebuilt.len(), 2);
     for r in &rebuilt {
-        let (db, bodies) = tiermail::store::migrate::open_path(&r.path, 16 << 20).unwrap();
-        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let got = manifest::compute_verified(&txn, &bodies).unwrap();
+        let got = tiermail::store::export::Rebuilt::open(&r.path)
+            .unwrap()
+            .manifest_verified(tiermail::store::image::ImageKind::Segments)
+            .unwrap();
         assert!(
             manifest::differences(&r.manifest, &got).is_empty(),
             "{:?}",

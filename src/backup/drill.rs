@@ -10,7 +10,6 @@ use std::time::Instant;
 use super::BackupError;
 use super::restore;
 use super::target;
-use crate::store::image::ImageKind;
 use crate::store::manifest::{self, Manifest};
 
 #[derive(Debug, Clone)]
@@ -89,13 +88,7 @@ fn check(file: &Path, scratch: &Path) -> Result<(usize, Vec<Pair>), BackupError>
     )?;
     let mut out = Vec::new();
     for r in &restored {
-        let (db, bodies) = crate::store::migrate::open_path(&r.path, 64 << 20)
-            .map_err(|e| BackupError::Restore(format!("{}: {e}", r.path.display())))?;
-        let txn = redb::ReadableDatabase::begin_read(&db)?;
-        let got = match header.image {
-            ImageKind::Inline => manifest::compute(&txn, &bodies)?,
-            ImageKind::Segments => manifest::compute_verified(&txn, &bodies)?,
-        };
+        let got = crate::store::export::Rebuilt::open(&r.path)?.manifest_verified(header.image)?;
         out.push((r.manifest.clone(), got));
     }
     Ok((restored.len(), out))

@@ -48,21 +48,6 @@ impl From<crate::store::wal::WalError> for BackupError {
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for BackupError {
-            fn from(e: $t) -> Self { BackupError::Store(e.into()) }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
-);
-
 impl BackupError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> BackupError {
         BackupError::Io {

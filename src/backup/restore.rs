@@ -13,19 +13,15 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use redb::Database;
 
 use super::BackupError;
 use super::format::{Kind, Reader, Skimmer};
 use super::marks::{self, GroupEnd, GroupStart, Header};
-use crate::store::bodies::{self, BodyStore};
-use crate::store::export::SegmentImporter;
+use crate::store::export::Rebuilt;
 use crate::store::group::group_dir;
 use crate::store::image::{self, ImageKind};
 use crate::store::manifest::Manifest;
-use crate::store::migrate;
 use crate::store::record::Record;
-use crate::store::recovery;
 use crate::store::replay::Replayer;
 use crate::store::wal;
 
@@ -48,9 +44,8 @@ pub struct Restored {
     pub manifest: Manifest,
 }
 
-fn open_db(path: &Path) -> Result<(Database, BodyStore), BackupError> {
-    migrate::open_path(path, 256 << 20)
-        .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))
+fn open_db(path: &Path) -> Result<Rebuilt, BackupError> {
+    Rebuilt::open(path).map_err(|e| BackupError::Restore(e.to_string()))
 }
 
 fn damaged(file: &Path, offset: u64, problem: impl std::fmt::Display) -> BackupError {
@@ -62,9 +57,7 @@ fn damaged(file: &Path, offset: u64, problem: impl std::fmt::Display) -> BackupE
 
 struct Current {
     start: GroupStart,
-    db: Option<(Database, BodyStore, PathBuf)>,
-    /// The segments of an image of the segment kind, being written.
-    segments: Option<SegmentImporter>,
+    db: Option<Rebuilt>,
     table: Option<u8>,
     rows: Vec<u8>,
     pending: Vec<(Vec<u8>, Vec<u8>)>,
@@ -79,14 +72,10 @@ struct Current {
 
 impl Current {
     fn load_pending(&mut self) -> Result<(), BackupError> {
-        if let (Some((db, bodies, _)), Some(t)) = (&self.db, self.table)
+        if let (Some(db), Some(t)) = (&self.db, self.table)
             && !self.pending.is_empty()
         {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(redb::Durability::None)
-                .map_err(crate::store::StoreError::from)?;
-            image::load_rows(&txn, bodies, self.kind, t, &self.pending)?;
-            txn.commit()?;
+            db.load_rows(self.kind, t, &self.pending)?;
         }
         self.pending.clear();
         self.pending_bytes = 0;
@@ -107,7 +96,7 @@ pub fn materialize(
     let result = materialize_inner(file, select, progress, &mut made);
     if result.is_err() {
         for p in made {
-            bodies::remove_with(&p);
+            Rebuilt::remove(&p);
         }
     }
     result
@@ -161,23 +150,19 @@ fn materialize_inner(
                 }
                 let start = GroupStart::decode(&block.payload).map_err(|e| bad(e.to_string()))?;
                 let kind = header.as_ref().map_or(ImageKind::Inline, |h| h.image);
-                let mut segments = None;
                 let db = match select(start.id) {
                     Some(path) => {
-                        bodies::remove_with(&path);
                         made.push(path.clone());
-                        let (db, bodies) = open_db(&path)?;
-                        if kind == ImageKind::Segments {
-                            segments = Some(SegmentImporter::new(&path, MAX_SEGMENT)?);
-                        }
-                        Some((db, bodies, path))
+                        Some(
+                            Rebuilt::create(&path, kind == ImageKind::Segments, MAX_SEGMENT)
+                                .map_err(|e| BackupError::Restore(e.to_string()))?,
+                        )
                     }
                     None => None,
                 };
                 cur = Some(Current {
                     start,
                     db,
-                    segments,
                     kind,
                     table: None,
                     rows: Vec::new(),
@@ -229,10 +214,10 @@ fn materialize_inner(
                 if block.payload.len() < 12 {
                     return Err(bad("a segment block too short for its position".into()));
                 }
-                if let Some(imp) = c.segments.as_mut() {
+                if let Some(db) = c.db.as_mut() {
                     let id = u32::from_le_bytes(block.payload[..4].try_into().expect("4 bytes"));
                     let off = u64::from_le_bytes(block.payload[4..12].try_into().expect("8 bytes"));
-                    imp.write(id, off, &block.payload[12..])
+                    db.write_segment(id, off, &block.payload[12..])
                         .map_err(|e| bad(e.to_string()))?;
                 }
             }
@@ -244,16 +229,8 @@ fn materialize_inner(
                     return Err(bad("an image row is cut off".into()));
                 }
                 c.load_pending()?;
-                if let Some(imp) = c.segments.take() {
-                    imp.finish().map_err(|e| bad(e.to_string()))?;
-                    crate::failpoint::hit("restore-after-segments");
-                    // Opened again so that the body store takes the copied
-                    // segments as its own (the patch appends to them).
-                    if let Some((db, bodies, path)) = c.db.take() {
-                        drop((db, bodies));
-                        let (db, bodies) = open_db(&path)?;
-                        c.db = Some((db, bodies, path));
-                    }
+                if let Some(db) = c.db.take() {
+                    c.db = Some(db.end_image().map_err(|e| bad(e.to_string()))?);
                 }
                 marks::decode_files(&block.payload).map_err(|e| bad(e.to_string()))?;
                 c.files = true;
@@ -291,8 +268,8 @@ fn materialize_inner(
                 let mut recs = Vec::new();
                 wal::take_framed(&mut c.records, &mut recs).map_err(&bad)?;
                 match &c.db {
-                    Some((db, bodies, _)) => {
-                        let mut rp = Replayer::new(db, bodies, c.patch_lsn, None);
+                    Some(db) => {
+                        let mut rp = db.replayer(c.patch_lsn, None);
                         for r in recs {
                             rp.feed(r, &|| {
                                 format!("{}: patch block at byte {at}", file.display())
@@ -338,9 +315,10 @@ fn materialize_inner(
                         c.patch_lsn, end.end_lsn
                     )));
                 }
-                if let Some((db, bodies, path)) = c.db.take() {
-                    Replayer::new(&db, &bodies, end.end_lsn, None).finish(Some(end.end_lsn))?;
-                    drop((db, bodies));
+                if let Some(db) = c.db.take() {
+                    db.replayer(end.end_lsn, None).finish(Some(end.end_lsn))?;
+                    let path = db.path().to_path_buf();
+                    drop(db);
                     done.push(Restored {
                         id: c.start.id,
                         path,
@@ -439,7 +417,7 @@ pub fn materialize_chain(
         let mut rps: Vec<Replayer> = dbs
             .iter()
             .zip(&restored)
-            .map(|((db, b), r)| Replayer::new(db, b, r.end_lsn, None))
+            .map(|(db, r)| db.replayer(r.end_lsn, None))
             .collect();
         for pair in chain.windows(2) {
             roll_incremental(&pair[1], &pair[0], &mut restored, &mut rps)?;
@@ -451,7 +429,7 @@ pub fn materialize_chain(
     })();
     if let Err(e) = result {
         for r in &restored {
-            bodies::remove_with(&r.path);
+            Rebuilt::remove(&r.path);
         }
         return Err(e);
     }
@@ -770,10 +748,10 @@ pub fn restore(
     let result = (|| {
         for r in &restored {
             let gdir = group_dir(&opts.data_dir, r.id);
-            let (db, bodies) = open_db(&r.path)?;
+            let db = open_db(&r.path)?;
             let report = match opts.until {
                 None => {
-                    let rec = recovery::recover(&db, &bodies, &gdir.join("wal")).map_err(|e| {
+                    let rec = db.recover(&gdir.join("wal")).map_err(|e| {
                         BackupError::Restore(format!(
                             "group {}: rolling forward with the live log failed: {e}",
                             r.id
@@ -788,7 +766,7 @@ pub fn restore(
                     }
                 }
                 Some(t) => {
-                    let mut rp = Replayer::new(&db, &bodies, r.end_lsn, Some(t.timestamp_millis()));
+                    let mut rp = db.replayer(r.end_lsn, Some(t.timestamp_millis()));
                     for later in &opts.later {
                         feed_backup_logs(later, r.id, &mut rp)?;
                     }
@@ -809,7 +787,7 @@ pub fn restore(
     })();
     if let Err(e) = result {
         for r in &restored {
-            bodies::remove_with(&r.path);
+            Rebuilt::remove(&r.path);
         }
         return Err(e);
     }
@@ -821,8 +799,7 @@ pub fn restore(
         let db = gdir.join("store.redb");
         let io = |e| BackupError::io(&gdir, e);
         if db.exists() {
-            bodies::rename_with(&db, &gdir.join(format!("store.redb.replaced-{stamp}")))
-                .map_err(io)?;
+            Rebuilt::rename(&db, &gdir.join(format!("store.redb.replaced-{stamp}"))).map_err(io)?;
         }
         if opts.until.is_some() {
             // The live log goes on past the chosen time: it must not be
@@ -836,7 +813,7 @@ pub fn restore(
             }
             std::fs::create_dir_all(&wal_dir).map_err(io)?;
         }
-        bodies::rename_with(&r.path, &db).map_err(io)?;
+        Rebuilt::rename(&r.path, &db).map_err(io)?;
         std::fs::File::open(&gdir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;

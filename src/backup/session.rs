@@ -16,19 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redb::ReadableDatabase;
-
 use super::BackupError;
 use super::format::{Kind, MAX_BLOCK, Writer};
 use super::marks::{FileEntry, GroupEnd, GroupStart, Header, Role, encode_files};
 use super::restore;
 use super::target::{self, Mirrors, Outcome};
 use crate::config::BackupConfig;
-use crate::store::export;
-use crate::store::image;
+use crate::store::export::Snapshot;
 use crate::store::image::ImageKind;
-use crate::store::manifest;
-use crate::store::schema::{self, K_APPLIED_LSN};
 use crate::store::wal;
 use crate::store::{Group, Store};
 
@@ -457,13 +452,13 @@ fn backup_group(
     };
     // The image reads bodies from this snapshot: no segment it names may
     // be deleted by a reclaim until the group is done.
-    let _pin = g.bodies.pin();
+    let _pin = g.pin_segments();
     let (image_lsn, log_from) = if incremental {
         (floor, floor + 1)
     } else {
-        let txn = g.db().begin_read()?;
-        image::check_tables(&txn)?;
-        let image_lsn = applied(&txn)?;
+        let snap = g.snapshot()?;
+        snap.check_tables()?;
+        let image_lsn = snap.applied_lsn()?;
         // Log files continue the previous backup; the first backup of a
         // group has none to continue (its image is where history starts).
         let segments = wal::list_segments(&g.dir.join("wal"))?;
@@ -482,11 +477,11 @@ fn backup_group(
             }
             .encode(),
         )?;
-        copy_segments(g, &txn, w, progress, pacer)?;
+        copy_segments(&snap, w, progress, pacer)?;
         crate::failpoint::hit("backup-after-segments");
         for index in ImageKind::Segments.tables() {
             let mut c = Chunker::new(w, Kind::Image, Some(index), progress, pacer);
-            image::dump_table(&txn, index, &mut |k, v| {
+            snap.dump_table(index, &mut |k, v| {
                 // A row (`image` module docs), written straight into the chunk.
                 let pushed = c
                     .push(&(k.len() as u32).to_le_bytes())
@@ -512,11 +507,11 @@ fn backup_group(
     }
 
     // The end of this group's backup: everything applied by now.
-    let txn = g.db().begin_read()?;
-    let end_lsn = applied(&txn)?;
+    let snap = g.snapshot()?;
+    let end_lsn = snap.applied_lsn()?;
     let end_ms = chrono::Utc::now().timestamp_millis();
-    let digests = manifest::recorded(&txn)?;
-    drop(txn);
+    let digests = snap.manifest()?;
+    drop(snap);
 
     // Which segments hold the log (log_from..=S) and patch (S+1..=E).
     let segments = wal::list_segments(&g.dir.join("wal"))?;
@@ -617,13 +612,12 @@ fn backup_group(
 /// Streams the body segments the snapshot `txn` refers to, each from its
 /// start to where the snapshot's state ends in it.
 fn copy_segments(
-    g: &Group,
-    txn: &redb::ReadTransaction,
+    snap: &Snapshot,
     w: &Sink,
     progress: &Progress,
     pacer: &mut Pacer,
 ) -> Result<(), BackupError> {
-    for span in export::spans(txn, &g.bodies)? {
+    for span in snap.spans()? {
         let mut at = 0u64;
         while at < span.len {
             if progress.cancel.load(Ordering::Relaxed) {
@@ -634,7 +628,7 @@ fn copy_segments(
             block.extend_from_slice(&span.id.to_le_bytes());
             block.extend_from_slice(&at.to_le_bytes());
             block.resize(12 + n, 0);
-            export::read_span(&g.bodies, span.id, at, &mut block[12..])?;
+            snap.read_span(span.id, at, &mut block[12..])?;
             progress
                 .bytes
                 .fetch_add(block.len() as u64, Ordering::Relaxed);
@@ -644,12 +638,4 @@ fn copy_segments(
         }
     }
     Ok(())
-}
-
-fn applied(txn: &redb::ReadTransaction) -> Result<u64, BackupError> {
-    Ok(txn
-        .open_table(schema::META)?
-        .get(K_APPLIED_LSN)?
-        .map(|v| v.value())
-        .unwrap_or(0))
 }

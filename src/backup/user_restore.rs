@@ -8,12 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::ReadableDatabase;
+use crate::store::export::Rebuilt;
 
 use super::BackupError;
 use super::restore;
-use crate::store::message::MessageMeta;
-use crate::store::schema::{self, MailboxInfo};
 use crate::store::{Delivery, Op, SEPARATOR, Store, StoreError};
 
 /// Messages read from the scratch database per step.
@@ -88,31 +86,14 @@ async fn copy(
             file.display()
         )));
     }
-    let (db, bodies) = crate::store::migrate::open_path(&path, 64 << 20)
-        .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))?;
-    let (db, bodies) = (Arc::new(db), Arc::new(bodies));
+    let db = Arc::new(
+        Rebuilt::open(&path)
+            .map_err(|e| BackupError::Restore(format!("{}: {e}", path.display())))?,
+    );
     let read = {
         let db = db.clone();
-        let prefix = schema::mailbox_key(user, "");
-        move || -> Result<Vec<(String, u64, Vec<u32>)>, BackupError> {
-            let txn = db.begin_read()?;
-            let boxes = txn.open_table(schema::MAILBOXES)?;
-            let msgs = txn.open_table(schema::MESSAGES)?;
-            let mut v = Vec::new();
-            for row in boxes.range(prefix.as_str()..)? {
-                let (k, val) = row?;
-                let Some(name) = k.value().strip_prefix(prefix.as_str()).map(str::to_string) else {
-                    break;
-                };
-                let info = MailboxInfo::from_bytes(val.value()).map_err(StoreError::from)?;
-                let mut uids = Vec::new();
-                for m in msgs.range((info.id, 0)..=(info.id, u32::MAX))? {
-                    uids.push(m?.0.value().1);
-                }
-                v.push((name, info.id, uids));
-            }
-            Ok(v)
-        }
+        let user = user.to_string();
+        move || db.mailboxes_of(&user)
     };
     let boxes = tokio::task::spawn_blocking(read)
         .await
@@ -138,36 +119,11 @@ async fn copy(
         }
         report.folders += 1;
         for chunk in uids.chunks(STEP) {
-            let (db, bodies) = (db.clone(), bodies.clone());
+            let db = db.clone();
             let chunk = chunk.to_vec();
-            let msgs = tokio::task::spawn_blocking(
-                move || -> Result<Vec<(MessageMeta, Vec<u8>)>, BackupError> {
-                    let txn = db.begin_read()?;
-                    let metas = txn.open_table(schema::MESSAGES)?;
-                    let refs = txn.open_table(schema::BODY_REFS)?;
-                    let blobs = txn.open_table(schema::BLOBS)?;
-                    let mut v = Vec::new();
-                    for uid in chunk {
-                        let Some(m) = metas.get((mailbox_id, uid))? else {
-                            continue;
-                        };
-                        let Some(raw) = crate::store::bodies::read_with(
-                            &refs,
-                            &blobs,
-                            &bodies,
-                            (mailbox_id, uid),
-                        )?
-                        else {
-                            continue;
-                        };
-                        let meta = MessageMeta::from_bytes(m.value()).map_err(StoreError::from)?;
-                        v.push((meta, raw));
-                    }
-                    Ok(v)
-                },
-            )
-            .await
-            .map_err(|e| BackupError::Restore(e.to_string()))??;
+            let msgs = tokio::task::spawn_blocking(move || db.messages(mailbox_id, &chunk))
+                .await
+                .map_err(|e| BackupError::Restore(e.to_string()))??;
             for (meta, raw) in msgs {
                 store
                     .deliver(Delivery {
