@@ -486,15 +486,19 @@ fn backup(config: &Config, cmd: BackupCommand) -> anyhow::Result<()> {
                                 .map(|(s, e)| {
                                     // The log reaches back to log_from; a
                                     // first backup is its image alone.
-                                    if s.log_from <= s.image_lsn {
+                                    if s.log_from <= s.image_lsn || d.header.parent.is_some() {
                                         format!("g{:03} {}..{}", s.id, s.log_from, e.end_lsn)
                                     } else {
                                         format!("g{:03} ..{}", s.id, e.end_lsn)
                                     }
                                 })
                                 .collect();
+                            let kind = match &d.header.parent {
+                                Some(p) => format!("incremental on {p}"),
+                                None => "full".to_string(),
+                            };
                             println!(
-                                "  {name}  {}  {size} bytes  {} groups  LSNs {}",
+                                "  {name}  {}  {kind}  {size} bytes  {} groups  LSNs {}",
                                 t.format("%F %T UTC"),
                                 d.groups.len(),
                                 lsns.join(", ")

@@ -950,6 +950,16 @@ async fn incremental_backups_hold_the_new_mail_and_restore_as_a_chain() {
     assert!(std::fs::metadata(&inc2).unwrap().len() < 100_000);
     let live = all_state(&server.store()).await;
 
+    let out = tiermail_cli(&server)
+        .args(["backup", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  full  ") && text.contains(&format!("incremental on {full_name}")),
+        "{text}"
+    );
+
     // verify checks the whole chain, drill restores it and compares.
     let out = tiermail_cli(&server)
         .args(["backup", "verify"])
