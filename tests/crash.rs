@@ -904,6 +904,19 @@ async fn sigkill_during_full_and_incremental_backups_and_their_restore() {
     store.shutdown();
 }
 
+/// Which group each test user lives in (the server stopped).
+fn placement(config: &Path) -> Vec<(&'static str, u32)> {
+    let cfg = Config::load(Some(config)).unwrap();
+    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
+    let placed = USERS
+        .iter()
+        .map(|u| (*u, store.group_of(u).unwrap().id))
+        .collect();
+    store.shutdown();
+    drop(store);
+    placed
+}
+
 /// A storage group whose database cannot be opened stops only its own
 /// users: their deliveries get `451 4.3.0` and their logins
 /// `NO [UNAVAILABLE]`, the other groups' users are served, `status` names
@@ -923,15 +936,7 @@ async fn a_group_that_cannot_open_affects_only_its_users() {
     }
     drop(c);
     assert!(daemon.terminate().success());
-    // Which group each user lives in.
-    let cfg = Config::load(Some(&config)).unwrap();
-    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-    let placed: Vec<(&str, u32)> = USERS
-        .iter()
-        .map(|u| (*u, store.group_of(u).unwrap().id))
-        .collect();
-    store.shutdown();
-    drop(store);
+    let placed = placement(&config);
     let broken = placed[0].1;
     let Some(&(healthy_user, _)) = placed.iter().find(|(_, g)| *g != broken) else {
         panic!("every test user is in one group: {placed:?}");
@@ -1029,14 +1034,7 @@ async fn a_resent_transaction_reaches_each_recipient_once() {
     }
 
     // One recipient's group down: 451, resent twice, then repaired.
-    let cfg = Config::load(Some(&config)).unwrap();
-    let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
-    let placed: Vec<(&str, u32)> = USERS
-        .iter()
-        .map(|u| (*u, store.group_of(u).unwrap().id))
-        .collect();
-    store.shutdown();
-    drop(store);
+    let placed = placement(&config);
     let down = placed[0].1;
     let up = placed
         .iter()

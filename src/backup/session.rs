@@ -453,6 +453,17 @@ fn backup_group(
     // The image reads bodies from this snapshot: no segment it names may
     // be deleted by a reclaim until the group is done.
     let _pin = g.pin_segments();
+    let start = |image_lsn, log_from| {
+        w.block(
+            Kind::GroupStart,
+            GroupStart {
+                id: g.id,
+                image_lsn,
+                log_from,
+            }
+            .encode(),
+        )
+    };
     let (image_lsn, log_from) = if incremental {
         (floor, floor + 1)
     } else {
@@ -468,15 +479,7 @@ fn backup_group(
         } else {
             (floor + 1).max(oldest).min(image_lsn + 1)
         };
-        w.block(
-            Kind::GroupStart,
-            GroupStart {
-                id: g.id,
-                image_lsn,
-                log_from,
-            }
-            .encode(),
-        )?;
+        start(image_lsn, log_from)?;
         copy_segments(&snap, w, progress, pacer)?;
         crate::failpoint::hit("backup-after-segments");
         for index in ImageKind::Segments.tables() {
@@ -495,15 +498,7 @@ fn backup_group(
         (image_lsn, log_from)
     };
     if incremental {
-        w.block(
-            Kind::GroupStart,
-            GroupStart {
-                id: g.id,
-                image_lsn,
-                log_from,
-            }
-            .encode(),
-        )?;
+        start(image_lsn, log_from)?;
     }
 
     // The end of this group's backup: everything applied by now.

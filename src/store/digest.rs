@@ -91,18 +91,7 @@ pub fn recompute(
     refs: &impl ReadableTable<(u64, u32), &'static [u8]>,
     id: u64,
 ) -> Result<MailboxDigest, StoreError> {
-    let mut d = MailboxDigest::default();
-    for row in messages.range((id, 0)..=(id, u32::MAX))? {
-        let (k, v) = row?;
-        let uid = k.value().1;
-        let (_, _, _, flags) = MessageMeta::state_from_bytes(v.value())?;
-        let r = refs
-            .get((id, uid))?
-            .map(|r| r.value().to_vec())
-            .unwrap_or_default();
-        d.add(message_hash(uid, &flags, &r));
-    }
-    Ok(d)
+    summed(messages, refs, id, &mut |_, _| Ok(()))
 }
 
 /// As [`recompute`], reading every body and checking it against its
@@ -114,17 +103,13 @@ pub fn recompute_verified(
     store: &BodyStore,
     id: u64,
 ) -> Result<MailboxDigest, StoreError> {
-    let mut d = MailboxDigest::default();
-    for row in messages.range((id, 0)..=(id, u32::MAX))? {
-        let (k, v) = row?;
-        let uid = k.value().1;
-        let (_, _, _, flags) = MessageMeta::state_from_bytes(v.value())?;
-        let Some(r) = refs.get((id, uid))?.map(|r| r.value().to_vec()) else {
+    summed(messages, refs, id, &mut |uid, r| {
+        if r.is_empty() {
             return Err(StoreError::Format(format!(
                 "message {id}/{uid} has no body"
             )));
-        };
-        let (hash, _) = bodies::decode_ref(&r)?;
+        }
+        let (hash, _) = bodies::decode_ref(r)?;
         let loc = blobs
             .get(hash.as_slice())?
             .map(|v| BlobLoc::decode(v.value()))
@@ -140,6 +125,31 @@ pub fn recompute_verified(
                 "message {id}/{uid}: its body does not match its hash"
             )));
         }
+        Ok(())
+    })
+}
+
+/// Sees each message's UID and body reference before it is summed.
+type Check<'a> = dyn FnMut(u32, &[u8]) -> Result<(), StoreError> + 'a;
+
+/// Sums the hashes of mailbox `id`'s messages, `check` seeing each UID and
+/// body reference first.
+fn summed(
+    messages: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    refs: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    id: u64,
+    check: &mut Check<'_>,
+) -> Result<MailboxDigest, StoreError> {
+    let mut d = MailboxDigest::default();
+    for row in messages.range((id, 0)..=(id, u32::MAX))? {
+        let (k, v) = row?;
+        let uid = k.value().1;
+        let (_, _, _, flags) = MessageMeta::state_from_bytes(v.value())?;
+        let r = refs
+            .get((id, uid))?
+            .map(|r| r.value().to_vec())
+            .unwrap_or_default();
+        check(uid, &r)?;
         d.add(message_hash(uid, &flags, &r));
     }
     Ok(d)
