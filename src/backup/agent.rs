@@ -231,9 +231,14 @@ async fn run_drill(
         None => drill::latest(&cfg.targets).ok_or("no backup in any target to drill")?,
     };
     let scratch = data_dir.join("drill-scratch");
-    // A rebuilt store takes up to about twice the backup's size; the drill
+    // A rebuilt store takes up to about twice the size of the backups it is
+    // rebuilt from (an incremental one with its whole chain); the drill
     // must not fill the data disk.
-    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let chain = super::restore::chain_of(&file).unwrap_or_else(|_| vec![file.clone()]);
+    let size: u64 = chain
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let need = size
         .saturating_mul(3)
         .saturating_add(cfg.min_free_mib.saturating_mul(1 << 20));
