@@ -160,7 +160,7 @@ fn main() {
         let mut files: Vec<PathBuf> = Vec::new();
         for g in store.groups() {
             files.push(g.dir.join("store.redb"));
-            for (_, seg) in tiermail::store::bodies::list_segments(g.bodies.dir()).unwrap() {
+            for (_, seg) in tiermail::store::export::body_segments(&g.dir.join("store.redb")).unwrap() {
                 files.push(seg);
             }
         }
@@ -297,7 +297,7 @@ fn main() {
         for g in store.groups() {
             let wal = fresh_data.join(format!("groups/g{:03}/wal", g.id));
             std::fs::create_dir_all(&wal).unwrap();
-            for (_, seg) in tiermail::store::wal::list_segments(&g.dir.join("wal")).unwrap() {
+            for (_, seg) in tiermail::store::export::wal_segments(&g.dir.join("wal")).unwrap() {
                 std::fs::copy(&seg, wal.join(seg.file_name().unwrap())).unwrap();
             }
         }
@@ -326,8 +326,7 @@ fn main() {
         for g in std::fs::read_dir(alone.join("groups")).unwrap().flatten() {
             let db = g.path().join("store.redb");
             restored_bytes += std::fs::metadata(&db).map_or(0, |m| m.len());
-            let bodies = tiermail::store::bodies::dir_for(&db);
-            for (_, seg) in tiermail::store::bodies::list_segments(&bodies).unwrap() {
+            for (_, seg) in tiermail::store::export::body_segments(&db).unwrap() {
                 restored_bytes += std::fs::metadata(seg).unwrap().len();
             }
         }

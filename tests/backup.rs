@@ -20,7 +20,7 @@ use tiermail::backup::session::Mode;
 use tiermail::backup::{restore, target};
 use tiermail::config::Config;
 use tiermail::store::Store;
-use tiermail::store::manifest;
+use tiermail::store::export as manifest;
 
 const USERS: [&str; 3] = [
     "alice@example.test",
@@ -190,7 +190,7 @@ async fn a_backup_under_load_restores_the_live_state() {
     for r in &rebuilt {
         let got = tiermail::store::export::Rebuilt::open(&r.path)
             .unwrap()
-            .manifest_verified(tiermail::store::image::ImageKind::Segments)
+            .manifest_verified(tiermail::store::export::ImageKind::Segments)
             .unwrap();
         assert!(
             manifest::differences(&r.manifest, &got).is_empty(),
@@ -207,7 +207,7 @@ async fn a_backup_under_load_restores_the_live_state() {
     for g in server.store().groups() {
         let wal = fresh_data.join(format!("groups/g{:03}/wal", g.id));
         std::fs::create_dir_all(&wal).unwrap();
-        for (_, seg) in tiermail::store::wal::list_segments(&g.dir.join("wal")).unwrap() {
+        for (_, seg) in tiermail::store::export::wal_segments(&g.dir.join("wal")).unwrap() {
             std::fs::copy(&seg, wal.join(seg.file_name().unwrap())).unwrap();
         }
     }
@@ -392,7 +392,7 @@ async fn the_log_is_kept_until_a_backup_holds_it() {
     let g = server.store().groups()[0].clone();
     g.checkpoint().await.unwrap();
     let segments = || {
-        tiermail::store::wal::list_segments(&g.dir.join("wal"))
+        tiermail::store::export::wal_segments(&g.dir.join("wal"))
             .unwrap()
             .len()
     };
@@ -410,7 +410,7 @@ async fn the_log_is_kept_until_a_backup_holds_it() {
     let g = plain.store().groups()[0].clone();
     g.checkpoint().await.unwrap();
     assert_eq!(
-        tiermail::store::wal::list_segments(&g.dir.join("wal"))
+        tiermail::store::export::wal_segments(&g.dir.join("wal"))
             .unwrap()
             .len(),
         1
@@ -1052,7 +1052,7 @@ async fn a_backup_of_the_inline_kind_still_restores() {
         .expect("a backup in tests/data/backup-v1");
     assert_eq!(
         header_of(&file).image,
-        tiermail::store::image::ImageKind::Inline
+        tiermail::store::export::ImageKind::Inline
     );
     let dir = tempfile::tempdir().unwrap();
     let report = tiermail::backup::drill::drill(&file, &dir.path().join("scratch")).unwrap();

@@ -15,11 +15,36 @@ use redb::{Database, ReadTransaction};
 use super::StoreError;
 use super::bodies::{self, BodyStore, SEGMENT_HEADER, SEGMENT_MAGIC};
 use super::group::Group;
-use super::manifest::Manifest;
+
 use super::message::MessageMeta;
 use super::replay::Replayer;
 use super::schema::{self, K_BODY_END, K_BODY_SEGMENT, LOCATIONS};
 use super::{image, manifest, migrate, recovery};
+
+pub use super::digest::MailboxDigest;
+pub use super::image::ImageKind;
+pub use super::manifest::{Manifest, UserDigest, differences};
+
+/// The log segments in a group's `wal` directory: (first LSN, path), in
+/// order (for tools and tests that look at the files).
+pub fn wal_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    Ok(super::wal::list_segments(dir)?)
+}
+
+/// The LSNs of the records in one log segment, up to any damage.
+pub fn wal_lsns(path: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut v = Vec::new();
+    super::wal::read_segment(path, |r| {
+        v.push(r.lsn);
+        Ok(())
+    })?;
+    Ok(v)
+}
+
+/// The body segment files beside the redb file `db_path`: (id, path).
+pub fn body_segments(db_path: &Path) -> Result<Vec<(u32, PathBuf)>, StoreError> {
+    bodies::list_segments(&bodies::dir_for(db_path))
+}
 
 /// One segment as a snapshot refers to it: bytes `0..len` of segment `id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,24 +9,24 @@
 //! group count never moves anyone silently. Reads run on the blocking pool
 //! as redb MVCC snapshots and never wait for the writer.
 
-pub mod bodies;
-pub mod codec;
-pub mod compact;
-pub mod digest;
+pub(crate) mod bodies;
+pub(crate) mod codec;
+pub(crate) mod compact;
+pub(crate) mod digest;
 pub mod export;
-pub mod group;
-pub mod image;
-pub mod live;
-pub mod manifest;
-pub mod message;
-pub mod migrate;
-pub mod ops;
-pub mod reclaim;
-pub mod record;
-pub mod recovery;
-pub mod replay;
-pub mod schema;
-pub mod wal;
+pub(crate) mod group;
+pub(crate) mod image;
+pub(crate) mod live;
+pub(crate) mod manifest;
+pub(crate) mod message;
+pub(crate) mod migrate;
+pub(crate) mod ops;
+pub(crate) mod reclaim;
+pub(crate) mod record;
+pub(crate) mod recovery;
+pub(crate) mod replay;
+pub(crate) mod schema;
+pub(crate) mod wal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -305,6 +305,28 @@ impl Store {
         Err(StoreError::Unavailable(format!(
             "storage group {id}: {why}"
         )))
+    }
+
+    /// Every mailbox's kept digest beside one recomputed from its messages
+    /// (`user/mailbox`, kept, recomputed): they must be equal.
+    pub fn digest_check(
+        &self,
+    ) -> Result<Vec<(String, Option<digest::MailboxDigest>, digest::MailboxDigest)>, StoreError>
+    {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            let db = g.db();
+            let txn = db.begin_read()?;
+            let messages = txn.open_table(schema::MESSAGES)?;
+            let refs = txn.open_table(schema::BODY_REFS)?;
+            for row in txn.open_table(schema::MAILBOXES)?.iter()? {
+                let (k, v) = row?;
+                let info = MailboxInfo::from_bytes(v.value())?;
+                let again = digest::recompute(&messages, &refs, info.id)?;
+                out.push((k.value().replace('\0', "/"), info.digest, again));
+            }
+        }
+        Ok(out)
     }
 
     /// Groups that could not be opened at start, and why.

@@ -100,7 +100,7 @@ pub struct RawRecord {
 /// How a segment read ended.
 pub enum SegmentEnd {
     /// Clean end of file after the last record.
-    Clean { len: u64 },
+    Clean,
     /// A record could not be read whole or failed its CRC at `offset`.
     Damaged { offset: u64, problem: String },
 }
@@ -147,7 +147,7 @@ pub fn read_records(
     loop {
         let mut head = [0u8; 13];
         match read_full(&mut r, &mut head).map_err(io_err(path))? {
-            0 => return Ok(SegmentEnd::Clean { len: offset }),
+            0 => return Ok(SegmentEnd::Clean),
             13 => {}
             _ => {
                 return Ok(SegmentEnd::Damaged {
@@ -467,7 +467,7 @@ mod tests {
         let mut all = Vec::new();
         for (_, p) in &segs {
             let (l, end) = records(p);
-            assert!(matches!(end, SegmentEnd::Clean { .. }));
+            assert!(matches!(end, SegmentEnd::Clean));
             all.extend(l);
         }
         assert_eq!(all, (1..=8).collect::<Vec<_>>());
