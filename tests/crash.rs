@@ -618,7 +618,7 @@ async fn fill_keeping_every_tenth(
     n: u32,
     make: impl Fn(u32) -> Vec<u8>,
 ) -> HashMap<u32, Vec<u8>> {
-    use tiermail::store::{Delivery, Op, Summary};
+    use tiermail::store::{Delivery, Summary};
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     let mut kept = HashMap::new();
     for i in 0..n {
@@ -638,18 +638,7 @@ async fn fill_keeping_every_tenth(
             kept.insert(i + 1, raw);
         }
     }
-    let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
-    let gone: Vec<u32> = (1..=n).filter(|u| u % 10 != 0).collect();
-    store
-        .submit(
-            user,
-            Op::Expunge {
-                mailbox_id: inbox,
-                uids: gone,
-            },
-        )
-        .await
-        .unwrap();
+    common::keep_every_tenth(&store, user, n).await;
     store.shutdown();
     kept
 }

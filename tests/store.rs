@@ -329,22 +329,6 @@ async fn assert_kept(store: &Arc<Store>, user: &str, raws: &[Vec<u8>], bob: &[Ve
     }
 }
 
-/// Expunges every message of `user`'s INBOX (UIDs 1..=n) but every tenth.
-async fn keep_every_tenth(store: &Arc<Store>, user: &str, n: u32) {
-    let inbox = mailbox_id(store, user, "INBOX").await;
-    let gone: Vec<u32> = (1..=n).filter(|u| u % 10 != 0).collect();
-    store
-        .submit(
-            user,
-            Op::Expunge {
-                mailbox_id: inbox,
-                uids: gone,
-            },
-        )
-        .await
-        .unwrap();
-}
-
 /// After 90% of the mail is expunged, a reclaim gives the space back while
 /// sessions read and deliver: the segment files end within 1.25x of the
 /// live bodies (plus the open segment), every remaining message reads back
@@ -358,7 +342,7 @@ async fn reclaim_shrinks_the_body_files_online() {
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     let user = "alice@example.test";
     let raws = fill(&store, user, 1500, 20_000).await;
-    keep_every_tenth(&store, user, raws.len() as u32).await;
+    common::keep_every_tenth(&store, user, raws.len() as u32).await;
     let before = store.status().unwrap()[0].clone();
     assert!(
         before.body_segments >= 20,
@@ -434,7 +418,7 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     let store = Store::open(&cfg.server.data_dir, &cfg.store).unwrap();
     let user = "alice@example.test";
     let raws = fill(&store, user, 4000, 300).await;
-    keep_every_tenth(&store, user, raws.len() as u32).await;
+    common::keep_every_tenth(&store, user, raws.len() as u32).await;
     store.groups()[0].checkpoint().await.unwrap();
     let before = store.status().unwrap()[0].db_bytes;
 

@@ -1,9 +1,11 @@
-//! What a backup copies of a storage group's body segments, and how a
-//! restore puts them back. Why whole segments and not message by message:
-//! a sealed segment never changes, so a full backup and a restore move
-//! segment bytes sequentially, at the speed of the disks, and the restored
-//! redb indexes (copied as rows) point into the very same offsets. Only
-//! this module and `bodies` open segment files.
+//! The store's export/import API: what a backup reads of a storage group
+//! (`Snapshot`: one MVCC snapshot's rows, body segment spans and bytes,
+//! manifest) and how a restore rebuilds one (`Rebuilt`), so that nothing
+//! outside `store` opens redb or segment files (clippy.toml). Why whole
+//! segments and not message by message: a sealed segment never changes, so
+//! a full backup and a restore move segment bytes sequentially, at the
+//! speed of the disks, and the restored redb indexes (copied as rows)
+//! point into the very same offsets.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};

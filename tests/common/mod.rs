@@ -467,3 +467,19 @@ pub async fn assert_store_v1_contents(store: &Arc<Store>) {
         expected.keys()
     );
 }
+
+/// Expunges every message of `user`'s INBOX (UIDs 1..=n) but every tenth.
+pub async fn keep_every_tenth(store: &Arc<Store>, user: &str, n: u32) {
+    let inbox = store.mailbox(user, "INBOX").await.unwrap().unwrap().id;
+    let gone: Vec<u32> = (1..=n).filter(|u| u % 10 != 0).collect();
+    store
+        .submit(
+            user,
+            tiermail::store::Op::Expunge {
+                mailbox_id: inbox,
+                uids: gone,
+            },
+        )
+        .await
+        .unwrap();
+}
