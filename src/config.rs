@@ -298,6 +298,9 @@ pub struct StoreConfig {
     pub checkpoint_interval_secs: u64,
     pub checkpoint_records: u64,
     pub live_cache_messages: usize,
+    /// Which UIDs each mailbox lost, and when, is kept this many days for
+    /// QRESYNC clients coming back.
+    pub vanished_keep_days: u64,
     /// Keep log segments until a backup holds them (set when `backup.targets`
     /// is not empty).
     #[serde(skip)]

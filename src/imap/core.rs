@@ -103,6 +103,8 @@ pub struct Ctx {
     pub errors: u32,
     /// CONDSTORE is on (ENABLE, or a CONDSTORE-only argument was used).
     pub condstore: bool,
+    /// QRESYNC is on (ENABLE QRESYNC): VANISHED instead of EXPUNGE.
+    pub qresync: bool,
     /// Counts against the client's address until login.
     pub slot: crate::net::PeerSlot,
     /// Why the literal being thrown away was refused: the reply once the
@@ -199,6 +201,7 @@ impl Ctx {
             Capability::UidPlus,
             Capability::Move,
             Capability::CondStore,
+            Capability::QResync,
         ]);
         caps.push(Capability::ListExtended);
         for other in ["LIST-STATUS", "SPECIAL-USE", "CHILDREN"] {
@@ -230,6 +233,7 @@ impl Core {
                 out: Outbox::default(),
                 errors: 0,
                 condstore: false,
+                qresync: false,
                 slot,
                 refused: None,
                 append_held: None,

@@ -1,5 +1,5 @@
 //! The IMAP server (RFC 3501 with LITERAL+, SASL-IR, ENABLE, IDLE,
-//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, LIST-EXTENDED,
+//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, QRESYNC, LIST-EXTENDED,
 //! LIST-STATUS, SPECIAL-USE, CHILDREN).
 //!
 //! A connection is a protocol core (`core`: framing, the typed state,
@@ -21,6 +21,7 @@ pub mod mime;
 pub mod names;
 pub mod outbox;
 pub mod search;
+pub mod uidset;
 pub mod updates;
 pub mod view;
 

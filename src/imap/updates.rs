@@ -87,9 +87,22 @@ impl Ctx {
         if up.new_keywords {
             self.flags_responses(v);
         }
-        for seq in up.expunged {
-            if let Ok(d) = Data::expunge(seq) {
-                self.data(d);
+        if self.qresync {
+            // RFC 7162 3.2.10: UIDs, all in one response.
+            let mut uids: Vec<u32> = up.expunged.iter().map(|(_, u)| *u).collect();
+            uids.sort_unstable();
+            let ranges = super::uidset::normalize(uids.into_iter().map(|u| (u, u)).collect());
+            if let Some(known_uids) = super::uidset::to_set(&ranges) {
+                self.data(Data::Vanished {
+                    earlier: false,
+                    known_uids,
+                });
+            }
+        } else {
+            for (seq, _) in up.expunged {
+                if let Ok(d) = Data::expunge(seq) {
+                    self.data(d);
+                }
             }
         }
         if let Some(n) = up.exists {

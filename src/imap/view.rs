@@ -86,8 +86,9 @@ impl Entry {
 
 #[derive(Debug, Default)]
 pub struct Updates {
-    /// Sequence numbers to announce as EXPUNGE, in the order to send them.
-    pub expunged: Vec<u32>,
+    /// (sequence number, UID) to announce as EXPUNGE, in the order to send
+    /// them (or their UIDs as VANISHED, with QRESYNC).
+    pub expunged: Vec<(u32, u32)>,
     /// New message count to announce as EXISTS, if it grew.
     pub exists: Option<u32>,
     /// (seq, uid, flags, modseq) whose flags changed.
@@ -294,7 +295,7 @@ impl View {
             let mut i = 0;
             while i < self.entries.len() {
                 if self.entries[i].gone {
-                    up.expunged.push(i as u32 + 1);
+                    up.expunged.push((i as u32 + 1, self.entries[i].uid));
                     self.entries.remove(i);
                 } else {
                     i += 1;
@@ -447,7 +448,7 @@ impl View {
                     continue;
                 }
                 if self.entries[i].uid <= known_last {
-                    up.expunged.push(i as u32 + 1);
+                    up.expunged.push((i as u32 + 1, self.entries[i].uid));
                 } else {
                     added -= 1;
                 }
@@ -554,7 +555,7 @@ mod tests {
         assert_eq!(held.exists, Some(6));
         assert_eq!(held.flags.len(), 1);
         let up = v.refresh(&info(), &now, true);
-        assert_eq!(up.expunged, vec![2, 3]);
+        assert_eq!(up.expunged, vec![(2, 2), (3, 4)]);
         assert_eq!(
             v.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
             vec![1, 3, 5, 6]

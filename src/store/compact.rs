@@ -15,12 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Key, ReadTransaction, ReadableTable, TableDefinition, Value};
+use redb::{Database, Key, ReadTransaction, ReadableTable, TableDefinition, TableHandle, Value};
 
 use super::StoreError;
 use super::schema::{
-    BLOBS, BODY_REFS, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED, SUBSCRIPTIONS,
-    TAGS, USERS,
+    BLOBS, BODY_REFS, DELIVERED_ONCE, LOCATIONS, MAILBOX_IDS, MAILBOXES, MESSAGES, META, RESTORED,
+    SUBSCRIPTIONS, TAGS, USERS, VANISHED, VANISHED_FLOOR,
 };
 
 /// Rows per write transaction of the copy.
@@ -88,6 +88,24 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     }
 }
 
+/// Every table [`copy`] copies.
+const COPIED: &[&str] = &[
+    "meta",
+    "users",
+    "mailboxes",
+    "mailbox_ids",
+    "messages",
+    "body_refs",
+    "blobs",
+    "locations",
+    "subscriptions",
+    "tags",
+    "restored",
+    "delivered_once",
+    "vanished",
+    "vanished_floor",
+];
+
 /// Copies every table of the snapshot `src` into a new file at `path`
 /// (not durable yet: the writer's catch-up makes it so).
 pub fn copy(
@@ -111,6 +129,18 @@ pub fn copy(
     copy_table(src, &dst, SUBSCRIPTIONS)?;
     copy_table(src, &dst, TAGS)?;
     copy_table(src, &dst, RESTORED)?;
+    copy_table(src, &dst, DELIVERED_ONCE)?;
+    copy_table(src, &dst, VANISHED)?;
+    copy_table(src, &dst, VANISHED_FLOOR)?;
+    // A table added to the schema but not here would be lost by the swap.
+    for t in src.list_tables()? {
+        if !COPIED.contains(&t.name()) {
+            return Err(StoreError::Format(format!(
+                "table `{}` is not known to compaction",
+                t.name()
+            )));
+        }
+    }
     Ok(dst)
 }
 

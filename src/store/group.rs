@@ -131,6 +131,18 @@ impl Group {
                 "storage group recovered"
             );
         }
+        let vanished_keep_secs =
+            i64::try_from(cfg.vanished_keep_days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        {
+            // Expunge history past its horizon (also at every tenth-minute
+            // checkpoint): a derived state, so no log record.
+            let txn = db.begin_write()?;
+            let before = chrono::Utc::now()
+                .timestamp()
+                .saturating_sub(vanished_keep_secs);
+            super::vanished::prune(&txn, before)?;
+            txn.commit()?;
+        }
         let wal = Wal::open(&wal_dir, cfg.wal_segment_bytes, report.next_lsn)?;
         let db = Arc::new(db);
         let shared = Arc::new(std::sync::RwLock::new(db.clone()));
@@ -164,6 +176,7 @@ impl Group {
             stats: stats.clone(),
             interval: Duration::from_secs(cfg.checkpoint_interval_secs),
             every_records: cfg.checkpoint_records,
+            vanished_keep_secs,
             last_checkpoint: Instant::now(),
             last_once_prune: Instant::now(),
             since_checkpoint: 0,
@@ -328,6 +341,8 @@ struct Writer {
     last_checkpoint: Instant,
     /// When expired once keys (`schema::DELIVERED_ONCE`) were last dropped.
     last_once_prune: Instant,
+    /// Expunge history (`schema::VANISHED`) is kept this many seconds.
+    vanished_keep_secs: i64,
     since_checkpoint: u64,
     last_batch: usize,
     poisoned: AtomicBool,
@@ -627,7 +642,9 @@ impl Writer {
         // Expired keys only stop suppressing resends; dropping them needs
         // no log record (a replay puts them back, a later prune drops them).
         if self.last_once_prune.elapsed() >= std::time::Duration::from_secs(600) {
-            schema::prune_once(&txn, chrono::Utc::now().timestamp())?;
+            let now = chrono::Utc::now().timestamp();
+            schema::prune_once(&txn, now)?;
+            super::vanished::prune(&txn, now.saturating_sub(self.vanished_keep_secs))?;
             self.last_once_prune = Instant::now();
         }
         txn.commit()?;

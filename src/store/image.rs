@@ -24,7 +24,7 @@ use super::StoreError;
 use super::bodies::{self, BodyStore};
 use super::schema::{
     BLOBS, BODY_REFS, DELIVERED_ONCE, K_FORMAT, LOCAL_META, LOCATIONS, MAILBOX_IDS, MAILBOXES,
-    MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS,
+    MESSAGES, META, RESTORED, SUBSCRIPTIONS, TABLES, TAGS, USERS, VANISHED, VANISHED_FLOOR,
 };
 
 /// Receives each row's key and value bytes.
@@ -120,6 +120,8 @@ pub fn dump_table(
         10 => dump(txn, BLOBS, sink),
         11 => dump(txn, LOCATIONS, sink),
         12 => dump(txn, DELIVERED_ONCE, sink),
+        13 => dump(txn, VANISHED, sink),
+        14 => dump(txn, VANISHED_FLOOR, sink),
         _ => Err(StoreError::Format(format!(
             "no table number {index} in an image"
         ))),
@@ -178,6 +180,8 @@ pub fn load_rows(
         10 => load(txn, BLOBS, rows),
         11 => load(txn, LOCATIONS, rows),
         12 => load(txn, DELIVERED_ONCE, rows),
+        13 => load(txn, VANISHED, rows),
+        14 => load(txn, VANISHED_FLOOR, rows),
         _ => Err(StoreError::Format(format!("no table number {index}"))),
     }
 }

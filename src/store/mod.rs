@@ -26,6 +26,7 @@ pub(crate) mod record;
 pub(crate) mod recovery;
 pub(crate) mod replay;
 pub(crate) mod schema;
+pub(crate) mod vanished;
 pub(crate) mod wal;
 
 use std::collections::HashMap;
@@ -505,6 +506,19 @@ impl Store {
             Ok(v)
         })
         .await
+    }
+
+    /// The UIDs expunged from a mailbox at a modseq above `since`, as
+    /// ascending disjoint ranges; `None` when the store no longer knows all
+    /// of them (see `vanished`).
+    pub async fn vanished_since(
+        self: &Arc<Self>,
+        user: &str,
+        mailbox_id: u64,
+        since: u64,
+    ) -> Result<Option<Vec<(u32, u32)>>, StoreError> {
+        self.read(user, move |txn, _| vanished::since(txn, mailbox_id, since))
+            .await
     }
 
     /// The current state of a mailbox by id: its info and (uid, flags,

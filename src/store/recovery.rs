@@ -148,6 +148,7 @@ pub fn recover(
     if filled > 0 {
         tracing::info!(mailboxes = filled, "mailbox digests computed");
     }
+    super::vanished::backfill(&txn)?;
     txn.commit()?;
     report.next_lsn = last_lsn.max(applied_now) + 1;
     Ok(report)

@@ -48,6 +48,11 @@ pub const RESTORED: TableDefinition<(u64, u32), u32> = TableDefinition::new("res
 /// transaction is not delivered to the user again (`Record::MessageAppended`'s
 /// once key).
 pub const DELIVERED_ONCE: TableDefinition<&[u8], i64> = TableDefinition::new("delivered_once");
+/// (mailbox id, modseq) -> when, and the UIDs expunged at that modseq
+/// (`super::vanished`).
+pub const VANISHED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("vanished");
+/// mailbox id -> the modseq above which every expunge is in `vanished`.
+pub const VANISHED_FLOOR: TableDefinition<u64, u64> = TableDefinition::new("vanished_floor");
 
 /// The tables of a backup image, by their index there. "bodies" is no
 /// longer a redb table: an image of the inline kind (written before body
@@ -69,6 +74,8 @@ pub const TABLES: &[&str] = &[
     "blobs",
     "locations",
     "delivered_once",
+    "vanished",
+    "vanished_floor",
 ];
 
 pub const K_FORMAT: &str = "format_version";
@@ -190,6 +197,8 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(TAGS)?;
     txn.open_table(RESTORED)?;
     txn.open_table(DELIVERED_ONCE)?;
+    txn.open_table(VANISHED)?;
+    txn.open_table(VANISHED_FLOOR)?;
     Ok(())
 }
 
@@ -309,6 +318,7 @@ pub fn apply(
                 };
                 mailboxes.insert(key.as_str(), info.to_bytes().as_slice())?;
                 txn.open_table(MAILBOX_IDS)?.insert(*id, key.as_str())?;
+                super::vanished::created(txn, *id)?;
             }
             drop(mailboxes);
             raise_meta(txn, K_NEXT_MAILBOX_ID, id + 1)?;
@@ -407,6 +417,13 @@ pub fn apply(
                 super::bodies::unlink(txn, (*mailbox_id, *uid))?;
             }
             drop((messages, tags));
+            super::vanished::expunged(
+                txn,
+                *mailbox_id,
+                *modseq,
+                uids,
+                chrono::Utc::now().timestamp(),
+            )?;
             update_info(txn, *mailbox_id, |i| {
                 i.highestmodseq = i.highestmodseq.max(*modseq);
                 if let Some(d) = &mut i.digest {
@@ -477,6 +494,7 @@ pub fn apply(
                     .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
                 txn.open_table(RESTORED)?
                     .retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+                super::vanished::deleted(txn, *id)?;
             }
         }
         Record::MailboxRenamed { user, from, to, id } => {

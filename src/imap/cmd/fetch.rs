@@ -98,10 +98,36 @@ impl Ctx {
         };
         self.take_in_changes(v);
         let mut changed_since = None;
+        let mut vanished = false;
         for m in &modifiers {
-            if let FetchModifier::ChangedSince(c) = m {
-                changed_since = Some(c.get());
-                self.condstore = true;
+            match m {
+                FetchModifier::ChangedSince(c) => {
+                    changed_since = Some(c.get());
+                    self.condstore = true;
+                }
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished {
+            // RFC 7162 3.2.6: UID FETCH only, with CHANGEDSINCE, once
+            // QRESYNC is enabled.
+            let Some(since) = changed_since.filter(|_| uid && self.qresync) else {
+                self.bad(
+                    Some(&tag),
+                    None,
+                    "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC",
+                );
+                return None;
+            };
+            // `*` reaches to the last UID given out: expunged ones above
+            // the last message still count.
+            let within = crate::imap::uidset::from_set(set, v.uidnext.saturating_sub(1));
+            match self.vanished_earlier(&a.user, v, since, within, 0).await {
+                Ok(gone) => self.send_vanished_earlier(&gone),
+                Err(e) => {
+                    self.store_error(&tag, e);
+                    return None;
+                }
             }
         }
         if items

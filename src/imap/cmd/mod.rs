@@ -10,6 +10,7 @@ pub mod expunge;
 pub mod fetch;
 pub mod list;
 pub mod mailbox;
+pub mod resync;
 pub mod search;
 pub mod select;
 pub mod status;
@@ -149,8 +150,23 @@ impl Ctx {
             CommandBody::Enable { capabilities } => {
                 let mut enabled = Vec::new();
                 for c in capabilities.into_inner() {
-                    if c == CapabilityEnable::CondStore {
+                    let qresync = matches!(&c, CapabilityEnable::Other(_))
+                        && c.to_string().eq_ignore_ascii_case("QRESYNC");
+                    let c = if c == CapabilityEnable::CondStore {
                         self.condstore = true;
+                        c
+                    } else if qresync {
+                        // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                        self.condstore = true;
+                        self.qresync = true;
+                        match super::atom("QRESYNC") {
+                            Some(a) => CapabilityEnable::from(a),
+                            None => continue,
+                        }
+                    } else {
+                        continue;
+                    };
+                    if !enabled.contains(&c) {
                         enabled.push(c);
                     }
                 }
@@ -168,14 +184,14 @@ impl Ctx {
                 mailbox,
                 parameters,
             } => {
-                self.select(a, &tag, &mailbox, false, !parameters.is_empty())
+                self.select(a, sel.is_some(), &tag, &mailbox, false, parameters)
                     .await
             }
             CommandBody::Examine {
                 mailbox,
                 parameters,
             } => {
-                self.select(a, &tag, &mailbox, true, !parameters.is_empty())
+                self.select(a, sel.is_some(), &tag, &mailbox, true, parameters)
                     .await
             }
             CommandBody::List {

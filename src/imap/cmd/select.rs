@@ -1,11 +1,13 @@
 //! SELECT and EXAMINE; CLOSE and UNSELECT.
 
+use imap_types::command::SelectParameter;
 use imap_types::core::Tag;
 use imap_types::mailbox::Mailbox;
 use imap_types::response::Code;
 use imap_types::response::Data;
 
 use crate::archive::registry;
+use crate::imap::cmd::resync::Resync;
 use crate::imap::code;
 use crate::imap::core::{Authed, Ctx, Next};
 use crate::imap::names;
@@ -16,14 +18,41 @@ impl Ctx {
     pub async fn select(
         &mut self,
         a: &mut Authed,
+        was_selected: bool,
         tag: &Tag<'_>,
         mailbox: &Mailbox<'_>,
         read_only: bool,
-        condstore: bool,
+        parameters: Vec<SelectParameter>,
     ) -> Next {
-        // Selecting always ends the previous selection, even on failure.
-        if condstore {
-            self.condstore = true;
+        let mut resync = None;
+        for p in parameters {
+            match p {
+                SelectParameter::CondStore => self.condstore = true,
+                SelectParameter::QResync { .. } if !self.qresync => {
+                    // RFC 7162 3.2.5: only once the client enabled it.
+                    self.bad(Some(tag), None, "ENABLE QRESYNC first");
+                    return Next::Stay;
+                }
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    seq_match_data,
+                } => {
+                    resync = Some(Resync {
+                        uidvalidity: uid_validity.get(),
+                        modseq: mod_sequence_value.get(),
+                        known_uids,
+                        seq_match: seq_match_data,
+                    })
+                }
+            }
+        }
+        // Selecting always ends the previous selection, even on failure;
+        // with QRESYNC the client is told where that selection's
+        // responses end (RFC 7162 3.2.11).
+        if was_selected && self.qresync {
+            self.untagged(Code::Closed, "Previous mailbox closed");
         }
         let name = match names::from_imap(mailbox) {
             Ok(n) => n,
@@ -92,8 +121,16 @@ impl Ctx {
         if let Ok(c) = Code::uidnext(view.uidnext.max(1)) {
             self.untagged(c, "Predicted next UID");
         }
-        if let Some(m) = std::num::NonZeroU64::new(view.highestmodseq) {
-            self.untagged(Code::HighestModSeq(m), "Highest");
+        match std::num::NonZeroU64::new(view.highestmodseq) {
+            Some(m) => self.untagged(Code::HighestModSeq(m), "Highest"),
+            None => self.untagged(Code::NoModSeq, "No modseqs here"),
+        }
+        if let Some(r) = resync
+            && r.uidvalidity == view.uidvalidity
+            && let Err(e) = self.resync(&a.user, &view, r).await
+        {
+            self.store_error(tag, e);
+            return Next::Unselect;
         }
         let (c, verb) = if read_only {
             (Code::ReadOnly, "EXAMINE completed")

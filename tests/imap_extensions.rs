@@ -1,0 +1,232 @@
+//! The IMAP extensions past RFC 3501 that modern clients resynchronise
+//! and size folders with, as transcripts after their RFCs' examples:
+//! QRESYNC (RFC 7162).
+
+mod common;
+
+use common::imap::Imap;
+use common::{Client, TestServer};
+
+const USER: &str = "alice@example.test";
+
+async fn deliver(server: &TestServer, n: usize) {
+    let mut c = Client::connect(server.smtp()).await;
+    c.expect("EHLO client.test", "250").await;
+    for i in 0..n {
+        let body = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+        let r = c.send_mail("s@remote.test", &[USER], body.as_bytes()).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+}
+
+/// The number after `key` in `text` (e.g. "HIGHESTMODSEQ ").
+fn number(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        + key.len();
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {text}"))
+}
+
+/// A session with QRESYNC on, nothing selected.
+async fn qresync_session(server: &TestServer) -> Imap {
+    let mut c = Imap::login(server.imap(), USER).await;
+    let r = c.run("e ENABLE QRESYNC").await;
+    assert_eq!(r, "* ENABLED QRESYNC\r\ne OK ENABLE completed\r\n");
+    c
+}
+
+/// Marks `uids` \Deleted and expunges them, from a session of its own.
+async fn expunge(server: &TestServer, uids: &str) {
+    let mut c = Imap::login(server.imap(), USER).await;
+    c.run("s SELECT INBOX").await;
+    let r = c
+        .run(&format!("d UID STORE {uids} +FLAGS.SILENT (\\Deleted)"))
+        .await;
+    assert!(r.ends_with("d OK UID STORE completed\r\n"), "{r}");
+    let r = c.run(&format!("x UID EXPUNGE {uids}")).await;
+    assert!(r.ends_with("x OK UID EXPUNGE completed\r\n"), "{r}");
+    c.run("z LOGOUT").await;
+}
+
+/// The client's model after its first sync: UIDs 2..=10 (1 went before),
+/// UIDVALIDITY and HIGHESTMODSEQ. Then, while it is away, 3, 4 and 7 are
+/// expunged and 5 and 9 flagged.
+async fn away_and_back(server: &TestServer) -> (u64, u64) {
+    deliver(server, 10).await;
+    expunge(server, "1").await;
+    let mut c = qresync_session(server).await;
+    let r = c.run("s SELECT INBOX").await;
+    let (uv, m0) = (number(&r, "UIDVALIDITY "), number(&r, "HIGHESTMODSEQ "));
+    c.run("z LOGOUT").await;
+    expunge(server, "3:4,7").await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    c.run("s SELECT INBOX").await;
+    let r = c.run("f UID STORE 5,9 +FLAGS.SILENT (\\Flagged)").await;
+    assert!(r.ends_with("f OK UID STORE completed\r\n"), "{r}");
+    c.run("z LOGOUT").await;
+    (uv, m0)
+}
+
+#[tokio::test]
+async fn qresync_select_reports_what_vanished_and_what_changed() {
+    let mut server = TestServer::start().await;
+    let (uv, m0) = away_and_back(&server).await;
+    // The history is on disk, not only in memory.
+    server.restart().await;
+    let mut c = qresync_session(&server).await;
+    let r = c
+        .run(&format!("a SELECT INBOX (QRESYNC ({uv} {m0} 1:10))"))
+        .await;
+    // Left: 2 5 6 8 9 10; UID 1 went before the client's modseq.
+    assert!(r.contains("* 6 EXISTS\r\n"), "{r}");
+    assert!(r.contains("* VANISHED (EARLIER) 3:4,7\r\n"), "{r}");
+    let vanished_at = r.find("* VANISHED").unwrap();
+    let fetches: Vec<&str> = r.lines().filter(|l| l.contains(" FETCH ")).collect();
+    assert_eq!(fetches.len(), 2, "{r}");
+    assert!(
+        fetches[0].starts_with("* 2 FETCH (FLAGS (\\Flagged) UID 5 MODSEQ ("),
+        "{r}"
+    );
+    assert!(
+        fetches[1].starts_with("* 5 FETCH (FLAGS (\\Flagged) UID 9 MODSEQ ("),
+        "{r}"
+    );
+    assert!(r.find("* 2 FETCH").unwrap() > vanished_at, "{r}");
+    assert!(r.ends_with("a OK [READ-WRITE] SELECT completed\r\n"), "{r}");
+    // Without known UIDs: everything up to the last UID is asked about.
+    let r = c
+        .run(&format!("b EXAMINE INBOX (QRESYNC ({uv} {m0}))"))
+        .await;
+    assert!(r.starts_with("* OK [CLOSED] "), "{r}");
+    assert!(r.contains("* VANISHED (EARLIER) 3:4,7\r\n"), "{r}");
+    // Known UIDs narrow the answer.
+    let r = c
+        .run(&format!("c EXAMINE INBOX (QRESYNC ({uv} {m0} 4:6))"))
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 4\r\n"), "{r}");
+    // Another UIDVALIDITY: a plain SELECT, the client must start over.
+    let r = c
+        .run(&format!("d SELECT INBOX (QRESYNC ({} {m0} 1:10))", uv + 1))
+        .await;
+    assert!(!r.contains("VANISHED") && !r.contains("FETCH"), "{r}");
+    // Up to date: nothing to report.
+    let now = number(&r, "HIGHESTMODSEQ ");
+    let r = c
+        .run(&format!("e SELECT INBOX (QRESYNC ({uv} {now} 1:10))"))
+        .await;
+    assert!(!r.contains("VANISHED") && !r.contains("FETCH"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn qresync_needs_enable_and_vanished_needs_uid_fetch_changedsince() {
+    let server = TestServer::start().await;
+    deliver(&server, 2).await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    let r = c.run("a SELECT INBOX (QRESYNC (1 1))").await;
+    assert_eq!(r, "a BAD ENABLE QRESYNC first\r\n");
+    c.run("s SELECT INBOX").await;
+    let r = c
+        .run("b UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+        .await;
+    assert!(r.starts_with("b BAD "), "{r}");
+    let r = c.run("e ENABLE QRESYNC").await;
+    assert!(r.contains("* ENABLED QRESYNC\r\n"), "{r}");
+    let r = c.run("c FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)").await;
+    assert!(r.starts_with("c BAD "), "{r}");
+    let r = c.run("d UID FETCH 1:* (FLAGS) (VANISHED)").await;
+    assert!(r.starts_with("d BAD "), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uid_fetch_vanished_reports_expunges_in_the_set() {
+    let server = TestServer::start().await;
+    let (_, m0) = away_and_back(&server).await;
+    let mut c = qresync_session(&server).await;
+    c.run("s SELECT INBOX").await;
+    // RFC 7162 3.2.6's example, on this mailbox.
+    let r = c
+        .run(&format!(
+            "a UID FETCH 4:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)"
+        ))
+        .await;
+    let mut lines = r.lines();
+    assert_eq!(lines.next(), Some("* VANISHED (EARLIER) 4,7"), "{r}");
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("* 2 FETCH (UID 5 FLAGS (\\Flagged) MODSEQ ("),
+        "{r}"
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("* 5 FETCH (UID 9 FLAGS (\\Flagged) MODSEQ ("),
+        "{r}"
+    );
+    assert_eq!(lines.next(), Some("a OK UID FETCH completed"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_qresync_expunges_are_announced_as_vanished() {
+    let server = TestServer::start().await;
+    deliver(&server, 5).await;
+    let mut q = qresync_session(&server).await;
+    q.run("s SELECT INBOX").await;
+    let mut plain = Imap::login(server.imap(), USER).await;
+    plain.run("s SELECT INBOX").await;
+    expunge(&server, "2,4:5").await;
+    let r = q.run("n NOOP").await;
+    assert_eq!(r, "* VANISHED 2,4:5\r\nn OK NOOP completed\r\n");
+    // The same change, without QRESYNC: EXPUNGE by sequence number.
+    let r = plain.run("n NOOP").await;
+    assert_eq!(
+        r,
+        "* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n* 3 EXPUNGE\r\nn OK NOOP completed\r\n"
+    );
+    // A session's own EXPUNGE too.
+    q.run("d STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let r = q.run("x EXPUNGE").await;
+    assert_eq!(r, "* VANISHED 1\r\nx OK EXPUNGE completed\r\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_history_horizon_the_answer_is_a_safe_superset() {
+    let mut server = TestServer::start_with(|c| c.store.vanished_keep_days = 0).await;
+    let (uv, m0) = away_and_back(&server).await;
+    // The history is dropped at start-up once older than the horizon.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    server.restart().await;
+    let mut c = qresync_session(&server).await;
+    let r = c
+        .run(&format!("a EXAMINE INBOX (QRESYNC ({uv} {m0} 1:10))"))
+        .await;
+    // Every UID the client may know that is gone, UID 1 included.
+    assert!(r.contains("* VANISHED (EARLIER) 1,3:4,7\r\n"), "{r}");
+    // Sequence match data: the client's first message (seq 1) is UID 2
+    // here too, so nothing at or below UID 2 went since.
+    let r = c
+        .run(&format!("b EXAMINE INBOX (QRESYNC ({uv} {m0} 1:10 (1 2)))"))
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 3:4,7\r\n"), "{r}");
+    // A pair that no longer matches (the client's seq 5 was UID 6) says
+    // nothing past the last one that does.
+    let r = c
+        .run(&format!(
+            "c EXAMINE INBOX (QRESYNC ({uv} {m0} 1:10 (1,5 2,6)))"
+        ))
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 3:4,7\r\n"), "{r}");
+    server.stop().await;
+}
