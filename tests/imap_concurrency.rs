@@ -173,7 +173,8 @@ fn field(report: &str, name: &str) -> u64 {
 }
 
 /// The stress checker of `tiermail-load` as a regression test: ten
-/// sessions of one user pipelining the whole command mix on INBOX.
+/// sessions of one user pipelining the whole command mix on INBOX, half
+/// of them with QRESYNC, reconnecting and checking their resync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_checker_finds_no_violations_and_no_stalls() {
     let server = TestServer::start().await;
@@ -188,6 +189,8 @@ async fn stress_checker_finds_no_violations_and_no_stalls() {
             "30",
             "--pipeline",
             "6",
+            "--qresync",
+            "2",
             "--user",
             "alice@example.test",
             "--password",
@@ -203,7 +206,12 @@ async fn stress_checker_finds_no_violations_and_no_stalls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(field(&text, "commands") > 1000, "{text}");
-    assert_eq!(field(&text, "violations"), 0, "{text}");
+    // Half the clients come back with SELECT … QRESYNC now and then.
+    assert!(field(&text, "resyncs") > 5, "{text}");
+    // The checker prints the trace of a client's first violations.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &err[err.len().saturating_sub(40_000)..];
+    assert_eq!(field(&text, "violations"), 0, "{text}\n{err}");
     assert_eq!(field(&text, "stalls"), 0, "{text}");
     server.stop().await;
 }

@@ -14,6 +14,14 @@
 //! - a message's MODSEQ going down;
 //! - the same item twice in one FETCH response;
 //!
+//! - (QRESYNC clients, `--qresync`) `* VANISHED` of a UID the client
+//!   does not have; after a reconnect with `SELECT … (QRESYNC …)` from
+//!   the model kept at logout: a model that no longer lines up with the
+//!   server's messages (more left than EXISTS after `VANISHED (EARLIER)`,
+//!   or a UID where the client has another), a change up to the SELECT's
+//!   HIGHESTMODSEQ that the resync did not report, or other flags at the
+//!   same MODSEQ;
+//!
 //! and a command without its tagged reply within 5 seconds is a stall.
 //! Responses are framed and decoded by imap-codec, so any server can be
 //! checked (Dovecot in benches/peers/run.sh proves the checker quiet on a
@@ -66,6 +74,11 @@ pub struct Args {
     /// run, so a faster server is measured on a bigger mailbox.
     #[arg(long, default_value_t = 0)]
     pub steady: usize,
+    /// Every Nth client (0: none) enables QRESYNC, logs out every
+    /// `--relogin` rounds (20 if 0) and comes back with
+    /// `SELECT … (QRESYNC …)` from the model it kept.
+    #[arg(long, default_value_t = 0)]
+    pub qresync: usize,
 }
 
 /// What a run found.
@@ -76,6 +89,8 @@ pub struct Report {
     pub stalls: AtomicU64,
     /// The most messages a client's selected mailbox held.
     pub largest: AtomicU64,
+    /// QRESYNC reconnects checked.
+    pub resyncs: AtomicU64,
     pub examples: std::sync::Mutex<Vec<String>>,
 }
 
@@ -130,9 +145,138 @@ struct Model {
     /// The batch being answered, and the command lines of the last ones.
     batch: u64,
     recent: std::collections::VecDeque<(u64, String)>,
+    /// From the SELECT's response codes.
+    uidvalidity: u32,
+    highestmodseq: u64,
+    /// A QRESYNC reconnect being checked.
+    resync: Option<ResyncCheck>,
+}
+
+/// What a QRESYNC reconnect is checked against.
+struct ResyncCheck {
+    /// The SELECT's tag: until its tagged reply, the resync responses.
+    select_tag: String,
+    selecting: bool,
+    /// EXISTS comes before VANISHED (EARLIER): applied once that is in.
+    pending_exists: Option<usize>,
+    /// The modseq the client asked from, and the SELECT's HIGHESTMODSEQ.
+    since: u64,
+    select_hms: u64,
+    /// UIDs the resync's FETCH responses reported.
+    reported: HashSet<u32>,
+}
+
+/// A model kept over a logout, to come back with.
+struct Saved {
+    mailbox: usize,
+    uidvalidity: u32,
+    highestmodseq: u64,
+    messages: Vec<Known>,
+}
+
+/// Whether `uid` is in a set of UIDs (no `*` in what servers send).
+fn in_set(set: &imap_types::sequence::SequenceSet, uid: u32) -> bool {
+    let largest = std::num::NonZeroU32::MAX;
+    set.0.as_ref().iter().any(|s| match s {
+        imap_types::sequence::Sequence::Single(x) => x.expand(largest).get() == uid,
+        imap_types::sequence::Sequence::Range(a, b) => {
+            let (a, b) = (a.expand(largest).get(), b.expand(largest).get());
+            (a.min(b)..=a.max(b)).contains(&uid)
+        }
+    })
+}
+
+/// The UIDs of a set, or `None` when it names more than `limit`.
+fn set_values(set: &imap_types::sequence::SequenceSet, limit: usize) -> Option<Vec<u32>> {
+    let largest = std::num::NonZeroU32::MAX;
+    let mut out = Vec::new();
+    for s in set.0.as_ref() {
+        let (a, b) = match s {
+            imap_types::sequence::Sequence::Single(x) => {
+                (x.expand(largest).get(), x.expand(largest).get())
+            }
+            imap_types::sequence::Sequence::Range(a, b) => {
+                (a.expand(largest).get(), b.expand(largest).get())
+            }
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if out.len() + (hi - lo) as usize >= limit {
+            return None;
+        }
+        out.extend(lo..=hi);
+    }
+    Some(out)
+}
+
+/// UIDs as an IMAP set (ascending input).
+fn uid_set(uids: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            uids[i].to_string()
+        } else {
+            format!("{}:{}", uids[i], uids[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }
 
 impl Model {
+    /// The EXISTS of a QRESYNC SELECT, once `VANISHED (EARLIER)` is in:
+    /// what is left of the old model must fit.
+    fn settle(&mut self, problems: &mut Vec<String>) {
+        let Some(n) = self.resync.as_mut().and_then(|r| r.pending_exists.take()) else {
+            return;
+        };
+        if n < self.messages.len() {
+            problems.push(format!(
+                "after VANISHED (EARLIER) the client has {} messages, EXISTS said {n}",
+                self.messages.len()
+            ));
+            self.messages.truncate(n);
+        } else {
+            self.messages.resize(n, Known::default());
+        }
+    }
+
+    /// `* VANISHED` (not EARLIER): messages the client has, by UID.
+    fn vanished(&mut self, uids: Vec<u32>, problems: &mut Vec<String>) {
+        for u in uids {
+            if let Some(i) = self.messages.iter().position(|k| k.uid == Some(u)) {
+                self.messages.remove(i);
+                continue;
+            }
+            // One the client knows only from EXISTS: between the known
+            // UIDs below and above it.
+            let mut candidates = Vec::new();
+            for (i, k) in self.messages.iter().enumerate() {
+                match k.uid {
+                    Some(x) if x > u => break,
+                    // Those before a lower known UID are lower too.
+                    Some(_) => candidates.clear(),
+                    None => candidates.push(i),
+                }
+            }
+            match candidates.first() {
+                None => problems.push(format!("VANISHED {u}, which the client does not have")),
+                Some(&i) => {
+                    self.messages.remove(i);
+                    // Which one it was is not known: forget what was
+                    // known of the others there.
+                    for &j in &candidates[1..] {
+                        self.messages[j - 1] = Known::default();
+                    }
+                }
+            }
+        }
+    }
+
     /// UIDs must rise with sequence numbers. Checked once per command (one
     /// pass) rather than per FETCH response, which made `FETCH 1:*` after
     /// SELECT quadratic in the checker itself.
@@ -171,6 +315,8 @@ struct Client {
     next_tag: u64,
     rng: tiermail::corpus::Rng,
     report: Arc<Report>,
+    /// This client enabled QRESYNC.
+    qresync: bool,
 }
 
 impl Client {
@@ -197,6 +343,7 @@ impl Client {
             next_tag: 0,
             rng: tiermail::corpus::Rng::new(seed),
             report,
+            qresync: false,
         };
         // The greeting.
         c.read_response(Instant::now() + STALL).await?;
@@ -253,16 +400,39 @@ impl Client {
         };
         let tag = match response {
             Response::Status(Status::Tagged(t)) => {
+                let tag = t.tag.inner().to_string();
+                if model
+                    .resync
+                    .as_ref()
+                    .is_some_and(|r| r.selecting && r.select_tag == tag)
+                {
+                    model.settle(&mut problems);
+                    if let Some(r) = &mut model.resync {
+                        r.selecting = false;
+                        r.select_hms = model.highestmodseq;
+                    }
+                }
                 model.uid_order(&mut problems);
-                Some(t.tag.inner().to_string())
+                Some(tag)
             }
             Response::Status(Status::Untagged(b)) => {
-                if let Some(Code::PermanentFlags(p)) = &b.code {
-                    for f in p {
-                        if let FlagPerm::Flag(f) = f {
-                            model.announced.insert(f.to_string().to_ascii_lowercase());
+                match &b.code {
+                    Some(Code::PermanentFlags(p)) => {
+                        for f in p {
+                            if let FlagPerm::Flag(f) = f {
+                                model.announced.insert(f.to_string().to_ascii_lowercase());
+                            }
                         }
                     }
+                    Some(Code::UidValidity(v)) => {
+                        if model.resync.is_some() && model.uidvalidity != v.get() {
+                            // Another mailbox now: the server starts over.
+                            model.messages.clear();
+                        }
+                        model.uidvalidity = v.get();
+                    }
+                    Some(Code::HighestModSeq(m)) => model.highestmodseq = m.get(),
+                    _ => {}
                 }
                 None
             }
@@ -291,6 +461,27 @@ impl Client {
                     .map(|f| f.to_string().to_ascii_lowercase())
                     .collect();
             }
+            Data::Exists(n) if m.resync.as_ref().is_some_and(|r| r.selecting) => {
+                if let Some(r) = &mut m.resync {
+                    r.pending_exists = Some(n as usize);
+                }
+            }
+            Data::Vanished {
+                earlier: true,
+                known_uids,
+            } if m.selected => {
+                m.messages
+                    .retain(|k| !k.uid.is_some_and(|u| in_set(&known_uids, u)));
+            }
+            Data::Vanished {
+                earlier: false,
+                known_uids,
+            } if m.selected => match set_values(&known_uids, m.messages.len() + 1) {
+                Some(uids) => m.vanished(uids, problems),
+                None => problems.push(format!(
+                    "VANISHED {known_uids:?} names more UIDs than the client has"
+                )),
+            },
             Data::Exists(n) if m.selected => {
                 let n = n as usize;
                 if n < m.messages.len() {
@@ -312,11 +503,13 @@ impl Client {
                 }
             }
             Data::Fetch { seq, items } if m.selected => {
+                m.settle(problems);
                 let i = seq.get() as usize;
                 if i > m.messages.len() {
                     problems.push(format!("FETCH {i} of {} messages", m.messages.len()));
                     return;
                 }
+                let old = m.messages[i - 1].clone();
                 let mut kinds: Vec<&'static str> = Vec::new();
                 let mut uid = None;
                 let mut modseq = None;
@@ -359,6 +552,36 @@ impl Client {
                             problems.push(format!("FETCH {i} carries {kind} twice"));
                         }
                         kinds.push(kind);
+                    }
+                }
+                if let (Some(u), Some(r)) = (uid, &mut m.resync) {
+                    if r.selecting {
+                        r.reported.insert(u);
+                    } else if let Some(ms) = modseq {
+                        // The FETCH after the resync: what changed up to
+                        // the SELECT's HIGHESTMODSEQ, it reported.
+                        if ms > r.since
+                            && ms <= r.select_hms
+                            && ms != old.modseq
+                            && !r.reported.contains(&u)
+                        {
+                            problems.push(format!(
+                                "QRESYNC from modseq {} did not report UID {u} (MODSEQ {ms})",
+                                r.since
+                            ));
+                        }
+                        let now: HashSet<String> = m.messages[i - 1]
+                            .flags
+                            .iter()
+                            .map(|f| f.to_ascii_lowercase())
+                            .collect();
+                        let before: HashSet<String> =
+                            old.flags.iter().map(|f| f.to_ascii_lowercase()).collect();
+                        if ms == old.modseq && old.uid == Some(u) && now != before {
+                            problems.push(format!(
+                                "UID {u} has other flags at the same MODSEQ {ms} after QRESYNC"
+                            ));
+                        }
                     }
                 }
                 if let Some(u) = uid {
@@ -482,6 +705,61 @@ impl Client {
         let fetch = self.line("FETCH 1:* (UID FLAGS)");
         self.batch(vec![select, fetch]).await?;
         Ok(())
+    }
+
+    /// Comes back to a mailbox with `SELECT … (QRESYNC …)` from the model
+    /// kept at logout, then fetches everything to compare.
+    async fn resync_select(&mut self, name: &str, saved: Saved) -> std::io::Result<()> {
+        let mut known: Vec<u32> = saved.messages.iter().filter_map(|k| k.uid).collect();
+        known.sort_unstable();
+        known.dedup();
+        let known = if known.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", uid_set(&known))
+        };
+        let cmd = format!(
+            "SELECT {name} (QRESYNC ({} {}{known}))",
+            saved.uidvalidity, saved.highestmodseq
+        );
+        let select = self.line(&cmd);
+        self.model = Model {
+            selected: true,
+            batch: self.model.batch,
+            recent: std::mem::take(&mut self.model.recent),
+            messages: saved.messages,
+            uidvalidity: saved.uidvalidity,
+            resync: Some(ResyncCheck {
+                select_tag: select.0.clone(),
+                selecting: true,
+                pending_exists: None,
+                since: saved.highestmodseq,
+                select_hms: 0,
+                reported: HashSet::new(),
+            }),
+            ..Model::default()
+        };
+        let fetch = self.line("FETCH 1:* (UID FLAGS MODSEQ)");
+        let r = self.batch(vec![select, fetch]).await;
+        self.model.resync = None;
+        self.report.resyncs.fetch_add(1, Ordering::Relaxed);
+        r.map(|_| ())
+    }
+
+    /// The model to come back with, when it is whole.
+    fn saved(&self, mailbox: usize) -> Option<Saved> {
+        let m = &self.model;
+        (self.qresync
+            && m.selected
+            && m.uidvalidity != 0
+            && m.highestmodseq != 0
+            && m.messages.iter().all(|k| k.uid.is_some()))
+        .then(|| Saved {
+            mailbox,
+            uidvalidity: m.uidvalidity,
+            highestmodseq: m.highestmodseq,
+            messages: m.messages.clone(),
+        })
     }
 
     /// A random sequence set within the messages the client has.
@@ -695,6 +973,12 @@ pub async fn prepare(a: &Args) -> std::io::Result<()> {
 async fn run_client(id: usize, a: Arc<Args>, report: Arc<Report>, until: Instant) {
     let boxes = mailbox_names(a.mailboxes);
     let mut seed = a.seed.wrapping_mul(1000).wrapping_add(id as u64);
+    let qresync = a.qresync > 0 && id % a.qresync == 0;
+    let relogin = match a.relogin {
+        0 if qresync => 20,
+        n => n,
+    };
+    let mut saved: Option<Saved> = None;
     while Instant::now() < until {
         seed = seed.wrapping_add(7919);
         let Ok(mut c) = Client::connect(id, a.addr, seed, report.clone()).await else {
@@ -705,15 +989,42 @@ async fn run_client(id: usize, a: Arc<Args>, report: Arc<Report>, until: Instant
         if c.batch(vec![login]).await.is_err() {
             continue;
         }
+        if qresync {
+            c.qresync = true;
+            let enable = c.line("ENABLE QRESYNC");
+            if c.batch(vec![enable]).await.is_err() {
+                continue;
+            }
+        }
         let mut current = id % boxes.len();
-        if c.select(&boxes[current].clone(), false).await.is_err() {
+        let selected = match saved.take() {
+            Some(s) => {
+                current = s.mailbox;
+                c.resync_select(&boxes[current].clone(), s).await
+            }
+            None => c.select(&boxes[current].clone(), false).await,
+        };
+        if selected.is_err() {
             continue;
         }
         let mut rounds = 0usize;
-        while Instant::now() < until && (a.relogin == 0 || rounds < a.relogin) {
+        let mut failed = false;
+        while Instant::now() < until && (relogin == 0 || rounds < relogin) {
             rounds += 1;
             if c.round(&boxes, &mut current, &a).await.is_err() {
+                failed = true;
                 break;
+            }
+        }
+        if !failed && qresync {
+            // Learn the UIDs it has only from EXISTS, as a client does
+            // before it goes offline.
+            if c.model.messages.iter().any(|k| k.uid.is_none()) {
+                let fetch = c.line("FETCH 1:* (UID FLAGS)");
+                failed = c.batch(vec![fetch]).await.is_err();
+            }
+            if !failed {
+                saved = c.saved(current);
             }
         }
         let logout = c.line("LOGOUT");
@@ -748,11 +1059,12 @@ pub async fn run(a: Args) -> std::io::Result<String> {
         .map(|e| format!("\"{}\"", e.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     Ok(format!(
-        "{{\"clients\": {}, \"mailboxes\": {}, \"secs\": {secs:.1}, \"commands\": {commands}, \"commands_per_s\": {:.1}, \"largest_mailbox\": {}, \"violations\": {}, \"stalls\": {}, \"examples\": [{}]}}",
+        "{{\"clients\": {}, \"mailboxes\": {}, \"secs\": {secs:.1}, \"commands\": {commands}, \"commands_per_s\": {:.1}, \"largest_mailbox\": {}, \"resyncs\": {}, \"violations\": {}, \"stalls\": {}, \"examples\": [{}]}}",
         a.clients,
         a.mailboxes,
         commands as f64 / secs,
         report.largest.load(Ordering::Relaxed),
+        report.resyncs.load(Ordering::Relaxed),
         report.violations.load(Ordering::Relaxed),
         report.stalls.load(Ordering::Relaxed),
         examples.join(", ")
