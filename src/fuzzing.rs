@@ -277,6 +277,14 @@ fn mime_on_this_thread(raw: &[u8]) {
             .iter()
             .filter_map(|n| std::num::NonZeroU32::new(*n))
             .collect();
+        items.push(MessageDataItemName::Binary {
+            section: nz.clone(),
+            partial: Some((1, std::num::NonZeroU32::MIN.saturating_add(99))),
+            peek: true,
+        });
+        items.push(MessageDataItemName::BinarySize {
+            section: nz.clone(),
+        });
         let Ok(v) = imap_types::core::Vec1::try_from(nz) else {
             continue;
         };
@@ -319,7 +327,8 @@ fn mime_on_this_thread(raw: &[u8]) {
         body: Some(raw.to_vec()),
         show_flags: raw.len().is_multiple_of(2),
     };
-    if let Some(d) = fetch::response(&want, &loaded) {
+    // A part BINARY cannot decode fails the FETCH, never the server.
+    if let Ok(Some(d)) = fetch::response(&want, &loaded) {
         let mut out = Vec::new();
         crate::imap::encode(&mut out, &imap_types::response::Response::Data(d));
         assert!(out.starts_with(b"* 1 FETCH ("));

@@ -230,3 +230,136 @@ async fn past_the_history_horizon_the_answer_is_a_safe_superset() {
     assert!(r.contains("* VANISHED (EARLIER) 3:4,7\r\n"), "{r}");
     server.stop().await;
 }
+
+// ---- BINARY (RFC 3516) ----
+
+const PARTS: &[u8] = b"From: a@remote.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+caf=C3=A9 =\r\nbar\r\n\
+--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n\
+--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAE=\r\n\
+--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n\
+--b1--\r\n";
+
+async fn append(c: &mut Imap, msg: &[u8]) {
+    c.send(format!("ap APPEND INBOX {{{}+}}\r\n", msg.len()).as_bytes())
+        .await;
+    c.send(msg).await;
+    c.send(b"\r\n").await;
+    let r = c.until("ap").await;
+    assert!(r.starts_with("ap OK "), "{r}");
+}
+
+#[tokio::test]
+async fn binary_fetch_undoes_the_transfer_encoding() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    append(&mut c, PARTS).await;
+    c.run("s SELECT INBOX").await;
+    let r = c
+        .run("a FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2] BINARY.SIZE[1])")
+        .await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (BINARY[2] \"%PDF-\" BINARY.SIZE[2] 5 BINARY.SIZE[1] 9)\r\na OK FETCH completed\r\n"
+    );
+    // Quoted-printable, soft line break joined, UTF-8 as bytes (the
+    // CRLF before a boundary belongs to the boundary).
+    let r = c.run("b FETCH 1 (BINARY.PEEK[1])").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (BINARY[1] {9}\r\ncaf\u{e9} bar)\r\nb OK FETCH completed\r\n"
+    );
+    // NUL bytes come as a literal8.
+    let r = c.run("c FETCH 1 (BINARY.PEEK[3])").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (BINARY[3] ~{2}\r\n\u{0}\u{1})\r\nc OK FETCH completed\r\n"
+    );
+    // A partial range of the decoded bytes.
+    let r = c.run("d FETCH 1 (BINARY.PEEK[2]<1.3>)").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (BINARY[2] \"PDF\")\r\nd OK FETCH completed\r\n"
+    );
+    // An encoding no one can undo fails the FETCH.
+    let r = c.run("e FETCH 1 (BINARY.PEEK[4])").await;
+    assert!(r.starts_with("e NO [UNKNOWN-CTE] "), "{r}");
+    // BINARY[] is the whole message; without PEEK it marks it \Seen.
+    let r = c.run("f FETCH 1 (BINARY[])").await;
+    assert!(
+        r.starts_with(&format!(
+            "* 1 FETCH (FLAGS (\\Seen \\Recent) BINARY[] {{{}}}\r\n",
+            PARTS.len()
+        )) || r.starts_with(&format!("* 1 FETCH (BINARY[] {{{}}}\r\n", PARTS.len())),
+        "{r}"
+    );
+    assert!(r.contains("\\Seen"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn append_takes_a_binary_literal_without_nul_bytes() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    let msg = "Subject: 8bit\r\nContent-Transfer-Encoding: binary\r\n\r\nna\u{ef}ve\r\n".as_bytes();
+    c.send(format!("a APPEND INBOX ~{{{}+}}\r\n", msg.len()).as_bytes())
+        .await;
+    c.send(msg).await;
+    c.send(b"\r\n").await;
+    let r = c.until("a").await;
+    assert!(r.starts_with("a OK [APPENDUID "), "{r}");
+    let with_nul = b"Subject: nul\r\nContent-Transfer-Encoding: binary\r\n\r\na\0b\r\n";
+    c.send(format!("b APPEND INBOX ~{{{}}}\r\n", with_nul.len()).as_bytes())
+        .await;
+    assert_eq!(c.line().await, "+ Ready for literal data\r\n");
+    c.send(with_nul).await;
+    c.send(b"\r\n").await;
+    let r = c.until("b").await;
+    assert!(r.starts_with("b NO [UNKNOWN-CTE] "), "{r}");
+    c.run("s SELECT INBOX").await;
+    let r = c.run("f FETCH 1:* (BODY.PEEK[TEXT])").await;
+    assert_eq!(
+        r,
+        "* 1 FETCH (BODY[TEXT] {8}\r\nna\u{ef}ve\r\n)\r\nf OK FETCH completed\r\n"
+    );
+    // A binary literal anywhere else is refused.
+    let r = c.run("g SEARCH TEXT ~{1+}\r\nx").await;
+    assert!(r.contains(" BAD "), "{r}");
+    server.stop().await;
+}
+
+// ---- STATUS=SIZE (RFC 8438) ----
+
+#[tokio::test]
+async fn status_size_is_the_sum_of_the_message_sizes() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    let a = b"Subject: a\r\n\r\naaaa\r\n";
+    let b = b"Subject: bb\r\n\r\nbbbbbbbb\r\n";
+    append(&mut c, a).await;
+    append(&mut c, b).await;
+    let total = a.len() + b.len();
+    let r = c.run("a STATUS INBOX (MESSAGES SIZE)").await;
+    assert_eq!(
+        r,
+        format!("* STATUS INBOX (MESSAGES 2 SIZE {total})\r\na OK STATUS completed\r\n")
+    );
+    // LIST-STATUS asks the same.
+    let r = c.run("b LIST \"\" INBOX RETURN (STATUS (SIZE))").await;
+    assert!(
+        r.contains(&format!("* STATUS INBOX (SIZE {total})\r\n")),
+        "{r}"
+    );
+    // Expunged mail no longer counts.
+    c.run("s SELECT INBOX").await;
+    c.run("d STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    c.run("x EXPUNGE").await;
+    let r = c.run("e STATUS INBOX (SIZE)").await;
+    assert!(
+        r.starts_with(&format!("* STATUS INBOX (SIZE {})\r\n", b.len())),
+        "{r}"
+    );
+    server.stop().await;
+}

@@ -202,6 +202,8 @@ impl Ctx {
             Capability::Move,
             Capability::CondStore,
             Capability::QResync,
+            Capability::Binary,
+            Capability::StatusSize,
         ]);
         caps.push(Capability::ListExtended);
         for other in ["LIST-STATUS", "SPECIAL-USE", "CHILDREN"] {
@@ -453,13 +455,12 @@ impl Core {
         let refusal = if !matches!(self.waiting, Waiting::Command) {
             // AUTHENTICATE data and DONE are single lines.
             Some((false, "CANNOT", "No literal is expected here".to_string()))
-        } else if binary {
-            // BINARY is not offered, and literal8 is how NUL bytes would
-            // get in: one rule for NUL everywhere.
+        } else if binary && !(append && authed) {
+            // literal8 (RFC 3516) is for APPEND's message only.
             Some((
                 false,
                 "CANNOT",
-                "BINARY is not supported: send the message as a literal".to_string(),
+                "A binary literal is only allowed for an APPEND message".to_string(),
             ))
         } else if length as usize > max {
             // Refused before it is sent (NO), or read and dropped (BAD).

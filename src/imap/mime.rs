@@ -527,6 +527,74 @@ pub fn section(p: &Parsed<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>>
     })
 }
 
+/// A part whose Content-Transfer-Encoding BINARY cannot undo (RFC 3516:
+/// `NO [UNKNOWN-CTE]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCte(pub String);
+
+/// The bytes of `BINARY[section]`: the part's body with its
+/// Content-Transfer-Encoding undone (base64 and quoted-printable by
+/// mail-parser's decoders; 7bit, 8bit and binary as they are). `BINARY[]`
+/// is the whole message as stored; a multipart or message part is its
+/// body as stored (no encoding applies to those); a part that does not
+/// exist is empty.
+pub fn binary(p: &Parsed<'_>, path: &[std::num::NonZeroU32]) -> Result<Vec<u8>, UnknownCte> {
+    let raw = p.raw();
+    if path.is_empty() {
+        return Ok(raw.to_vec());
+    }
+    let m: &Message<'_> = p;
+    let path: Vec<u32> = path.iter().map(|n| n.get()).collect();
+    let Some(root) = m.part(0) else {
+        return Ok(Vec::new());
+    };
+    let part = if path == [1] && !matches!(root.body, PartType::Multipart(_)) {
+        root
+    } else {
+        match locate(m, &path).and_then(|(msg, id)| msg.part(id)) {
+            Some(part) => part,
+            None => return Ok(Vec::new()),
+        }
+    };
+    let body = body_bytes(raw, part);
+    if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {
+        return Ok(body.to_vec());
+    }
+    let cte = part
+        .content_transfer_encoding()
+        .unwrap_or("7bit")
+        .trim()
+        .to_ascii_lowercase();
+    match cte.as_str() {
+        "7bit" | "8bit" | "binary" | "" => Ok(body.to_vec()),
+        "base64" => mail_parser::decoders::base64::base64_decode(body)
+            .ok_or_else(|| UnknownCte("the base64 part cannot be decoded".into())),
+        "quoted-printable" => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                .ok_or_else(|| UnknownCte("the quoted-printable part cannot be decoded".into()))
+        }
+        other => Err(UnknownCte(format!(
+            "unknown Content-Transfer-Encoding {}",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// A BINARY value: a literal8 when it holds NUL bytes (which no other
+/// string form can carry), else a string.
+fn nstring8(data: Vec<u8>) -> imap_types::core::NString8<'static> {
+    use imap_types::core::{LiteralMode, NString8};
+    use imap_types::extensions::binary::Literal8;
+    if data.contains(&0) {
+        NString8::Literal8(Literal8 {
+            data: Cow::Owned(data),
+            mode: LiteralMode::Sync,
+        })
+    } else {
+        NString8::NString(nbytes(&data))
+    }
+}
+
 /// `<origin>` partial range of a section.
 pub fn partial(data: Vec<u8>, range: Option<(u32, std::num::NonZeroU32)>) -> Vec<u8> {
     match range {
@@ -570,8 +638,12 @@ fn date_time(ts: i64) -> Option<imap_types::datetime::DateTime> {
 }
 
 /// The `* n FETCH (...)` response for one message (no I/O: it may run on
-/// any thread).
-pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'static>> {
+/// any thread). `Err` when a BINARY item cannot be decoded: the FETCH then
+/// ends with `NO [UNKNOWN-CTE]`.
+pub fn response(
+    want: &Want,
+    m: &Loaded,
+) -> Result<Option<imap_types::response::Data<'static>>, UnknownCte> {
     use std::num::{NonZeroU32, NonZeroU64};
     let parsed = m.body.as_deref().map(parse);
     let mut out = Vec::with_capacity(want.items.len() + 1);
@@ -618,8 +690,24 @@ pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'s
                     data: nstring(partial(data, *part)),
                 }
             }),
-            // Refused before any message is loaded (BINARY is not offered).
-            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => None,
+            MessageDataItemName::Binary {
+                section: sec,
+                partial: part,
+                ..
+            } => match parsed.as_ref() {
+                Some(p) => Some(MessageDataItem::Binary {
+                    section: sec.clone(),
+                    value: nstring8(partial(binary(p, sec)?, *part)),
+                }),
+                None => None,
+            },
+            MessageDataItemName::BinarySize { section: sec } => match parsed.as_ref() {
+                Some(p) => Some(MessageDataItem::BinarySize {
+                    section: sec.clone(),
+                    size: u32::try_from(binary(p, sec)?.len()).unwrap_or(u32::MAX),
+                }),
+                None => None,
+            },
         };
         if let Some(v) = v {
             out.push(v);
@@ -642,10 +730,10 @@ pub fn response(want: &Want, m: &Loaded) -> Option<imap_types::response::Data<'s
     {
         out.push(MessageDataItem::ModSeq(ms));
     }
-    Some(imap_types::response::Data::Fetch {
-        seq: NonZeroU32::new(m.seq)?,
-        items: Vec1::try_from(out).ok()?,
-    })
+    let (Some(seq), Ok(items)) = (NonZeroU32::new(m.seq), Vec1::try_from(out)) else {
+        return Ok(None);
+    };
+    Ok(Some(imap_types::response::Data::Fetch { seq, items }))
 }
 
 #[cfg(test)]

@@ -149,6 +149,8 @@ pub struct MailboxState {
     /// By UID.
     pub messages: Vec<LiveMessage>,
     pub unseen: u32,
+    /// The messages' sizes added up (STATUS SIZE, RFC 8438).
+    pub bytes: u64,
     pub deleted: u32,
     /// Messages carrying each keyword (lower-cased key; first spelling kept).
     keywords: HashMap<String, (String, u32)>,
@@ -241,6 +243,7 @@ impl MailboxState {
                 Ok(_) => {}
                 Err(i) => {
                     self.count(&m.flags, true);
+                    self.bytes += u64::from(m.size);
                     self.messages.insert(i, m.clone());
                     self.uidnext = self.uidnext.max(c.uid.saturating_add(1));
                 }
@@ -257,6 +260,7 @@ impl MailboxState {
                 if let Ok(i) = self.index(c.uid) {
                     let m = self.messages.remove(i);
                     self.count(&m.flags, false);
+                    self.bytes = self.bytes.saturating_sub(u64::from(m.size));
                 }
             }
         }
@@ -477,6 +481,7 @@ impl Registry {
             let all = std::mem::take(&mut st.messages);
             for m in &all {
                 st.count(&m.flags, true);
+                st.bytes += u64::from(m.size);
             }
             st.messages = all;
             st.ready = true;
@@ -568,6 +573,7 @@ mod tests {
         };
         for m in &messages {
             st.count(&m.flags, true);
+            st.bytes += u64::from(m.size);
         }
         st.messages = messages;
         st

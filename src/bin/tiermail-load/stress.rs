@@ -973,7 +973,7 @@ pub async fn prepare(a: &Args) -> std::io::Result<()> {
 async fn run_client(id: usize, a: Arc<Args>, report: Arc<Report>, until: Instant) {
     let boxes = mailbox_names(a.mailboxes);
     let mut seed = a.seed.wrapping_mul(1000).wrapping_add(id as u64);
-    let qresync = a.qresync > 0 && id % a.qresync == 0;
+    let qresync = a.qresync > 0 && id.is_multiple_of(a.qresync);
     let relogin = match a.relogin {
         0 if qresync => 20,
         n => n,

@@ -40,9 +40,18 @@ impl Ctx {
         }
         let raw = match message {
             LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
-            LiteralOrLiteral8::Literal8(_) => {
-                // The framer refuses literal8 before it gets here.
-                return self.bad(Some(tag), None, "BINARY is not supported");
+            LiteralOrLiteral8::Literal8(l) => {
+                let raw = l.data.into_owned();
+                // RFC 3516 4.4: what cannot be stored as sent is refused.
+                // NUL bytes could not be sent back in a BODY[] literal.
+                if raw.contains(&0) {
+                    return self.no(
+                        tag,
+                        Some(code("UNKNOWN-CTE")),
+                        "Binary content with NUL bytes cannot be stored: send it base64-encoded",
+                    );
+                }
+                raw
             }
         };
         if names_recent(&flags) {

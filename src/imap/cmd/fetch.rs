@@ -43,6 +43,8 @@ pub struct FetchJob {
     newly_seen: Vec<u32>,
     /// FLAGS is one of the items.
     shows_flags: bool,
+    /// A BINARY section of some message could not be decoded.
+    undecodable: Option<mime::UnknownCte>,
 }
 
 impl FetchJob {
@@ -155,15 +157,6 @@ impl Ctx {
         {
             items.push(MessageDataItemName::ModSeq);
         }
-        if items.iter().any(|i| {
-            matches!(
-                i,
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
-            )
-        }) {
-            self.bad(Some(&tag), None, "BINARY is not supported");
-            return None;
-        }
         let needs_body = items.iter().any(|i| {
             !matches!(
                 i,
@@ -252,6 +245,7 @@ impl Ctx {
             uid,
             newly_seen,
             shows_flags,
+            undecodable: None,
         };
         if job.uids.is_empty() {
             self.ok(&job.tag, None, job.done_text());
@@ -270,7 +264,11 @@ impl Ctx {
             return true;
         }
         if job.next >= job.uids.len() {
-            self.ok(&job.tag, None, job.done_text());
+            match &job.undecodable {
+                // RFC 3516 4.2: the FETCH fails, the others are answered.
+                Some(e) => self.no(&job.tag, Some(code("UNKNOWN-CTE")), &e.0),
+                None => self.ok(&job.tag, None, job.done_text()),
+            }
             return true;
         }
         false
@@ -372,10 +370,17 @@ impl Ctx {
         }
         job.next = consumed;
         let want = job.want.clone();
-        let build = move || -> Vec<Data<'static>> {
-            work.iter()
-                .filter_map(|m| mime::response(&want, m))
-                .collect()
+        let build = move || -> (Vec<Data<'static>>, Option<mime::UnknownCte>) {
+            let mut out = Vec::with_capacity(work.len());
+            let mut failed = None;
+            for m in &work {
+                match mime::response(&want, m) {
+                    Ok(Some(d)) => out.push(d),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            (out, failed)
         };
         // Parsing is cheap for everyday mail; large messages are parsed
         // off the async threads.
@@ -395,8 +400,12 @@ impl Ctx {
         } else {
             build()
         };
+        let (responses, failed) = responses;
         for d in responses {
             self.data(d);
+        }
+        if let Some(e) = failed {
+            job.undecodable = Some(e);
         }
         Ok(())
     }

@@ -42,8 +42,8 @@ impl Ctx {
     ) -> Result<(), Option<StoreError>> {
         let name = names::from_imap(mailbox).map_err(|_| None)?;
         let user = a.user.clone();
-        // (messages, recent, unseen, deleted, uidnext, uidvalidity, highestmodseq)
-        let counts: [u64; 7] = if let Some(folder) = registry::archive_folder(&name) {
+        // (messages, recent, unseen, deleted, uidnext, uidvalidity, highestmodseq, size)
+        let counts: [u64; 8] = if let Some(folder) = registry::archive_folder(&name) {
             let (info, msgs) = match self.archive_snapshot(&user, folder).await {
                 Ok(s) => s,
                 Err(ArchiveProblem::NoSuchFolder) => return Err(None),
@@ -67,6 +67,7 @@ impl Ctx {
                 info.uidnext as u64,
                 info.uidvalidity as u64,
                 info.highestmodseq,
+                msgs.iter().map(|m| u64::from(m.size)).sum(),
             ]
         } else {
             let info = match self.app.store.mailbox(&user, &name).await {
@@ -89,6 +90,7 @@ impl Ctx {
                 st.uidnext as u64,
                 st.uidvalidity as u64,
                 st.highestmodseq,
+                st.bytes,
             ]
         };
         let [
@@ -99,6 +101,7 @@ impl Ctx {
             uidnext,
             uidvalidity,
             highestmodseq,
+            size,
         ] = counts;
         let nz = |n: u64| NonZeroU32::new(n as u32).unwrap_or(NonZeroU32::MIN);
         let mut out = Vec::new();
@@ -111,6 +114,7 @@ impl Ctx {
                 StatusDataItemName::Unseen => StatusDataItem::Unseen(unseen as u32),
                 StatusDataItemName::Deleted => StatusDataItem::Deleted(deleted as u32),
                 StatusDataItemName::HighestModSeq => StatusDataItem::HighestModSeq(highestmodseq),
+                StatusDataItemName::Size => StatusDataItem::Size(size),
                 _ => continue,
             });
         }
