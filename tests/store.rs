@@ -435,7 +435,10 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     let (was, now) = rebuilt.expect("the database was worth rebuilding");
     println!("database file {before} ({was}) -> {now} bytes");
     assert!(now * 2 < was, "{was} -> {now} bytes");
-    assert_eq!(store.status().unwrap()[0].db_bytes, now);
+    // Status reports the new file (which the deliveries after the swap
+    // may have grown a little), not the old one.
+    let reported = store.status().unwrap()[0].db_bytes;
+    assert!(reported >= now && reported * 2 < was, "{was} -> {reported} bytes");
 
     assert_kept(&store, user, &raws, &bob).await;
     // Writes after the switch land in the new file.
