@@ -363,3 +363,55 @@ async fn status_size_is_the_sum_of_the_message_sizes() {
     );
     server.stop().await;
 }
+
+// ---- SORT (RFC 5256) and SORT=DISPLAY (RFC 5957) ----
+
+#[tokio::test]
+async fn sort_orders_by_base_subject_address_date_and_size() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    append(
+        &mut c,
+        b"From: \"Zed\" <amy@x.test>\r\nDate: Thu, 3 Jan 2030 10:00:00 +0000\r\nSubject: Re: beta\r\n\r\nlong long body\r\n",
+    )
+    .await;
+    append(
+        &mut c,
+        b"From: Amy <zoe@x.test>\r\nDate: Tue, 1 Jan 2030 23:00:00 -0500\r\nSubject: alpha\r\n\r\nb\r\n",
+    )
+    .await;
+    append(
+        &mut c,
+        b"From: carl@x.test\r\nSubject: [list] Fwd: ALPHA (fwd)\r\n\r\nmid body\r\n",
+    )
+    .await;
+    c.run("s SELECT INBOX").await;
+    let sort = |crit: &str| format!("t SORT ({crit}) UTF-8 ALL");
+    for (crit, want) in [
+        // "alpha" and "ALPHA" are one base subject: the sequence decides.
+        ("SUBJECT", "2 3 1"),
+        ("REVERSE SUBJECT", "1 2 3"),
+        ("FROM", "1 3 2"),
+        ("DISPLAYFROM", "2 3 1"),
+        // No Date header: the arrival (now), before 2030.
+        ("DATE", "3 2 1"),
+        ("REVERSE DATE", "1 2 3"),
+        ("ARRIVAL", "1 2 3"),
+        ("SIZE", "3 2 1"),
+        ("SUBJECT REVERSE SIZE", "2 3 1"),
+    ] {
+        let r = c.run(&sort(crit)).await;
+        assert_eq!(
+            r,
+            format!("* SORT {want}\r\nt OK SORT completed\r\n"),
+            "{crit}"
+        );
+    }
+    let r = c.run("u UID SORT (SIZE) UTF-8 SUBJECT alpha").await;
+    assert_eq!(r, "* SORT 3 2\r\nu OK UID SORT completed\r\n");
+    let r = c.run("v SORT (SUBJECT) ISO-8859-1 ALL").await;
+    assert!(r.starts_with("v NO [BADCHARSET"), "{r}");
+    let r = c.run("w SORT (SUBJECT) UTF-8 SUBJECT nothing").await;
+    assert_eq!(r, "* SORT\r\nw OK SORT completed\r\n");
+    server.stop().await;
+}

@@ -438,7 +438,10 @@ async fn a_mostly_free_database_is_rebuilt_online() {
     // Status reports the new file (which the deliveries after the swap
     // may have grown a little), not the old one.
     let reported = store.status().unwrap()[0].db_bytes;
-    assert!(reported >= now && reported * 2 < was, "{was} -> {reported} bytes");
+    assert!(
+        reported >= now && reported * 2 < was,
+        "{was} -> {reported} bytes"
+    );
 
     assert_kept(&store, user, &raws, &bob).await;
     // Writes after the switch land in the new file.

@@ -204,6 +204,8 @@ impl Ctx {
             Capability::QResync,
             Capability::Binary,
             Capability::StatusSize,
+            Capability::Sort(None),
+            Capability::Sort(Some(imap_types::extensions::sort::SortAlgorithm::Display)),
         ]);
         caps.push(Capability::ListExtended);
         for other in ["LIST-STATUS", "SPECIAL-USE", "CHILDREN"] {
@@ -621,6 +623,7 @@ impl Core {
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Sort { uid: false, .. }
         );
         let flow = match &mut self.state {
             State::NotAuthenticated => self.not_authenticated(tag, body).await,

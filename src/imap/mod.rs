@@ -1,5 +1,6 @@
 //! The IMAP server (RFC 3501 with LITERAL+, SASL-IR, ENABLE, IDLE,
-//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, QRESYNC, LIST-EXTENDED,
+//! NAMESPACE, ID, UNSELECT, UIDPLUS, MOVE, CONDSTORE, QRESYNC, BINARY,
+//! STATUS=SIZE, SORT, SORT=DISPLAY, LIST-EXTENDED,
 //! LIST-STATUS, SPECIAL-USE, CHILDREN).
 //!
 //! A connection is a protocol core (`core`: framing, the typed state,
@@ -21,6 +22,7 @@ pub mod mime;
 pub mod names;
 pub mod outbox;
 pub mod search;
+pub mod sort;
 pub mod uidset;
 pub mod updates;
 pub mod view;

@@ -13,6 +13,7 @@ pub mod mailbox;
 pub mod resync;
 pub mod search;
 pub mod select;
+pub mod sort;
 pub mod status;
 pub mod store;
 
@@ -66,6 +67,16 @@ impl Ctx {
                 uid,
             } => {
                 self.search(a, v, &tag, charset, criteria, uid).await;
+                Next::Stay
+            }
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                self.sort(a, v, &tag, sort_criteria, charset, search_criteria, uid)
+                    .await;
                 Next::Stay
             }
             CommandBody::Fetch {

@@ -23,10 +23,28 @@ impl Ctx {
         criteria: Vec1<SearchKey<'_>>,
         uid: bool,
     ) {
+        if !self.charset_ok(tag, charset.as_ref()) {
+            return;
+        }
+        let Some((hits, with_modseq)) = self.matching(a, view, tag, criteria).await else {
+            return;
+        };
+        let mut found = Vec::with_capacity(hits.len());
+        let mut max_modseq = 0u64;
+        for (seq, u, modseq) in hits {
+            found.push(if uid { u } else { seq });
+            max_modseq = max_modseq.max(modseq);
+        }
+        self.search_done(tag, found, max_modseq, with_modseq, uid)
+    }
+
+    /// Searches are run in UTF-8 (US-ASCII is a subset); another charset
+    /// is refused with `NO [BADCHARSET]`. `false` when answered.
+    pub fn charset_ok(&mut self, tag: &Tag<'_>, charset: Option<&Charset<'_>>) -> bool {
         if let Some(cs) = charset {
             let cs = cs.as_ref().to_ascii_uppercase();
             if cs != "UTF-8" && cs != "US-ASCII" {
-                return self.no(
+                self.no(
                     tag,
                     Some(Code::badcharset(vec![
                         Charset::try_from("UTF-8").expect("valid charset"),
@@ -34,8 +52,22 @@ impl Ctx {
                     ])),
                     "Only UTF-8 and US-ASCII searches are supported",
                 );
+                return false;
             }
         }
+        true
+    }
+
+    /// (seq, uid, modseq) of the messages matching `criteria`, in mailbox
+    /// order, and whether the criteria named MODSEQ; `None` when the
+    /// command is already answered (refused, or the store failed).
+    pub async fn matching(
+        &mut self,
+        a: &Authed,
+        view: &View,
+        tag: &Tag<'_>,
+        criteria: Vec1<SearchKey<'_>>,
+    ) -> Option<(Vec<(u32, u32, u64)>, bool)> {
         let key = if criteria.as_ref().len() == 1 {
             criteria.into_inner().remove(0)
         } else {
@@ -43,7 +75,10 @@ impl Ctx {
         };
         let program = match search::Program::new(&key, self.app.config.limits.max_line_length) {
             Ok(p) => std::sync::Arc::new(p),
-            Err(e) => return self.bad(Some(tag), None, &e.to_string()),
+            Err(e) => {
+                self.bad(Some(tag), None, &e.to_string());
+                return None;
+            }
         };
         let with_modseq = program.mentions_modseq();
         if with_modseq {
@@ -52,8 +87,7 @@ impl Ctx {
         let needs = program.needs();
         let largest_seq = view.len();
         let largest_uid = view.entries.last().map(|e| e.uid).unwrap_or(0);
-        let mut found: Vec<u32> = Vec::new();
-        let mut max_modseq = 0u64;
+        let mut found: Vec<(u32, u32, u64)> = Vec::new();
         if let (Needs::View, Some(live)) = (needs, &view.live) {
             // Flags, numbers, sizes and dates: the view and the live state
             // hold them all; nothing is read.
@@ -76,12 +110,11 @@ impl Ctx {
                     largest_uid,
                 };
                 if program.matches(&c, None) {
-                    found.push(if uid { e.uid } else { i as u32 + 1 });
-                    max_modseq = max_modseq.max(e.modseq);
+                    found.push((i as u32 + 1, e.uid, e.modseq));
                 }
             }
             drop(st);
-            return self.search_done(tag, found, max_modseq, with_modseq, uid);
+            return Some((found, with_modseq));
         }
         let needs_body = needs == Needs::Body;
         let live: Vec<(u32, u32)> = view
@@ -96,7 +129,10 @@ impl Ctx {
             let uids: Vec<u32> = batch.iter().map(|(_, u)| *u).collect();
             let loaded = match self.load_messages(&a.user, view, uids, needs_body).await {
                 Ok(l) => l,
-                Err(why) => return self.archive_unavailable(&a.user, tag, &why),
+                Err(why) => {
+                    self.archive_unavailable(&a.user, tag, &why);
+                    return None;
+                }
             };
             // `loaded` keeps the order asked for, without expunged ones.
             let mut seqs = batch.iter();
@@ -140,18 +176,16 @@ impl Ctx {
                 match crate::imap::heavy(&self.app, eval).await {
                     Some(h) => h,
                     None => {
-                        return self.no(tag, Some(code("UNAVAILABLE")), "Search failed, try again");
+                        self.no(tag, Some(code("UNAVAILABLE")), "Search failed, try again");
+                        return None;
                     }
                 }
             } else {
                 eval()
             };
-            for (seq, u, modseq) in hits {
-                found.push(if uid { u } else { seq });
-                max_modseq = max_modseq.max(modseq);
-            }
+            found.extend(hits);
         }
-        self.search_done(tag, found, max_modseq, with_modseq, uid)
+        Some((found, with_modseq))
     }
 
     fn search_done(
