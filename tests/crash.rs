@@ -492,7 +492,19 @@ async fn imap_writes_acknowledged_before_sigkill_survive() {
     assert!(r.contains("c OK"), "{r}");
     let r = c.run("r RENAME Projects Work").await;
     assert!(r.contains("r OK"), "{r}");
-    c.run("s SELECT INBOX").await;
+    let r = c.run("s SELECT INBOX").await;
+    // A QRESYNC client's last sync: what vanished after it must be known
+    // after the crash too (the expunge history is replayed with the log).
+    let number = |key: &str| -> u64 {
+        let at = r.find(key).unwrap() + key.len();
+        r[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let (uv, modseq) = (number("UIDVALIDITY "), number("HIGHESTMODSEQ "));
     let r = c.run("f STORE 1 +FLAGS (\\Flagged)").await;
     assert!(r.contains("f OK"), "{r}");
     let r = c.run("m MOVE 2 Work").await;
@@ -530,6 +542,16 @@ async fn imap_writes_acknowledged_before_sigkill_survive() {
     );
     let r = c.run("w STATUS Work (MESSAGES)").await;
     assert!(r.contains("* STATUS Work (MESSAGES 1)"), "{r}");
+    c.run("q ENABLE QRESYNC").await;
+    let r = c
+        .run(&format!("x EXAMINE INBOX (QRESYNC ({uv} {modseq} 1:5))"))
+        .await;
+    // UID 2 moved, UID 4 (sequence 3 after the MOVE) expunged.
+    assert!(r.contains("* VANISHED (EARLIER) 2,4\r\n"), "{r}");
+    assert!(
+        r.contains("* 1 FETCH (FLAGS (\\Flagged) UID 1 MODSEQ ("),
+        "{r}"
+    );
     assert!(daemon.terminate().success());
 }
 
