@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{fetcher, p99, sender};
-use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
 
@@ -128,11 +127,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (total, users) = if quick { (20_000, 50) } else { (200_000, 200) };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let mut cfg = Config::for_testing(dir.path());
-    cfg.server.log = "warn".into();
+    let (_dir, mut cfg) = common::bench_config("reader@example.test");
     cfg.archive.age_days = 30;
     let arg = |name: &str| -> Option<usize> {
         let args: Vec<String> = std::env::args().collect();
@@ -146,12 +141,6 @@ fn main() {
     if let Some(n) = arg("--archivers") {
         cfg.archive.archivers = n;
     }
-    let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
-    std::fs::write(
-        &cfg.users.file,
-        format!("[[user]]\naddress = \"reader@example.test\"\npassword = \"{h}\"\n"),
-    )
-    .unwrap();
     rt.block_on(async {
         let server = Server::start(cfg.clone()).await.unwrap();
         let store = server.app.store.clone();

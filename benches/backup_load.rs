@@ -30,7 +30,6 @@ mod common;
 use common::{fetcher, p99, sender};
 use tiermail::backup::restore;
 use tiermail::backup::session::Mode;
-use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
 
@@ -117,17 +116,7 @@ fn main() {
         (2_000_000_000u64, 30_000usize, 10u64)
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let mut cfg = Config::for_testing(dir.path());
-    cfg.server.log = "warn".into();
-    let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
-    std::fs::write(
-        &cfg.users.file,
-        format!("[[user]]\naddress = \"reader@example.test\"\npassword = \"{h}\"\n"),
-    )
-    .unwrap();
+    let (dir, cfg) = common::bench_config("reader@example.test");
     rt.block_on(async {
         let server = Server::start(cfg.clone()).await.unwrap();
         let store = server.app.store.clone();

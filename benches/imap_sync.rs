@@ -17,11 +17,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiermail::config::Config;
 use tiermail::server::Server;
 use tiermail::store::{Delivery, Store, Summary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,17 +165,7 @@ fn main() {
         }
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let mut cfg = Config::for_testing(dir.path());
-    cfg.server.log = "warn".into();
-    let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
-    std::fs::write(
-        &cfg.users.file,
-        format!("[[user]]\naddress = \"{USER}\"\npassword = \"{h}\"\n"),
-    )
-    .unwrap();
+    let (_dir, cfg) = common::bench_config(USER);
     rt.block_on(async {
         let server = Server::start(cfg.clone()).await.unwrap();
         let addr = server.bound.imap.unwrap();

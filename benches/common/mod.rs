@@ -9,6 +9,24 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A test configuration in a fresh directory under `target/`, logging
+/// warnings only, with one user (password `bench`); the directory goes
+/// when the guard drops.
+pub fn bench_config(user: &str) -> (tempfile::TempDir, tiermail::config::Config) {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let mut cfg = tiermail::config::Config::for_testing(dir.path());
+    cfg.server.log = "warn".into();
+    let h = tiermail::auth::hash_password_with("bench", tiermail::auth::test_params()).unwrap();
+    std::fs::write(
+        &cfg.users.file,
+        format!("[[user]]\naddress = \"{user}\"\npassword = \"{h}\"\n"),
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
 /// Reads until a line starting with `tag` has arrived; drops it and what
 /// came before.
 pub async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, tag: &[u8]) {
