@@ -415,3 +415,35 @@ async fn sort_orders_by_base_subject_address_date_and_size() {
     assert_eq!(r, "* SORT\r\nw OK SORT completed\r\n");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn thread_orderedsubject_groups_by_base_subject_in_date_order() {
+    let server = TestServer::start().await;
+    let mut c = Imap::login(server.imap(), USER).await;
+    for (subject, day) in [
+        ("alpha", 3),
+        ("Re: alpha", 1),
+        ("beta", 2),
+        ("Fwd: alpha", 5),
+    ] {
+        let m = format!(
+            "From: a@x.test\r\nDate: {day} Jan 2030 10:00:00 +0000\r\nSubject: {subject}\r\n\r\nb\r\n"
+        );
+        append(&mut c, m.as_bytes()).await;
+    }
+    c.run("s SELECT INBOX").await;
+    // RFC 5256: the first by date is the parent of the others.
+    let r = c.run("t THREAD ORDEREDSUBJECT UTF-8 ALL").await;
+    assert_eq!(r, "* THREAD (2 (1)(4))(3)\r\nt OK THREAD completed\r\n");
+    let r = c.run("u THREAD ORDEREDSUBJECT UTF-8 NOT SUBJECT fwd").await;
+    assert_eq!(r, "* THREAD (2 1)(3)\r\nu OK THREAD completed\r\n");
+    let r = c
+        .run("v UID THREAD ORDEREDSUBJECT UTF-8 SUBJECT beta")
+        .await;
+    assert_eq!(r, "* THREAD (3)\r\nv OK UID THREAD completed\r\n");
+    let r = c.run("w THREAD REFERENCES UTF-8 ALL").await;
+    assert!(r.starts_with("w BAD "), "{r}");
+    let r = c.run("x THREAD ORDEREDSUBJECT UTF-8 SUBJECT nothing").await;
+    assert_eq!(r, "* THREAD\r\nx OK THREAD completed\r\n");
+    server.stop().await;
+}

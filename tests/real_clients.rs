@@ -163,6 +163,7 @@ typ, data = M.select("INBOX"); assert typ == "OK" and data == [b"2"], data
 typ, data = M.search(None, "SUBJECT", "second"); assert data == [b"2"], data
 typ, data = M.sort("(REVERSE SUBJECT)", "UTF-8", "ALL"); assert data == [b"2 1"], data
 typ, data = M.uid("SORT", "(SIZE)", "UTF-8", "SUBJECT", "first"); assert data == [b"1"], data
+typ, data = M.thread("ORDEREDSUBJECT", "UTF-8", "ALL"); assert data == [b"(1)(2)"], data
 typ, data = M.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
 assert data[0][1] == b"Subject: first\r\n\r\n", data
 typ, data = M.store("1", "+FLAGS", "(\\Flagged)"); assert typ == "OK"

@@ -206,6 +206,7 @@ impl Ctx {
             Capability::StatusSize,
             Capability::Sort(None),
             Capability::Sort(Some(imap_types::extensions::sort::SortAlgorithm::Display)),
+            Capability::Thread(imap_types::extensions::thread::ThreadingAlgorithm::OrderedSubject),
         ]);
         caps.push(Capability::ListExtended);
         for other in ["LIST-STATUS", "SPECIAL-USE", "CHILDREN"] {
@@ -624,6 +625,7 @@ impl Core {
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
                 | CommandBody::Sort { uid: false, .. }
+                | CommandBody::Thread { uid: false, .. }
         );
         let flow = match &mut self.state {
             State::NotAuthenticated => self.not_authenticated(tag, body).await,

@@ -61,7 +61,7 @@ impl Imap {
     pub async fn log_in(&mut self, user: &str) {
         let c = self;
         let r = c.run(&format!("L LOGIN {user} \"{PASSWORD}\"")).await;
-        assert!(r.ends_with("L OK [CAPABILITY IMAP4REV1 SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC BINARY STATUS=SIZE SORT SORT=DISPLAY LIST-EXTENDED LIST-STATUS SPECIAL-USE CHILDREN] Logged in\r\n"), "{r}");
+        assert!(r.ends_with("L OK [CAPABILITY IMAP4REV1 SASL-IR LITERAL+ ENABLE IDLE NAMESPACE ID UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC BINARY STATUS=SIZE SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS SPECIAL-USE CHILDREN] Logged in\r\n"), "{r}");
     }
 
     pub async fn send(&mut self, b: &[u8]) {

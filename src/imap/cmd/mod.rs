@@ -79,6 +79,16 @@ impl Ctx {
                     .await;
                 Next::Stay
             }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                self.thread(a, v, &tag, algorithm, charset, search_criteria, uid)
+                    .await;
+                Next::Stay
+            }
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
