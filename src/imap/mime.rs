@@ -418,6 +418,17 @@ fn locate<'a, 'x>(m: &'a Message<'x>, path: &[u32]) -> Option<(&'a Message<'x>, 
     Some((msg, id))
 }
 
+/// The part a part path names (`BODY[1.2]`, `BINARY[1.2]`); a
+/// single-part message's part 1 is its body.
+fn part_at<'a, 'x>(m: &'a Message<'x>, path: &[u32]) -> Option<&'a MessagePart<'x>> {
+    let root = m.part(0)?;
+    if path == [1] && !matches!(root.body, PartType::Multipart(_)) {
+        return Some(root);
+    }
+    let (msg, id) = locate(m, path)?;
+    msg.part(id)
+}
+
 /// The message a part path's HEADER/TEXT refer to: the root, or the
 /// embedded message of a message/rfc822 part.
 fn message_at<'a, 'x>(m: &'a Message<'x>, part: Option<&Part>) -> Option<&'a Message<'x>> {
@@ -481,7 +492,8 @@ pub fn section(p: &Parsed<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>>
         return Some(raw.to_vec());
     }
     let m: &Message<'_> = p;
-    let root = m.part(0)?;
+    // Nothing to cut from a message mail-parser found no part in.
+    m.part(0)?;
     let names = |v: &Vec1<imap_types::core::AString<'_>>| -> Vec<String> {
         v.as_ref()
             .iter()
@@ -512,12 +524,7 @@ pub fn section(p: &Parsed<'_>, section: Option<&Section<'_>>) -> Option<Vec<u8>>
         }
         Some(Section::Part(p)) => {
             let path: Vec<u32> = p.0.as_ref().iter().map(|n| n.get()).collect();
-            if path == [1] && !matches!(root.body, PartType::Multipart(_)) {
-                // A single-part message's part 1 is its body.
-                return Some(body_bytes(raw, root).to_vec());
-            }
-            let (msg, id) = locate(m, &path)?;
-            body_bytes(raw, msg.part(id)?).to_vec()
+            body_bytes(raw, part_at(m, &path)?).to_vec()
         }
         Some(Section::Mime(p)) => {
             let path: Vec<u32> = p.0.as_ref().iter().map(|n| n.get()).collect();
@@ -543,18 +550,9 @@ pub fn binary(p: &Parsed<'_>, path: &[std::num::NonZeroU32]) -> Result<Vec<u8>, 
     if path.is_empty() {
         return Ok(raw.to_vec());
     }
-    let m: &Message<'_> = p;
     let path: Vec<u32> = path.iter().map(|n| n.get()).collect();
-    let Some(root) = m.part(0) else {
+    let Some(part) = part_at(p, &path) else {
         return Ok(Vec::new());
-    };
-    let part = if path == [1] && !matches!(root.body, PartType::Multipart(_)) {
-        root
-    } else {
-        match locate(m, &path).and_then(|(msg, id)| msg.part(id)) {
-            Some(part) => part,
-            None => return Ok(Vec::new()),
-        }
     };
     let body = body_bytes(raw, part);
     if matches!(part.body, PartType::Multipart(_) | PartType::Message(_)) {

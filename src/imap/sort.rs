@@ -17,6 +17,7 @@ use mail_parser::{HeaderValue, Message};
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     pub seq: u32,
+    pub uid: u32,
     pub arrival: i64,
     /// The Date header in UTC, or the arrival when it has none (RFC 5256).
     pub date: i64,
@@ -53,9 +54,10 @@ fn fold(s: &str) -> Vec<u8> {
 }
 
 impl Keys {
-    pub fn of(seq: u32, arrival: i64, size: u32, m: Option<&Message<'_>>) -> Keys {
+    pub fn of(seq: u32, uid: u32, arrival: i64, size: u32, m: Option<&Message<'_>>) -> Keys {
         let mut k = Keys {
             seq,
+            uid,
             arrival,
             date: arrival,
             size,

@@ -91,8 +91,8 @@ impl Ctx {
             // RFC 7162 3.2.10: UIDs, all in one response.
             let mut uids: Vec<u32> = up.expunged.iter().map(|(_, u)| *u).collect();
             uids.sort_unstable();
-            let ranges = super::uidset::normalize(uids.into_iter().map(|u| (u, u)).collect());
-            if let Some(known_uids) = super::uidset::to_set(&ranges) {
+            uids.dedup();
+            if let Some(known_uids) = super::uidset::to_set(&super::view::ranges(&uids)) {
                 self.data(Data::Vanished {
                     earlier: false,
                     known_uids,

@@ -508,9 +508,9 @@ impl Store {
         .await
     }
 
-    /// The UIDs expunged from a mailbox at a modseq above `since`, as
-    /// ascending disjoint ranges; `None` when the store no longer knows all
-    /// of them (see `vanished`).
+    /// The UIDs expunged from a mailbox at a modseq above `since`, as UID
+    /// ranges (unsorted, may overlap); `None` when the store no longer
+    /// knows all of them (see `vanished`).
     pub async fn vanished_since(
         self: &Arc<Self>,
         user: &str,

@@ -145,9 +145,9 @@ pub fn prune(txn: &WriteTransaction, before: i64) -> Result<u64, StoreError> {
     Ok(old.len() as u64)
 }
 
-/// The UIDs expunged from `mailbox_id` at a modseq above `since`, as
-/// ascending, disjoint ranges, or `None` when some of those expunges are
-/// no longer known (`since` is below the floor).
+/// The UIDs expunged from `mailbox_id` at a modseq above `since`, as the
+/// rows' ranges (in modseq order, so they may overlap), or `None` when
+/// some of those expunges are no longer known (`since` is below the floor).
 pub fn since(
     txn: &ReadTransaction,
     mailbox_id: u64,
@@ -168,20 +168,7 @@ pub fn since(
         let (_, v) = row?;
         ranges.extend(decode(v.value())?.1);
     }
-    Ok(Some(merge(ranges)))
-}
-
-/// Sorts ranges and joins those that overlap or touch.
-pub fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
-    for (lo, hi) in ranges {
-        match out.last_mut() {
-            Some((_, h)) if lo <= h.saturating_add(1) => *h = (*h).max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
+    Ok(Some(ranges))
 }
 
 #[cfg(test)]
@@ -199,13 +186,5 @@ mod tests {
         let mut bad = Enc::new();
         bad.i64(0).u32(u32::MAX);
         assert!(decode(&bad.finish()).is_err());
-    }
-
-    #[test]
-    fn ranges_merge_when_they_touch_or_overlap() {
-        assert_eq!(
-            merge(vec![(9, 9), (1, 3), (4, 5), (2, 2), (11, u32::MAX), (7, 7)]),
-            vec![(1, 5), (7, 7), (9, 9), (11, u32::MAX)]
-        );
     }
 }

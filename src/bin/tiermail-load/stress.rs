@@ -174,57 +174,19 @@ struct Saved {
     messages: Vec<Known>,
 }
 
-/// Whether `uid` is in a set of UIDs (no `*` in what servers send).
-fn in_set(set: &imap_types::sequence::SequenceSet, uid: u32) -> bool {
-    let largest = std::num::NonZeroU32::MAX;
-    set.0.as_ref().iter().any(|s| match s {
-        imap_types::sequence::Sequence::Single(x) => x.expand(largest).get() == uid,
-        imap_types::sequence::Sequence::Range(a, b) => {
-            let (a, b) = (a.expand(largest).get(), b.expand(largest).get());
-            (a.min(b)..=a.max(b)).contains(&uid)
-        }
-    })
-}
-
-/// The UIDs of a set, or `None` when it names more than `limit`.
-fn set_values(set: &imap_types::sequence::SequenceSet, limit: usize) -> Option<Vec<u32>> {
-    let largest = std::num::NonZeroU32::MAX;
-    let mut out = Vec::new();
-    for s in set.0.as_ref() {
-        let (a, b) = match s {
-            imap_types::sequence::Sequence::Single(x) => {
-                (x.expand(largest).get(), x.expand(largest).get())
-            }
-            imap_types::sequence::Sequence::Range(a, b) => {
-                (a.expand(largest).get(), b.expand(largest).get())
-            }
-        };
-        let (lo, hi) = (a.min(b), a.max(b));
-        if out.len() + (hi - lo) as usize >= limit {
-            return None;
-        }
-        out.extend(lo..=hi);
-    }
-    Some(out)
-}
-
 /// UIDs as an IMAP set (ascending input).
 fn uid_set(uids: &[u32]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let mut j = i;
-        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            uids[i].to_string()
-        } else {
-            format!("{}:{}", uids[i], uids[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
+    tiermail::imap::view::ranges(uids)
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}:{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Model {
@@ -470,18 +432,23 @@ impl Client {
                 earlier: true,
                 known_uids,
             } if m.selected => {
-                m.messages
-                    .retain(|k| !k.uid.is_some_and(|u| in_set(&known_uids, u)));
+                // No `*` in what servers send: the largest UID stands in.
+                m.messages.retain(|k| {
+                    !k.uid
+                        .is_some_and(|u| tiermail::imap::view::contains(&known_uids, u, u32::MAX))
+                });
             }
             Data::Vanished {
                 earlier: false,
                 known_uids,
-            } if m.selected => match set_values(&known_uids, m.messages.len() + 1) {
-                Some(uids) => m.vanished(uids, problems),
-                None => problems.push(format!(
-                    "VANISHED {known_uids:?} names more UIDs than the client has"
-                )),
-            },
+            } if m.selected => {
+                match tiermail::imap::uidset::values(&known_uids, u32::MAX, m.messages.len() + 1) {
+                    Some(uids) => m.vanished(uids, problems),
+                    None => problems.push(format!(
+                        "VANISHED {known_uids:?} names more UIDs than the client has"
+                    )),
+                }
+            }
             Data::Exists(n) if m.selected => {
                 let n = n as usize;
                 if n < m.messages.len() {

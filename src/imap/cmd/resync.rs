@@ -79,7 +79,7 @@ impl Ctx {
             None
         };
         let gone = match known {
-            Some(exact) => uidset::intersect(&exact, &within),
+            Some(exact) => uidset::intersect(&uidset::normalize(exact), &within),
             None => uidset::above(&within, matched),
         };
         Ok(uidset::without(&gone, v.entries.iter().map(|e| e.uid)))

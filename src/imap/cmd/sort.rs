@@ -21,19 +21,13 @@ use crate::imap::{code, mime, sort};
 /// The matches' sort keys, with what the answer needs.
 struct Sorted {
     keys: Vec<sort::Keys>,
-    uid_of: HashMap<u32, u32>,
     with_modseq: bool,
     max_modseq: u64,
 }
 
-impl Sorted {
-    fn id(&self, k: &sort::Keys, uid: bool) -> Option<NonZeroU32> {
-        NonZeroU32::new(if uid {
-            *self.uid_of.get(&k.seq)?
-        } else {
-            k.seq
-        })
-    }
+/// A message's number in the answer.
+fn id(k: &sort::Keys, uid: bool) -> Option<NonZeroU32> {
+    NonZeroU32::new(if uid { k.uid } else { k.seq })
 }
 
 impl Ctx {
@@ -57,7 +51,7 @@ impl Ctx {
             return;
         };
         sort::order(&mut s.keys, &criteria);
-        let ids: Vec<NonZeroU32> = s.keys.iter().filter_map(|k| s.id(k, uid)).collect();
+        let ids: Vec<NonZeroU32> = s.keys.iter().filter_map(|k| id(k, uid)).collect();
         let modseq = if s.with_modseq && !ids.is_empty() {
             NonZeroU64::new(s.max_modseq)
         } else {
@@ -108,7 +102,7 @@ impl Ctx {
         sort::order(&mut s.keys, &by_date);
         let mut threads: Vec<(i64, u32, Thread)> = Vec::new();
         for group in s.keys.chunk_by(|x, y| x.subject == y.subject) {
-            let ids: Vec<NonZeroU32> = group.iter().filter_map(|k| s.id(k, uid)).collect();
+            let ids: Vec<NonZeroU32> = group.iter().filter_map(|k| id(k, uid)).collect();
             let Some(t) = ordered_subject(ids) else {
                 continue;
             };
@@ -146,12 +140,11 @@ impl Ctx {
         let (hits, with_modseq) = self.matching(a, view, tag, search).await?;
         let max_modseq = hits.iter().map(|h| h.2).max().unwrap_or(0);
         let mut keys: Vec<sort::Keys> = Vec::with_capacity(hits.len());
-        let uid_of: HashMap<u32, u32> = hits.iter().map(|(seq, u, _)| (*seq, *u)).collect();
         if !needs_header && let Some(live) = &view.live {
             let st = live.read();
             for (seq, u, _) in &hits {
                 if let Some(m) = st.message(*u) {
-                    keys.push(sort::Keys::of(*seq, m.internal_date, m.size, None));
+                    keys.push(sort::Keys::of(*seq, *u, m.internal_date, m.size, None));
                 }
             }
         } else {
@@ -166,15 +159,21 @@ impl Ctx {
                 };
                 let seq_of: HashMap<u32, u32> =
                     batch.iter().map(|(seq, u, _)| (*u, *seq)).collect();
-                let work: Vec<(u32, crate::store::MessageMeta, Option<Vec<u8>>)> = loaded
+                let work: Vec<(u32, u32, crate::store::MessageMeta, Option<Vec<u8>>)> = loaded
                     .into_iter()
-                    .filter_map(|(u, meta, body)| Some((*seq_of.get(&u)?, meta, body)))
+                    .filter_map(|(u, meta, body)| Some((*seq_of.get(&u)?, u, meta, body)))
                     .collect();
                 let build = move || -> Vec<sort::Keys> {
                     work.iter()
-                        .map(|(seq, meta, body)| {
+                        .map(|(seq, u, meta, body)| {
                             let parsed = body.as_deref().map(mime::parse);
-                            sort::Keys::of(*seq, meta.internal_date, meta.size, parsed.as_deref())
+                            sort::Keys::of(
+                                *seq,
+                                *u,
+                                meta.internal_date,
+                                meta.size,
+                                parsed.as_deref(),
+                            )
                         })
                         .collect()
                 };
@@ -189,7 +188,6 @@ impl Ctx {
         }
         Some(Sorted {
             keys,
-            uid_of,
             with_modseq,
             max_modseq,
         })
